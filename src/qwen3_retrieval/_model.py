@@ -1,0 +1,123 @@
+"""What the embedder and the reranker share: options, lazy loading and the batched forward pass."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Sequence
+from typing import Any, Generic, TypeVar
+
+import torch
+from tqdm.auto import tqdm
+
+from qwen3_retrieval._validation import check_positive_int
+from qwen3_retrieval.batching import token_budget_batches
+from qwen3_retrieval.devices import default_batch_tokens, resolve_device, resolve_dtype
+from qwen3_retrieval.loading import load_error, load_shared, model_source
+from qwen3_retrieval.pooling import last_token_pool, left_pad
+
+L = TypeVar("L")
+
+
+class LazyModel(Generic[L]):
+    """Holds the options of one model and loads it, shared and once, on first use."""
+
+    _kind: str = ""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None,
+        dtype: str | torch.dtype | None,
+        max_length: int,
+        batch_tokens: int | None,
+        show_progress: bool,
+        attn_implementation: str | None,
+    ) -> None:
+        self.model = model_source(model)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.max_length = check_positive_int(max_length, "max_length", minimum=2)
+        self.batch_tokens = (
+            default_batch_tokens(self.device)
+            if batch_tokens is None
+            else check_positive_int(batch_tokens, "batch_tokens")
+        )
+        self.show_progress = bool(show_progress)
+        self.attn_implementation = attn_implementation
+        self._loaded: L | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, device='{self.device}', dtype={self.dtype})"
+
+    @property
+    def cache_key(self) -> Hashable:
+        """The key under which the loaded model is shared with other objects in this process."""
+        return (self._kind, self.model, str(self.device), str(self.dtype), self.attn_implementation)
+
+    def _state(self) -> L:
+        """Return the loaded model, loading it (or taking the shared copy) on first use."""
+        if self._loaded is None:
+            self._loaded = load_shared(self.cache_key, self._load)
+        return self._loaded
+
+    def _load(self) -> L:
+        raise NotImplementedError
+
+    def _pretrained(self, auto_class: Any, **kwargs: Any) -> Any:
+        """Call ``auto_class.from_pretrained`` on our model, turning "cannot load" into a clear ``ValueError``."""
+        try:
+            return auto_class.from_pretrained(self.model, trust_remote_code=False, **kwargs)
+        except (OSError, ValueError) as err:
+            raise load_error(self.model, err) from err
+
+    def _load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return self._pretrained(AutoTokenizer)
+
+    def _load_config(self) -> Any:
+        from transformers import AutoConfig
+
+        return self._pretrained(AutoConfig)
+
+    def _load_weights(self, auto_class: Any) -> Any:
+        kwargs: dict[str, Any] = {"dtype": self.dtype}
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        return self._pretrained(auto_class, **kwargs).to(self.device).eval()
+
+    def _progress(self, total: int, desc: str) -> tqdm | None:
+        return tqdm(total=total, desc=desc, unit="text") if self.show_progress else None
+
+
+@torch.inference_mode()
+def last_hidden_batched(
+    backbone: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    batch_tokens: int,
+    device: torch.device,
+    progress: tqdm | None = None,
+) -> torch.Tensor:
+    """Run ``backbone`` over token-budget batches; return each sequence's last-token state, in input order."""
+    batches = token_budget_batches([len(s) for s in sequences], batch_tokens)
+    out: torch.Tensor | None = None
+    for batch in batches:
+        input_ids, attention_mask, position_ids = left_pad([sequences[i] for i in batch], pad_id)
+        hidden = backbone(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=position_ids.to(device),
+        ).last_hidden_state
+        pooled = last_token_pool(hidden, attention_mask.to(device))
+        if out is None:
+            out = torch.empty((len(sequences), pooled.shape[1]), dtype=pooled.dtype, device=device)
+        out[torch.as_tensor(batch, device=device)] = pooled
+        if progress is not None:
+            progress.update(len(batch))
+    if progress is not None:
+        progress.close()
+    assert out is not None, "last_hidden_batched needs at least one sequence"
+    return out

@@ -1,0 +1,51 @@
+"""Checks on user input, shared by the embedder, the reranker and the adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def check_texts(texts: Iterable[str], what: str = "texts") -> list[str]:
+    """Return ``texts`` as a list, raising ``TypeError`` that names the first item that is not a string."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{what} must be a list of strings, not a single {type(texts).__name__}; wrap it: [text]")
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(f"{what} must be a list of strings, got {type(texts).__name__}") from None
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(f"{what}[{i}] is a {type(item).__name__}, expected str")
+    return items
+
+
+def check_query(query: object, what: str = "query") -> str:
+    """Return ``query`` if it is a non-blank string; raise ``TypeError`` or ``ValueError`` otherwise."""
+    if not isinstance(query, str):
+        raise TypeError(f"{what} must be a str, got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError(f"{what} is empty; pass the question or search text to rank the documents against")
+    return query
+
+
+def check_instruction(instruction: object) -> str:
+    """Return ``instruction`` if it is a string; raise ``TypeError`` otherwise."""
+    if not isinstance(instruction, str):
+        raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
+    return instruction
+
+
+def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int of at least ``minimum``; raise ``ValueError`` or ``TypeError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def check_top_n(top_n: int | None) -> int | None:
+    """Return ``top_n`` if it is None or an int >= 1; raise otherwise."""
+    if top_n is None:
+        return None
+    return check_positive_int(top_n, "top_n")

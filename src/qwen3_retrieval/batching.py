@@ -1,0 +1,26 @@
+"""Length-sorted batches bounded by a token budget."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Group sequence indices into batches whose padded size (rows x longest) stays within ``batch_tokens``.
+
+    Longest sequences come first, so a budget that does not fit in memory fails on the first batch, and
+    sequences of similar length share a batch, so little compute is spent on padding. A sequence longer than
+    the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        # Sorted longest first, so the first row of the batch sets its padded width.
+        if current and (len(current) + 1) * lengths[current[0]] > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches

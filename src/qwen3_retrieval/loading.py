@@ -1,0 +1,80 @@
+"""Lazy, shared, thread-safe model loading.
+
+Objects only record what to load; the first call that needs weights loads them through :func:`load_shared`,
+which keeps one copy per (kind, model, device, dtype, attention) for as long as any object holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_cache: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
+_key_locks: dict[Hashable, threading.Lock] = {}
+_cache_lock = threading.Lock()
+
+
+def load_shared(key: Hashable, loader: Callable[[], T]) -> T:
+    """Return the object cached under ``key``, calling ``loader`` once if no live copy exists.
+
+    Concurrent callers asking for the same key wait for one load instead of loading twice.
+    """
+    with _cache_lock:
+        found = _cache.get(key)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+        lock = _key_locks.setdefault(key, threading.Lock())
+    with lock:
+        with _cache_lock:
+            found = _cache.get(key)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+        loaded = loader()
+        with _cache_lock:
+            _cache[key] = loaded
+        return loaded
+
+
+def cached_keys() -> list[Hashable]:
+    """Return the keys of the models currently loaded in this process (for diagnostics and tests)."""
+    with _cache_lock:
+        return list(_cache.keys())
+
+
+def model_source(model: str | os.PathLike[str]) -> str:
+    """Return ``model`` as a string, raising ``ValueError`` for a local path that does not exist.
+
+    A string that names an existing folder is a local checkpoint. One that looks like a path (starts with ``.``,
+    ``/`` or ``~``, or has more than one ``/``) but is missing is reported here, before transformers turns it
+    into a confusing hub lookup. Anything else is treated as a hub id such as ``Qwen/Qwen3-Embedding-0.6B``.
+    """
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a hub id or a folder path, got {type(model).__name__}")
+    text = os.fspath(model)
+    if not text.strip():
+        raise ValueError("model is empty; pass a hub id such as 'Qwen/Qwen3-Embedding-0.6B' or a local folder")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return str(path)
+    if isinstance(model, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise ValueError(f"model folder {text!r} does not exist; pass an existing checkpoint folder or a hub id")
+    return text
+
+
+def load_error(model: str, err: BaseException) -> ValueError:
+    """Return the error to raise when ``model`` cannot be loaded, with the fixes a user can apply."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+    hint = (
+        "HF_HUB_OFFLINE is set, so only models already in the local Hugging Face cache can be used; "
+        f"download it once with `hf download {model}` or pass a local folder"
+        if offline
+        else "check the name, pass a local folder holding the checkpoint, or download it first with "
+        f"`hf download {model}` (set HF_HUB_OFFLINE=1 to use only the local cache)"
+    )
+    return ValueError(f"could not load model {model!r}: {type(err).__name__}: {err}. Fix: {hint}")

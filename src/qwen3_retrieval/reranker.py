@@ -1,0 +1,222 @@
+"""Qwen3-Reranker: the model-card prompt, document-only truncation, and P(yes) from the last position."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from qwen3_retrieval._model import LazyModel, last_hidden_batched
+from qwen3_retrieval._validation import check_instruction, check_query, check_texts, check_top_n
+from qwen3_retrieval.prompts import (
+    DEFAULT_INSTRUCTION,
+    DEFAULT_RERANKER_MODEL,
+    NO_TOKEN,
+    RERANK_PREFIX,
+    RERANK_SUFFIX,
+    YES_TOKEN,
+    rerank_document,
+    rerank_head,
+)
+
+
+@dataclass(eq=False)
+class _LoadedReranker:
+    tokenizer: Any
+    backbone: torch.nn.Module
+    direction: torch.Tensor
+    """``w`` with ``P(yes) = sigmoid(w . h)`` for the last hidden state ``h`` (float32)."""
+    pad_id: int
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+
+
+class Qwen3Reranker:
+    """Scores (query, document) pairs with a Qwen3-Reranker model exactly as its model card does.
+
+    Each pair becomes the card's chat prompt (system judge prompt, ``<Instruct>: …\\n<Query>: …\\n<Document>: …``,
+    assistant turn with an empty think block). The score is ``P(yes)`` from the ``yes``/``no`` logits at the
+    last position, computed from those two rows of the head only (memory O(batch x hidden) instead of
+    O(batch x length x vocab)). Converted single-logit checkpoints (``Qwen3ForSequenceClassification``,
+    one label) are loaded too, with score ``sigmoid(logit)``, which is the same number.
+
+    Over-long pairs lose the end of the document only; the instruction, query and assistant suffix are kept.
+
+    Args:
+        model: Hub id or local folder of a Qwen3-Reranker checkpoint (causal LM or converted seq-cls).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, or None for the best available.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, or None (bfloat16 on capable GPUs, else float32).
+        instruction: Default task instruction.
+        max_length: Longest prompt in tokens, template included.
+        batch_tokens: Token budget of one padded batch; None picks a default for the device.
+        show_progress: Show a tqdm progress bar while scoring.
+        attn_implementation: Passed to transformers; None uses transformers' default.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_RERANKER_MODEL,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        instruction: str = DEFAULT_INSTRUCTION,
+        max_length: int = 8192,
+        batch_tokens: int | None = None,
+        show_progress: bool = False,
+        attn_implementation: str | None = None,
+    ) -> None:
+        self._runtime = _RerankerRuntime(
+            model,
+            device=device,
+            dtype=dtype,
+            max_length=max_length,
+            batch_tokens=batch_tokens,
+            show_progress=show_progress,
+            attn_implementation=attn_implementation,
+        )
+        self.instruction = check_instruction(instruction)
+
+    def __repr__(self) -> str:
+        return f"Qwen3Reranker(model={self.model!r}, device='{self.device}', dtype={self.dtype})"
+
+    @property
+    def model(self) -> str:
+        """The hub id or folder the model is loaded from."""
+        return self._runtime.model
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on."""
+        return self._runtime.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model weights."""
+        return self._runtime.dtype
+
+    @property
+    def max_length(self) -> int:
+        """The longest prompt in tokens, template included."""
+        return self._runtime.max_length
+
+    def score(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[float]:
+        """Return ``P(yes)`` in [0, 1] for each document, in input order.
+
+        Args:
+            query: The search text; must not be empty.
+            documents: The candidates. Empty strings are scored like any other document.
+            instruction: Task instruction for this call; None uses the reranker's.
+
+        Raises:
+            ValueError: If the query is empty, or the instruction and query alone exceed ``max_length``.
+            TypeError: If a document is not a string (the message names its index).
+        """
+        docs = check_texts(documents, "documents")
+        check_query(query)
+        task = self.instruction if instruction is None else check_instruction(instruction)
+        if not docs:
+            return []
+        state = self._runtime.state()
+        sequences = self._runtime.encode(task, query, docs)
+        hidden = last_hidden_batched(
+            state.backbone,
+            sequences,
+            pad_id=state.pad_id,
+            batch_tokens=self._runtime.batch_tokens,
+            device=self.device,
+            progress=self._runtime._progress(len(docs), "Reranking"),
+        )
+        return torch.sigmoid(hidden.float() @ state.direction).cpu().tolist()  # type: ignore[no-any-return]
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None = None,
+        instruction: str | None = None,
+    ) -> list[tuple[int, float]]:
+        """Return ``(index, score)`` pairs, best first, at most ``top_n`` of them (None keeps all).
+
+        Ties keep input order. Raises ``ValueError`` if ``top_n`` is less than 1.
+        """
+        top_n = check_top_n(top_n)
+        scores = self.score(query, documents, instruction=instruction)
+        ranked = sorted(enumerate(scores), key=lambda pair: pair[1], reverse=True)
+        return ranked if top_n is None else ranked[:top_n]
+
+
+class _RerankerRuntime(LazyModel[_LoadedReranker]):
+    """Loading and prompt encoding for :class:`Qwen3Reranker`."""
+
+    _kind = "reranker"
+
+    def state(self) -> _LoadedReranker:
+        return self._state()
+
+    def _load(self) -> _LoadedReranker:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        tokenizer = self._load_tokenizer()
+        config = self._load_config()
+        architectures = config.architectures or []
+        if any(name.endswith("ForSequenceClassification") for name in architectures):
+            if config.num_labels != 1:
+                raise ValueError(
+                    f"{self.model!r} is a sequence classifier with {config.num_labels} labels; a converted "
+                    "Qwen3-Reranker has exactly one (score = sigmoid(logit))"
+                )
+            model = self._load_weights(AutoModelForSequenceClassification)
+            direction = model.score.weight[0].float()
+        else:
+            yes_id, no_id = (_single_token_id(tokenizer, token, self.model) for token in (YES_TOKEN, NO_TOKEN))
+            model = self._load_weights(AutoModelForCausalLM)
+            head = model.get_output_embeddings().weight
+            # softmax([z_no, z_yes])[1] == sigmoid((w_yes - w_no) . h); the difference is taken in float32
+            # to avoid cancellation in low precision.
+            direction = head[yes_id].float() - head[no_id].float()
+        backbone = getattr(model, model.base_model_prefix)
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        return _LoadedReranker(
+            tokenizer=tokenizer,
+            backbone=backbone,
+            direction=direction.detach().to(self.device),
+            pad_id=pad_id,
+            prefix_ids=_encode(tokenizer, [RERANK_PREFIX])[0],
+            suffix_ids=_encode(tokenizer, [RERANK_SUFFIX])[0],
+        )
+
+    def encode(self, instruction: str, query: str, documents: list[str]) -> list[list[int]]:
+        """Return the prompt token ids of each (query, document) pair, documents cut to fit ``max_length``."""
+        state = self.state()
+        head = _encode(state.tokenizer, [rerank_head(instruction, query)])[0]
+        fixed = len(state.prefix_ids) + len(head) + len(state.suffix_ids)
+        room = self.max_length - fixed
+        if room < 1:
+            raise ValueError(
+                f"the instruction and query take {fixed} tokens with the prompt template, leaving no room for "
+                f"a document within max_length={self.max_length}; shorten them or raise max_length"
+            )
+        docs = _encode(state.tokenizer, [rerank_document(d) for d in documents])
+        start = state.prefix_ids + head
+        return [start + doc[:room] + state.suffix_ids for doc in docs]
+
+
+def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    # Never add special tokens: a reranker tokenizer that appends <|endoftext|> (e.g. a reused embedding
+    # tokenizer) would otherwise put it inside the prompt.
+    return [list(seq) for seq in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _single_token_id(tokenizer: Any, token: str, model: str) -> int:
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if ids != [token_id]:
+        raise ValueError(
+            f"{model!r}: {token!r} is not a single token in its tokenizer; is it a Qwen3-Reranker checkpoint?"
+        )
+    return int(token_id)

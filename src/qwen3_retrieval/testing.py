@@ -1,0 +1,316 @@
+"""Small random-weight Qwen3 checkpoints for offline tests, demos and benchmarks.
+
+Nothing here touches the network. A byte-level BPE tokenizer is trained on a built-in corpus with Qwen's
+pre-tokenizer, its special tokens, single-token ``yes``/``no`` and (for the embedding model) the post-processor
+that appends ``<|endoftext|>``, as the real tokenizers have. Models get the real Qwen3 architecture with random
+weights, either tiny (fast tests) or in the real 0.6B shape (speed work: speed does not depend on weight values).
+
+Example:
+    >>> from qwen3_retrieval.testing import make_embedding_checkpoint, make_reranker_checkpoint
+    >>> emb_dir = make_embedding_checkpoint("/tmp/qwen3-emb-tiny")       # doctest: +SKIP
+    >>> rr_dir = make_reranker_checkpoint("/tmp/qwen3-rr-tiny")           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+from qwen3_retrieval.prompts import DEFAULT_INSTRUCTION, EOS_TOKEN, NO_TOKEN, YES_TOKEN
+
+Shape = Literal["tiny", "0.6B"]
+RerankerKind = Literal["causal-lm", "seq-cls"]
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+# Qwen2/Qwen3 pre-tokenizer: merges never cross these boundaries.
+PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 32768,
+    },
+    # Qwen3-Embedding-0.6B / Qwen3-Reranker-0.6B (facts file, section 1.7).
+    "0.6B": {
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 32768,
+        "vocab_size": 151669,
+    },
+}
+
+# Weight spread. Tiny models get more than the default 0.02 so that the contextual part of a pooled state is
+# large enough for a wrong prompt, token or padding to move results far beyond test tolerances.
+_STD = {"tiny": 0.1, "0.6B": 0.02}
+
+_WORDS = (
+    "the of and to in is was for on that with as by at from it an be this which or are were has have had "
+    "not but all can more one their also new other its been first time after two about into only some "
+    "would they years most may over such these when there between both during city world state system "
+    "water energy light data model search query document answer question passage retrieve relevant capital "
+    "china beijing paris france gravity force mass planet earth moon sun star river mountain ocean forest "
+    "music history science language computer network vector database index milvus embedding reranker "
+    "python code function class method test value number result paper report study research university "
+    "school student teacher book library author story film game team player season match sport health "
+    "disease doctor medicine body cell protein gene plant animal food market price company business bank "
+    "money law court government election president minister country region town village road bridge car "
+    "train plane ship engine power heat temperature weather rain snow wind cloud summer winter spring "
+    "autumn morning evening night day week month year hour minute people person child family friend "
+    "house room door window table chair paint color red blue green black white large small long short "
+    "high low good great best better fast slow early late open close start end build make use find give "
+    "take know think see come go work call try ask need feel become leave put mean keep let begin seem "
+    "help show hear play run move live believe hold bring happen write provide sit stand lose pay meet "
+    "include continue set learn change lead understand watch follow stop create speak read allow add "
+    "spend grow offer remember love consider appear buy wait serve die send expect stay fall cut reach "
+    "yes no instruct judge whether requirements based provided note only system user assistant think "
+    "what who where why how explain describe define list compare"
+).split()
+
+
+def _corpus(seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    lines = [
+        DEFAULT_INSTRUCTION,
+        "What is the capital of China?",
+        "The capital of China is Beijing.",
+        "Gravity is a force that attracts two bodies towards each other.",
+        'Note that the answer can only be "yes" or "no".',
+        "<Instruct>: \n<Query>: \n<Document>: ",
+        "Instruct: \nQuery:",
+    ]
+    for _ in range(4000):
+        words = rng.choices(_WORDS, k=rng.randint(4, 16))
+        lines.append(" ".join(words).capitalize() + rng.choice([".", "?", "!", ",", ":", ";"]))
+        lines.append(f"{rng.randint(0, 9999)} {rng.choice(_WORDS)}\n")
+    lines += ["yes", "no"] * 500
+    return lines
+
+
+def build_tokenizer(folder: str | os.PathLike[str], *, append_eos: bool = True, vocab_size: int = 2000) -> Path:
+    """Train a Qwen-style byte-level BPE tokenizer and save it as ``tokenizer.json`` + ``tokenizer_config.json``.
+
+    Args:
+        folder: Where to write the files (created if needed).
+        append_eos: Add the post-processor that appends ``<|endoftext|>`` to every sequence, as the current
+            Qwen3-Embedding tokenizers do. Early embedding revisions and the reranker tokenizers have none.
+        vocab_size: Target vocabulary size, special tokens included.
+
+    Returns:
+        The folder.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()  # type: ignore[assignment]
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(  # type: ignore[assignment]
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()  # type: ignore[assignment]
+    trainer = trainers.BpeTrainer(  # type: ignore[call-arg]
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer)
+    for token in (YES_TOKEN, NO_TOKEN):
+        if tokenizer.token_to_id(token) is None:
+            raise RuntimeError(f"the trained tokenizer has no single token {token!r}; raise vocab_size")
+    if append_eos:
+        eos_id = tokenizer.token_to_id(EOS_TOKEN)
+        tokenizer.post_processor = processors.TemplateProcessing(  # type: ignore[assignment]
+            single=f"$A {EOS_TOKEN}", pair=f"$A $B {EOS_TOKEN}", special_tokens=[(EOS_TOKEN, eos_id)]
+        )
+    tokenizer.save(str(out / "tokenizer.json"))
+    _write_json(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "Qwen2Tokenizer",
+            "bos_token": None,
+            "add_bos_token": False,
+            "eos_token": "<|im_end|>",
+            "pad_token": EOS_TOKEN,
+            "unk_token": None,
+            "model_max_length": 131072,
+            "clean_up_tokenization_spaces": False,
+        },
+    )
+    return out
+
+
+def make_embedding_checkpoint(
+    folder: str | os.PathLike[str],
+    *,
+    shape: Shape = "tiny",
+    append_eos: bool = True,
+    seed: int = 0,
+    dtype: str = "float32",
+) -> Path:
+    """Write a random-weight Qwen3-Embedding checkpoint (tokenizer, weights, sentence-transformers files).
+
+    Args:
+        folder: Where to write it.
+        shape: ``"tiny"`` (seconds to build, for tests) or ``"0.6B"`` (the real model's shape, for speed work).
+        append_eos: Whether the tokenizer appends ``<|endoftext|>`` itself (see :func:`build_tokenizer`).
+        seed: Seed of the random weights; the same seed gives the same weights.
+        dtype: dtype of the saved weights.
+
+    Returns:
+        The folder, loadable by :class:`qwen3_retrieval.Qwen3Embedder` and by sentence-transformers.
+    """
+    import torch
+    from transformers import Qwen3Model
+
+    out = build_tokenizer(folder, append_eos=append_eos)
+    config = _config(out, shape)
+    torch.manual_seed(seed)
+    model = Qwen3Model(config)
+    _randomize(model, std=_STD[shape], seed=seed)
+    model.to(getattr(torch, dtype)).save_pretrained(out)
+    _set_architecture(out, "Qwen3ForCausalLM")  # as in the published embedding checkpoints
+    hidden = config.hidden_size
+    _write_json(
+        out / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+    )
+    pooling = {f"pooling_mode_{m}": False for m in ("cls_token", "mean_tokens", "max_tokens")}
+    pooling.update({"word_embedding_dimension": hidden, "pooling_mode_lasttoken": True, "include_prompt": True})
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "2_Normalize").mkdir(exist_ok=True)
+    _write_json(out / "1_Pooling" / "config.json", pooling)
+    _write_json(
+        out / "config_sentence_transformers.json",
+        {
+            "prompts": {"query": f"Instruct: {DEFAULT_INSTRUCTION}\nQuery:", "document": ""},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    )
+    return out
+
+
+def make_reranker_checkpoint(
+    folder: str | os.PathLike[str],
+    *,
+    kind: RerankerKind = "causal-lm",
+    shape: Shape = "tiny",
+    seed: int = 0,
+    dtype: str = "float32",
+) -> Path:
+    """Write a random-weight Qwen3-Reranker checkpoint.
+
+    Args:
+        folder: Where to write it.
+        kind: ``"causal-lm"`` (as published: ``Qwen3ForCausalLM``, tied head) or ``"seq-cls"`` (the converted
+            single-logit ``Qwen3ForSequenceClassification`` whose weight is ``w_yes - w_no``). For the same
+            seed and shape the two give the same scores.
+        shape: ``"tiny"`` or ``"0.6B"``.
+        seed: Seed of the random weights.
+        dtype: dtype of the saved weights.
+
+    Returns:
+        The folder, loadable by :class:`qwen3_retrieval.Qwen3Reranker`.
+    """
+    import torch
+    from transformers import Qwen3ForCausalLM, Qwen3ForSequenceClassification
+
+    out = build_tokenizer(folder, append_eos=False)
+    config = _config(out, shape)
+    config.tie_word_embeddings = True
+    torch.manual_seed(seed)
+    causal = Qwen3ForCausalLM(config)
+    _randomize(causal, std=_STD[shape], seed=seed)
+    tokenizer_vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    yes_id, no_id = tokenizer_vocab[YES_TOKEN], tokenizer_vocab[NO_TOKEN]
+    with torch.no_grad():
+        # Scale the yes/no rows so P(yes) spreads over (0, 1) instead of sitting near 0.5.
+        rows = causal.get_output_embeddings().weight
+        gen = torch.Generator().manual_seed(seed + 1)
+        scale = 1.5 / config.hidden_size**0.5
+        rows[yes_id] = torch.randn(config.hidden_size, generator=gen) * scale
+        rows[no_id] = torch.randn(config.hidden_size, generator=gen) * scale
+    if kind == "causal-lm":
+        causal.to(getattr(torch, dtype)).save_pretrained(out)
+        return out
+    if kind != "seq-cls":
+        raise ValueError(f"unknown reranker kind {kind!r}; use 'causal-lm' or 'seq-cls'")
+    config.num_labels = 1
+    config.pad_token_id = tokenizer_vocab[EOS_TOKEN]
+    config.tie_word_embeddings = False
+    classifier = Qwen3ForSequenceClassification(config)
+    with torch.no_grad():
+        classifier.model.load_state_dict(causal.model.state_dict())
+        head = causal.get_output_embeddings().weight
+        classifier.score.weight.copy_((head[yes_id].float() - head[no_id].float())[None])
+    classifier.to(getattr(torch, dtype)).save_pretrained(out)
+    return out
+
+
+def _config(folder: Path, shape: Shape) -> Any:
+    from transformers import Qwen3Config
+
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; use one of {sorted(SHAPES)}")
+    vocab = json.loads((folder / "tokenizer.json").read_text())
+    n_tokens = len(vocab["model"]["vocab"]) + len(vocab["added_tokens"])
+    values = dict(SHAPES[shape])
+    values.setdefault("vocab_size", n_tokens)
+    eos_id = vocab["model"]["vocab"].get(EOS_TOKEN)
+    if eos_id is None:
+        eos_id = next(t["id"] for t in vocab["added_tokens"] if t["content"] == EOS_TOKEN)
+    return Qwen3Config(
+        **values,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        attention_bias=False,
+        tie_word_embeddings=True,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+
+
+def _randomize(model: Any, *, std: float, seed: int) -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                continue  # keep RMSNorm gains at 1, as trained models roughly have
+            param.copy_(torch.randn(param.shape, generator=gen) * std)
+
+
+def _set_architecture(folder: Path, architecture: str) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["architectures"] = [architecture]
+    _write_json(path, config)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
