@@ -28,13 +28,13 @@ def load_shared(key: Hashable, loader: Callable[[], T]) -> T:
     with _cache_lock:
         found = _cache.get(key)
         if found is not None:
-            return found  # type: ignore[no-any-return]
+            return found
         lock = _key_locks.setdefault(key, threading.Lock())
     with lock:
         with _cache_lock:
             found = _cache.get(key)
         if found is not None:
-            return found  # type: ignore[no-any-return]
+            return found
         loaded = loader()
         with _cache_lock:
             _cache[key] = loaded
@@ -77,4 +77,5 @@ def load_error(model: str, err: BaseException) -> ValueError:
         else "check the name, pass a local folder holding the checkpoint, or download it first with "
         f"`hf download {model}` (set HF_HUB_OFFLINE=1 to use only the local cache)"
     )
-    return ValueError(f"could not load model {model!r}: {type(err).__name__}: {err}. Fix: {hint}")
+    reason = " ".join(str(err).split()).rstrip(".")  # one line: the command prints it as its whole message
+    return ValueError(f"could not load model {model!r} ({type(err).__name__}: {reason}). Fix: {hint}")

@@ -7,9 +7,7 @@ from collections.abc import Sequence
 import torch
 
 
-def left_pad(
-    sequences: Sequence[Sequence[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return ``input_ids``, ``attention_mask`` and ``position_ids`` for left-padded ``sequences``.
 
     Positions count from 0 at each row's first real token, so a row's result does not depend on how much

@@ -129,7 +129,7 @@ class Qwen3Reranker:
             device=self.device,
             progress=self._runtime._progress(len(docs), "Reranking"),
         )
-        return torch.sigmoid(hidden.float() @ state.direction).cpu().tolist()  # type: ignore[no-any-return]
+        return torch.sigmoid(hidden.float() @ state.direction).cpu().tolist()
 
     def rank(
         self,
