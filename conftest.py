@@ -14,16 +14,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from qwen3_retrieval.testing import make_embedding_checkpoint, make_reranker_checkpoint
+def checkpoints() -> dict[str, Path]:
+    from qwen3_retrieval.testing import tiny_checkpoint
 
-    root = tmp_path_factory.mktemp("checkpoints")
-    return {
-        "embedding": make_embedding_checkpoint(root / "embedding"),
-        "embedding-no-eos": make_embedding_checkpoint(root / "embedding-no-eos", append_eos=False),
-        "reranker": make_reranker_checkpoint(root / "reranker"),
-        "reranker-seq-cls": make_reranker_checkpoint(root / "reranker-seq-cls", kind="seq-cls"),
-    }
+    kinds = ("embedding", "embedding-no-eos", "reranker", "reranker-seq-cls")
+    return {kind: tiny_checkpoint(kind) for kind in kinds}  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from qwen3_retrieval._validation import check_positive_int
 from qwen3_retrieval.batching import token_budget_batches
 from qwen3_retrieval.devices import default_batch_tokens, resolve_device, resolve_dtype
-from qwen3_retrieval.loading import load_error, load_shared, model_source
+from qwen3_retrieval.loading import load_error, load_shared, model_source, quiet_transformers
 from qwen3_retrieval.pooling import last_token_pool, left_pad
 
 L = TypeVar("L")
@@ -67,7 +67,8 @@ class LazyModel(Generic[L]):
     def _pretrained(self, auto_class: Any, **kwargs: Any) -> Any:
         """Call ``auto_class.from_pretrained`` on our model, turning "cannot load" into a clear ``ValueError``."""
         try:
-            return auto_class.from_pretrained(self.model, trust_remote_code=False, **kwargs)
+            with quiet_transformers(not self.show_progress):
+                return auto_class.from_pretrained(self.model, trust_remote_code=False, **kwargs)
         except (OSError, ValueError) as err:
             raise load_error(self.model, err) from err
 

@@ -6,10 +6,11 @@ which keeps one copy per (kind, model, device, dtype, attention) for as long as 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,3 +80,18 @@ def load_error(model: str, err: BaseException) -> ValueError:
     )
     reason = " ".join(str(err).split()).rstrip(".")  # one line: the command prints it as its whole message
     return ValueError(f"could not load model {model!r} ({type(err).__name__}: {reason}). Fix: {hint}")
+
+
+@contextlib.contextmanager
+def quiet_transformers(quiet: bool = True) -> Iterator[None]:
+    """Hide transformers' own progress bars (weight loading and saving) while the block runs."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if quiet and was_enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_enabled:
+            hf_logging.enable_progress_bar()

@@ -13,9 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +25,7 @@ from qwen3_retrieval.prompts import DEFAULT_INSTRUCTION, EOS_TOKEN, NO_TOKEN, YE
 
 Shape = Literal["tiny", "0.6B"]
 RerankerKind = Literal["causal-lm", "seq-cls"]
+TinyKind = Literal["embedding", "embedding-no-eos", "reranker", "reranker-seq-cls"]
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
@@ -498,7 +501,7 @@ def make_embedding_checkpoint(
     torch.manual_seed(seed)
     model = Qwen3Model(config)
     _randomize(model, std=_STD[shape], seed=seed)
-    model.to(getattr(torch, dtype)).save_pretrained(out)
+    _save(model.to(getattr(torch, dtype)), out)
     _set_architecture(out, "Qwen3ForCausalLM")  # as in the published embedding checkpoints
     hidden = config.hidden_size
     _write_json(
@@ -566,7 +569,7 @@ def make_reranker_checkpoint(
         rows[yes_id] = torch.randn(config.hidden_size, generator=gen) * scale
         rows[no_id] = torch.randn(config.hidden_size, generator=gen) * scale
     if kind == "causal-lm":
-        causal.to(getattr(torch, dtype)).save_pretrained(out)
+        _save(causal.to(getattr(torch, dtype)), out)
         return out
     if kind != "seq-cls":
         raise ValueError(f"unknown reranker kind {kind!r}; use 'causal-lm' or 'seq-cls'")
@@ -578,8 +581,27 @@ def make_reranker_checkpoint(
         classifier.model.load_state_dict(causal.model.state_dict())
         head = causal.get_output_embeddings().weight
         classifier.score.weight.copy_((head[yes_id].float() - head[no_id].float())[None])
-    classifier.to(getattr(torch, dtype)).save_pretrained(out)
+    _save(classifier.to(getattr(torch, dtype)), out)
     return out
+
+
+@functools.cache
+def tiny_checkpoint(kind: TinyKind) -> Path:
+    """Return a tiny checkpoint of ``kind``, built once per process in a temporary folder.
+
+    Handy where a fixture cannot reach, e.g. the ``embedding_model_params`` property of LangChain's standard
+    tests. ``kind`` is ``"embedding"``, ``"embedding-no-eos"``, ``"reranker"`` or ``"reranker-seq-cls"``.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f"qwen3-{kind}-"))
+    if kind == "embedding":
+        return make_embedding_checkpoint(folder)
+    if kind == "embedding-no-eos":
+        return make_embedding_checkpoint(folder, append_eos=False)
+    if kind == "reranker":
+        return make_reranker_checkpoint(folder)
+    if kind == "reranker-seq-cls":
+        return make_reranker_checkpoint(folder, kind="seq-cls")
+    raise ValueError(f"unknown kind {kind!r}; use one of {TinyKind.__args__}")
 
 
 def _config(folder: Path, shape: Shape) -> Any:
@@ -615,6 +637,13 @@ def _randomize(model: Any, *, std: float, seed: int) -> None:
             if name.endswith("norm.weight"):
                 continue  # keep RMSNorm gains at 1, as trained models roughly have
             param.copy_(torch.randn(param.shape, generator=gen) * std)
+
+
+def _save(model: Any, folder: Path) -> None:
+    from qwen3_retrieval.loading import quiet_transformers
+
+    with quiet_transformers():
+        model.save_pretrained(folder)
 
 
 def _set_architecture(folder: Path, architecture: str) -> None:

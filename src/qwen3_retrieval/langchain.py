@@ -1,0 +1,175 @@
+"""LangChain components: :class:`Qwen3Embeddings` (``Embeddings``) and :class:`Qwen3Rerank` (a document compressor).
+
+Example:
+    .. code-block:: python
+
+        from qwen3_retrieval.langchain import Qwen3Embeddings, Qwen3Rerank
+
+        embeddings = Qwen3Embeddings(model="Qwen/Qwen3-Embedding-0.6B")
+        reranker = Qwen3Rerank(model="Qwen/Qwen3-Reranker-0.6B", top_n=3)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Sequence
+
+try:
+    from langchain_core.callbacks import Callbacks
+    from langchain_core.documents import BaseDocumentCompressor, Document
+    from langchain_core.embeddings import Embeddings
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "qwen3_retrieval.langchain needs langchain-core: pip install 'qwen3-retrieval[langchain]'"
+    ) from err
+
+from pydantic import ConfigDict, Field, model_validator
+from typing_extensions import Self
+
+from qwen3_retrieval._options import CoreOptions, adopt_core
+from qwen3_retrieval._validation import check_query, check_texts, check_top_n
+from qwen3_retrieval.embedder import Qwen3Embedder
+from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
+from qwen3_retrieval.reranker import Qwen3Reranker
+
+__all__ = ["Qwen3Embeddings", "Qwen3Rerank"]
+
+
+class Qwen3Embeddings(CoreOptions, Embeddings):
+    """Qwen3-Embedding as a LangChain ``Embeddings``: queries get the instruction, documents do not.
+
+    Construction loads nothing; the model loads on the first call and is shared with every other object using
+    the same checkpoint, device and dtype (also LlamaIndex ones, or pass ``embedder=`` to share explicitly).
+
+    Example:
+        .. code-block:: python
+
+            embeddings = Qwen3Embeddings(model="Qwen/Qwen3-Embedding-0.6B", dimensions=512)
+            vectors = embeddings.embed_documents(["Beijing is the capital of China."])
+            query = embeddings.embed_query("What is the capital of China?")
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+
+    model: str = DEFAULT_EMBEDDING_MODEL
+    """Hub id or local folder of a Qwen3-Embedding checkpoint."""
+    dimensions: int | None = None
+    """Matryoshka output size, 32 to the model's hidden size; None keeps the full size."""
+    embedder: Qwen3Embedder | None = Field(default=None, exclude=True)
+    """An existing core embedder to use instead of building one from the fields above."""
+
+    @model_validator(mode="after")
+    def _build_embedder(self) -> Self:
+        if self.embedder is None:
+            self.embedder = Qwen3Embedder(self.model, dimensions=self.dimensions, **self.core_kwargs())
+        else:
+            self.model = adopt_core(self, self.embedder, "embedder")
+        return self
+
+    @property
+    def _core(self) -> Qwen3Embedder:
+        assert self.embedder is not None
+        return self.embedder
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents (no instruction); returns one list of Python floats per text."""
+        return self._core.embed_documents(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed a query with the instruction (``"Instruct: {instruction}\\nQuery:{text}"``)."""
+        return self._core.embed_query(text).tolist()
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Embed a query in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self.embed_query, text)
+
+
+class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
+    """Qwen3-Reranker as a LangChain document compressor (e.g. in ``ContextualCompressionRetriever``).
+
+    Returns new documents, best first, each with ``metadata["relevance_score"]`` = P(yes) as a float; ``id`` and
+    the other metadata are kept and the inputs are never changed.
+
+    Example:
+        .. code-block:: python
+
+            reranker = Qwen3Rerank(model="Qwen/Qwen3-Reranker-0.6B", top_n=3)
+            best = reranker.compress_documents(docs, "What is the capital of China?")
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+
+    model: str = DEFAULT_RERANKER_MODEL
+    """Hub id or local folder of a Qwen3-Reranker checkpoint (causal LM or converted seq-cls)."""
+    top_n: int | None = 3
+    """How many documents to return; None keeps all."""
+    score_threshold: float | None = None
+    """Drop documents whose score is below this (scores are probabilities in [0, 1])."""
+    reranker: Qwen3Reranker | None = Field(default=None, exclude=True)
+    """An existing core reranker to use instead of building one from the fields above."""
+
+    @model_validator(mode="after")
+    def _build_reranker(self) -> Self:
+        check_top_n(self.top_n)
+        if self.reranker is None:
+            self.reranker = Qwen3Reranker(self.model, **self.core_kwargs())
+        else:
+            self.model = adopt_core(self, self.reranker, "reranker")
+        return self
+
+    def rerank(
+        self,
+        documents: Sequence[str | Document],
+        query: str,
+        *,
+        top_n: int | None = None,
+        instruction: str | None = None,
+    ) -> list[tuple[int, float]]:
+        """Score documents against ``query``; return ``(index, score)`` pairs, best first.
+
+        Args:
+            documents: Strings or ``Document`` objects (their ``page_content`` is scored).
+            query: The search text; must not be empty.
+            top_n: Keep this many; None returns every document (``self.top_n`` is not applied here).
+            instruction: Task instruction for this call; None uses the component's.
+        """
+        texts = check_texts([d.page_content if isinstance(d, Document) else d for d in documents], "documents")
+        check_query(query)
+        assert self.reranker is not None
+        return self.reranker.rank(query, texts, top_n=top_n, instruction=instruction or self.instruction)
+
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Return copies of the best ``top_n`` documents at or above ``score_threshold``, best first."""
+        check_query(query)
+        if not documents:
+            return []
+        kept: list[Document] = []
+        for index, score in self.rerank(documents, query):
+            if self.score_threshold is not None and score < self.score_threshold:
+                break  # sorted best first: everything after is lower
+            original = documents[index]
+            metadata = copy.deepcopy(original.metadata)
+            metadata["relevance_score"] = float(score)
+            kept.append(original.model_copy(update={"metadata": metadata}))
+            if self.top_n is not None and len(kept) == self.top_n:
+                break
+        return kept
+
+    async def acompress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Run :meth:`compress_documents` in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self.compress_documents, documents, query, callbacks)
