@@ -40,13 +40,13 @@ class CoreOptions(BaseModel):
         return kwargs
 
 
-def adopt_core(options: BaseModel, core: Any, field: str) -> str:
+def adopt_core(options: BaseModel, core: Any, field: str, model_field: str = "model") -> str:
     """Return the model name of a core object passed as ``embedder=``/``reranker=`` (pydantic checked its type).
 
     Raises:
         ValueError: a different ``model`` was given next to it.
     """
-    given = getattr(options, "model", None)
-    if "model" in options.model_fields_set and given not in (None, core.model):
-        raise ValueError(f"model={given!r} differs from {field}.model={core.model!r}; pass only one of them")
+    given = getattr(options, model_field, None)
+    if model_field in options.model_fields_set and given not in (None, core.model):
+        raise ValueError(f"{model_field}={given!r} differs from {field}.model={core.model!r}; pass only one of them")
     return str(core.model)
