@@ -25,7 +25,7 @@ QUERY = "What is the capital of China?"
 
 
 class Collect(BaseEventHandler):
-    events: list[Any] = []
+    events: list[Any] = []  # noqa: RUF012 (a pydantic field)
 
     @classmethod
     def class_name(cls) -> str:

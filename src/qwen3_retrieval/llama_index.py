@@ -83,13 +83,13 @@ class Qwen3Embedding(CoreOptions, BaseEmbedding):
         return self.embedder
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._core.embed_query(query).tolist()  # type: ignore[no-any-return]
+        return self._core.embed_query(query).tolist()
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        return self._core.embed_documents([text])[0].tolist()  # type: ignore[no-any-return]
+        return self._core.embed_documents([text])[0].tolist()
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._core.embed_documents(texts).tolist()  # type: ignore[no-any-return]
+        return self._core.embed_documents(texts).tolist()
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
         return await asyncio.to_thread(self._get_query_embedding, query)
@@ -146,7 +146,7 @@ class Qwen3Rerank(CoreOptions, BaseNodePostprocessor):
             dispatcher.event(ReRankEndEvent(nodes=[]))
             return []
         texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
-        payload = {
+        payload: dict[str, Any] = {
             EventPayload.NODES: nodes,
             EventPayload.MODEL_NAME: self.model,
             EventPayload.QUERY_STR: query,
