@@ -1,0 +1,92 @@
+"""A loopback server speaking the OpenAI chat-completions wire format, recording what it receives."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.mode = "ok"  # "ok", "401" or "slow"
+        self.answer = "Milvus is a vector database [1]."
+        self.url = ""
+
+
+@pytest.fixture
+def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    state = FakeOpenAI()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+            if state.mode == "slow":
+                time.sleep(3)
+            if state.mode == "401":
+                payload = {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
+                self._send(401, payload)
+                return
+            self._send(
+                200,
+                {
+                    "id": "chatcmpl-test",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": state.answer},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                },
+            )
+
+        def _send(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout test)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", state.url)
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def docs_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    (folder / "faq").mkdir(parents=True)
+    (folder / "milvus.md").write_text(
+        "# Milvus\n\nMilvus is a vector database built for similarity search.\n\n"
+        "## Indexes\n\nMilvus builds indexes such as HNSW over vectors.\n"
+    )
+    (folder / "faq" / "capital.md").write_text("# Capitals\n\nThe capital of China is Beijing.\n")
+    (folder / "faq" / "physics.txt").write_text("Gravity is a force that attracts two bodies.\n\nMass bends space.")
+    (folder / "faq" / "ignored.pdf").write_bytes(b"%PDF-1.4")
+    return folder

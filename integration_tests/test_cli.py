@@ -1,0 +1,233 @@
+"""`qwen3-rag index` + `ask` end to end: real Milvus Lite, real OpenAI client over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FakeOpenAI
+from qwen3_retrieval import Qwen3Embedder, Qwen3Reranker
+from qwen3_retrieval.cli import main
+from qwen3_retrieval.rag.store import PassageStore
+
+
+@pytest.fixture
+def models(checkpoints: dict[str, Path]) -> list[str]:
+    return ["--embedding-model", str(checkpoints["embedding"]), "--device", "cpu"]
+
+
+@pytest.fixture
+def reranker_args(checkpoints: dict[str, Path]) -> list[str]:
+    return ["--reranker-model", str(checkpoints["reranker"])]
+
+
+def count(uri: Path) -> int:
+    store = PassageStore(str(uri), "qwen3_rag")
+    store.exists()
+    return store.count()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_index_then_ask_puts_reranked_passages_in_the_chat_prompt(
+    tmp_path: Path,
+    docs_folder: Path,
+    models: list[str],
+    reranker_args: list[str],
+    fake_openai: FakeOpenAI,
+    checkpoints: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    uri = str(tmp_path / "rag.db")
+    status, out, _ = run(capsys, "index", str(docs_folder), "--uri", uri, *models)
+    assert status == 0 and "Indexed 4 passages from 3 files" in out
+    question = "What is Milvus?"
+    status, out, _ = run(capsys, "ask", question, "--uri", uri, *models, *reranker_args, "--json", "--top-n", "3")
+    assert status == 0
+    result = json.loads(out)
+    assert result["answer"] == fake_openai.answer
+    sources = result["sources"]
+    assert len(sources) == 3
+    # The sources are exactly the reranker's choice among all retrieved candidates, best first.
+    store = PassageStore(uri, "qwen3_rag")
+    store.exists()
+    embedder = Qwen3Embedder(checkpoints["embedding"], device="cpu")
+    candidates = store.search(embedder.embed_query(question), 10)
+    ranked = Qwen3Reranker(checkpoints["reranker"], device="cpu").rank(question, [c.text for c in candidates], top_n=3)
+    assert [s["text"] for s in sources] == [candidates[i].text for i, _ in ranked]
+    assert [s["score"] for s in sources] == pytest.approx([score for _, score in ranked], abs=1e-5)
+    # And they are the passages the chat model received, numbered in that order.
+    (request,) = fake_openai.requests
+    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sk-test"
+    prompt = request["body"]["messages"][-1]["content"]
+    assert question in prompt
+    positions = [prompt.index(f"[{n}] (source: {s['source']}") for n, s in enumerate(sources, start=1)]
+    assert positions == sorted(positions)
+    for s in sources:
+        assert s["text"] in prompt
+
+
+def test_human_output_and_no_llm_hint(
+    tmp_path: Path,
+    docs_folder: Path,
+    models: list[str],
+    reranker_args: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    uri = str(tmp_path / "rag.db")
+    run(capsys, "index", str(docs_folder), "--uri", uri, *models)
+    status, out, _ = run(capsys, "ask", "capital of China", "--uri", uri, *models, *reranker_args)
+    assert status == 0
+    assert "Sources (reranked, best first):" in out and "[3]" in out
+    assert "set OPENAI_API_KEY" in out
+    status, out, _ = run(capsys, "ask", "capital of China", "--uri", uri, *models, *reranker_args, "--no-llm")
+    assert status == 0 and "OPENAI_API_KEY" not in out
+
+
+def test_reindexing_adds_no_duplicates_and_replaces_changed_files(
+    tmp_path: Path, docs_folder: Path, models: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = tmp_path / "rag.db"
+    run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
+    assert count(uri) == 4
+    status, out, _ = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
+    assert status == 0 and "(3 unchanged)" in out
+    assert count(uri) == 4
+    (docs_folder / "milvus.md").write_text("# Milvus\n\nMilvus Lite runs inside Python.\n")
+    status, out, _ = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
+    assert "from 1 files (2 unchanged)" in out
+    assert count(uri) == 3
+    store = PassageStore(str(uri), "qwen3_rag")
+    store.exists()
+    texts = [r["text"] for r in store.client.query("qwen3_rag", filter="", output_fields=["text"], limit=100)]
+    assert any("Milvus Lite runs inside Python." in t for t in texts)
+    assert not any("HNSW" in t for t in texts)
+
+
+def test_interrupted_run_leaves_a_usable_collection(
+    tmp_path: Path,
+    docs_folder: Path,
+    models: list[str],
+    reranker_args: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uri = tmp_path / "rag.db"
+    original = PassageStore.replace
+    calls = {"n": 0}
+
+    def flaky(self: PassageStore, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PassageStore, "replace", flaky)
+    status, _, err = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
+    assert status == 130 and "run the same command again" in err
+    partial = count(uri)
+    assert 0 < partial < 4
+    status, _, _ = run(capsys, "ask", "capital", "--uri", str(uri), *models, *reranker_args, "--no-llm")
+    assert status == 0
+    monkeypatch.setattr(PassageStore, "replace", original)
+    status, out, _ = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
+    assert status == 0 and count(uri) == 4
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_index_errors(tmp_path: Path, docs_folder: Path, models: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    uri = str(tmp_path / "rag.db")
+    status, _, err = run(capsys, "index", str(tmp_path / "missing"), "--uri", uri, *models)
+    assert status == 1 and "no such file or folder" in err
+    only_pdf = tmp_path / "pdfs"
+    only_pdf.mkdir()
+    (only_pdf / "a.pdf").write_bytes(b"%PDF")
+    status, _, err = run(capsys, "index", str(only_pdf), "--uri", uri, *models)
+    assert status == 1 and "no Markdown or text files" in err
+    run(capsys, "index", str(docs_folder), "--uri", uri, *models)
+    status, _, err = run(capsys, "index", str(docs_folder), "--uri", uri, *models, "--dimensions", "32")
+    assert status == 1 and "holds 64-dimensional vectors" in err and "--dimensions 64" in err
+    assert count(Path(uri)) == 4  # nothing stored was lost
+    url = f"http://127.0.0.1:{closed_port()}"
+    status, _, err = run(capsys, "index", str(docs_folder), "--uri", url, "--milvus-timeout", "2", *models)
+    assert status == 1 and "cannot reach the Milvus server" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("mode", ["401", "slow"])
+def test_chat_model_errors_still_show_passages(
+    tmp_path: Path,
+    docs_folder: Path,
+    models: list[str],
+    reranker_args: list[str],
+    fake_openai: FakeOpenAI,
+    capsys: pytest.CaptureFixture[str],
+    mode: str,
+) -> None:
+    uri = str(tmp_path / "rag.db")
+    run(capsys, "index", str(docs_folder), "--uri", uri, *models)
+    fake_openai.mode = mode
+    status, out, err = run(
+        capsys, "ask", "What is Milvus?", "--uri", uri, *models, *reranker_args, "--llm-timeout", "1"
+    )
+    assert status == 1
+    assert "Sources (reranked, best first):" in out and "[1]" in out
+    expected = "HTTP 401: Incorrect API key provided" if mode == "401" else "did not answer within 1s"
+    assert expected in err and err.count("\n") == 1
+
+
+def test_ask_errors(
+    tmp_path: Path, models: list[str], reranker_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = str(tmp_path / "empty.db")
+    status, _, err = run(capsys, "ask", "q", "--uri", uri, *models, *reranker_args)
+    assert status == 1 and "run `qwen3-rag index` first" in err
+    status, _, err = run(capsys, "ask", "q", "--uri", uri, *models, "--top-n", "0")
+    assert status == 1 and "--top-n must be at least 1" in err
+
+
+def test_real_process_exit_codes_and_no_traceback(
+    tmp_path: Path, docs_folder: Path, models: list[str], reranker_args: list[str]
+) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    uri = str(tmp_path / "rag.db")
+    command = [sys.executable, "-m", "qwen3_retrieval.cli"]
+    done = subprocess.run(
+        [*command, "index", str(tmp_path / "nope"), "--uri", uri], capture_output=True, text=True, env=env
+    )
+    assert (
+        done.returncode == 1 and done.stderr.strip() == f"qwen3-rag: error: no such file or folder: {tmp_path / 'nope'}"
+    )
+    done = subprocess.run(
+        [*command, "index", str(docs_folder), "--uri", uri, *models], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run(
+        [*command, "ask", "gravity", "--uri", uri, *models, *reranker_args, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert json.loads(done.stdout)["answer"] is None
+    done = subprocess.run([*command, "ask"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and "QUESTION" in done.stderr
