@@ -142,7 +142,7 @@ def test_interrupted_run_leaves_a_usable_collection(
     status, _, _ = run(capsys, "ask", "capital", "--uri", str(uri), *models, *reranker_args, "--no-llm")
     assert status == 0
     monkeypatch.setattr(PassageStore, "replace", original)
-    status, out, _ = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
+    status, _out, _ = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
     assert status == 0 and count(uri) == 4
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.store import Hit
@@ -30,12 +31,9 @@ def ask_chat_model(question: str, passages: Sequence[Hit], *, model: str, timeou
     import openai
 
     client = openai.OpenAI(timeout=timeout, max_retries=0)
+    messages: Any = build_messages(question, passages)  # plain dicts are what the wire format takes
     try:
-        response = client.chat.completions.create(
-            model=model,
-            messages=build_messages(question, passages),
-            temperature=0,  # type: ignore[arg-type]
-        )
+        response = client.chat.completions.create(model=model, messages=messages, temperature=0)
     except openai.APITimeoutError as err:
         raise RagError(f"the chat model did not answer within {timeout:g}s (--llm-timeout)") from err
     except openai.APIStatusError as err:
