@@ -1,0 +1,82 @@
+"""Each example runs end to end: real Milvus Lite stores of both frameworks, the real OpenAI clients over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FakeOpenAI
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+@pytest.mark.parametrize("name", ["langchain_milvus_rag.py", "llamaindex_milvus_rag.py", "hybrid_search.py"])
+def test_help(name: str) -> None:
+    done = run_example(name, "--help")
+    assert done.returncode == 0 and "--question" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["langchain_milvus_rag.py", "llamaindex_milvus_rag.py"])
+def test_rag_examples_answer_from_the_reranked_passages(
+    name: str, tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path], fake_openai: FakeOpenAI
+) -> None:
+    done = run_example(
+        name,
+        str(docs_folder),
+        "--question",
+        "What is Milvus?",
+        "--uri",
+        str(tmp_path / "example.db"),
+        "--embedding-model",
+        str(checkpoints["embedding"]),
+        "--reranker-model",
+        str(checkpoints["reranker"]),
+        "--device",
+        "cpu",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["answer"] == fake_openai.answer
+    sources = result["sources"]
+    assert len(sources) == 3
+    assert [s["score"] for s in sources] == sorted((s["score"] for s in sources), reverse=True)
+    prompt = "\n".join(
+        m["content"] for m in fake_openai.requests[-1]["body"]["messages"] if isinstance(m["content"], str)
+    )
+    positions = [prompt.index(s["text"]) for s in sources]
+    assert positions == sorted(positions)  # the chat model got the reranked passages, best first
+
+
+def test_hybrid_example(tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path]) -> None:
+    done = run_example(
+        "hybrid_search.py",
+        str(docs_folder),
+        "--question",
+        "capital of China",
+        "--uri",
+        str(tmp_path / "hybrid.db"),
+        "--embedding-model",
+        str(checkpoints["embedding"]),
+        "--reranker-model",
+        str(checkpoints["reranker"]),
+        "--device",
+        "cpu",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["candidates"] == 4
+    assert len(result["sources"]) == 3
+    scores = [s["score"] for s in result["sources"]]
+    assert scores == sorted(scores, reverse=True)

@@ -1,0 +1,104 @@
+"""Milvus vector stores for both frameworks, set up so that they work on Milvus Lite 3 out of the box.
+
+``pip install "qwen3-retrieval[all]"`` resolves to langchain-milvus 0.3.x with pymilvus 2.6.x (llama-index's
+Milvus store caps pymilvus below 3). That langchain-milvus reaches the collection through pymilvus' ORM, which
+pymilvus >= 2.6.11 no longer registers for its ``MilvusClient``; the first insert then fails with
+"should create connection first". :func:`langchain_store` registers the connection. For hybrid search it also
+spells out the sparse index and search parameters that Milvus Lite 3 accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DENSE_INDEX = {"index_type": "FLAT", "metric_type": "COSINE"}
+SPARSE_INDEX = {"index_type": "SPARSE_INVERTED_INDEX", "metric_type": "BM25", "params": {}}
+
+
+def langchain_store(
+    embeddings: Any,
+    *,
+    uri: str = "./milvus_langchain.db",
+    collection_name: str = "qwen3_langchain",
+    token: str | None = None,
+    hybrid: bool = False,
+    drop_old: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Return a ``langchain_milvus.Milvus`` store using ``embeddings``, cosine metric, ready for inserts.
+
+    Args:
+        embeddings: A LangChain ``Embeddings`` (e.g. :class:`qwen3_retrieval.langchain.Qwen3Embeddings`).
+        uri: A Milvus Lite path, or ``http(s)://host:19530`` for a server.
+        collection_name: The collection.
+        token: Milvus or Zilliz Cloud token.
+        hybrid: Add a BM25 full-text field next to the dense vectors; searches then fuse both.
+        drop_old: Drop an existing collection of that name first.
+        **kwargs: Passed on to ``langchain_milvus.Milvus``.
+    """
+    from langchain_milvus import BM25BuiltInFunction, Milvus
+
+    connection = {"uri": uri, **({"token": token} if token else {})}
+    options: dict[str, Any] = {
+        "collection_name": collection_name,
+        "connection_args": connection,
+        "consistency_level": "Strong",
+        "drop_old": drop_old,
+        "auto_id": True,
+    }
+    if hybrid:
+        options.update(
+            builtin_function=BM25BuiltInFunction(),
+            vector_field=["dense", "sparse"],
+            index_params=[DENSE_INDEX, SPARSE_INDEX],
+            search_params=[{"metric_type": "COSINE", "params": {}}, {"metric_type": "BM25", "params": {}}],
+        )
+    else:
+        options["index_params"] = DENSE_INDEX
+    options.update(kwargs)
+    store = Milvus(embedding_function=embeddings, **options)
+    _register_orm_connection(store, connection)
+    return store
+
+
+def _register_orm_connection(store: Any, connection: dict[str, Any]) -> None:
+    alias = getattr(store, "alias", None)
+    if alias is None:
+        return  # newer langchain-milvus no longer uses the ORM
+    try:
+        from pymilvus import connections
+    except ImportError:  # pragma: no cover - pymilvus 3 dropped the ORM
+        return
+    if not connections.has_connection(alias):
+        connections.connect(alias=alias, **connection)
+
+
+def llama_index_store(
+    dim: int,
+    *,
+    uri: str = "./milvus_llamaindex.db",
+    collection_name: str = "qwen3_llamaindex",
+    token: str | None = None,
+    hybrid: bool = False,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Return a ``MilvusVectorStore`` for ``dim``-sized vectors with the cosine metric.
+
+    With ``hybrid=True`` it adds Milvus' built-in BM25 full-text field; query with
+    ``vector_store_query_mode="hybrid"``.
+    """
+    from llama_index.vector_stores.milvus import MilvusVectorStore
+
+    return MilvusVectorStore(
+        uri=uri,
+        token=token or "",
+        collection_name=collection_name,
+        dim=dim,
+        overwrite=overwrite,
+        similarity_metric="COSINE",
+        consistency_level="Strong",
+        enable_sparse=hybrid,
+        **({"hybrid_ranker": "RRFRanker"} if hybrid else {}),
+        **kwargs,
+    )
