@@ -86,7 +86,7 @@ def llama_index_store(
     """Return a ``MilvusVectorStore`` for ``dim``-sized vectors with the cosine metric.
 
     With ``hybrid=True`` it adds Milvus' built-in BM25 full-text field; query with
-    ``vector_store_query_mode="hybrid"``.
+    ``vector_store_query_mode="hybrid"`` (results fused by reciprocal rank, the store's default).
     """
     from llama_index.vector_stores.milvus import MilvusVectorStore
 
@@ -99,6 +99,5 @@ def llama_index_store(
         similarity_metric="COSINE",
         consistency_level="Strong",
         enable_sparse=hybrid,
-        **({"hybrid_ranker": "RRFRanker"} if hybrid else {}),
         **kwargs,
     )
