@@ -92,6 +92,32 @@ class LazyModel(Generic[L]):
         return tqdm(total=total, desc=desc, unit="text") if self.show_progress else None
 
 
+class RuntimeProperties:
+    """Read-only views of the loading options, for the public model classes that hold a ``_runtime``."""
+
+    _runtime: LazyModel[Any]
+
+    @property
+    def model(self) -> str:
+        """The hub id or folder the model is loaded from."""
+        return self._runtime.model
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on."""
+        return self._runtime.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model weights."""
+        return self._runtime.dtype
+
+    @property
+    def max_length(self) -> int:
+        """The longest token sequence (with the trailing ``<|endoftext|>`` or the prompt template)."""
+        return self._runtime.max_length
+
+
 @torch.inference_mode()
 def last_hidden_batched(
     backbone: torch.nn.Module,

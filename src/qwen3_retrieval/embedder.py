@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qwen3_retrieval._model import LazyModel, last_hidden_batched
+from qwen3_retrieval._model import LazyModel, RuntimeProperties, last_hidden_batched
 from qwen3_retrieval._validation import check_instruction, check_positive_int, check_texts
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_INSTRUCTION, EOS_TOKEN, embedding_query
 
@@ -29,7 +29,7 @@ class _LoadedEmbedding:
     hidden_size: int
 
 
-class Qwen3Embedder:
+class Qwen3Embedder(RuntimeProperties):
     """Embeds texts with a Qwen3-Embedding model exactly as its model card does.
 
     Queries are prefixed with ``"Instruct: {instruction}\\nQuery:"``; documents get no prefix. Each text ends
@@ -52,6 +52,8 @@ class Qwen3Embedder:
         attn_implementation: Passed to transformers (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``);
             None uses transformers' default.
     """
+
+    _runtime: _EmbeddingRuntime
 
     def __init__(
         self,
@@ -84,26 +86,6 @@ class Qwen3Embedder:
 
     def __repr__(self) -> str:
         return f"Qwen3Embedder(model={self.model!r}, device='{self.device}', dimensions={self.dimensions})"
-
-    @property
-    def model(self) -> str:
-        """The hub id or folder the model is loaded from."""
-        return self._runtime.model
-
-    @property
-    def device(self) -> torch.device:
-        """The device the model runs on."""
-        return self._runtime.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the model weights."""
-        return self._runtime.dtype
-
-    @property
-    def max_length(self) -> int:
-        """The longest token sequence, including the trailing ``<|endoftext|>``."""
-        return self._runtime.max_length
 
     @property
     def dimension(self) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from qwen3_retrieval._model import LazyModel, last_hidden_batched
+from qwen3_retrieval._model import LazyModel, RuntimeProperties, last_hidden_batched
 from qwen3_retrieval._validation import check_instruction, check_query, check_texts, check_top_n
 from qwen3_retrieval.prompts import (
     DEFAULT_INSTRUCTION,
@@ -34,7 +34,7 @@ class _LoadedReranker:
     suffix_ids: list[int]
 
 
-class Qwen3Reranker:
+class Qwen3Reranker(RuntimeProperties):
     """Scores (query, document) pairs with a Qwen3-Reranker model exactly as its model card does.
 
     Each pair becomes the card's chat prompt (system judge prompt, ``<Instruct>: …\\n<Query>: …\\n<Document>: …``,
@@ -55,6 +55,8 @@ class Qwen3Reranker:
         show_progress: Show a tqdm progress bar while scoring.
         attn_implementation: Passed to transformers; None uses transformers' default.
     """
+
+    _runtime: _RerankerRuntime
 
     def __init__(
         self,
@@ -81,26 +83,6 @@ class Qwen3Reranker:
 
     def __repr__(self) -> str:
         return f"Qwen3Reranker(model={self.model!r}, device='{self.device}', dtype={self.dtype})"
-
-    @property
-    def model(self) -> str:
-        """The hub id or folder the model is loaded from."""
-        return self._runtime.model
-
-    @property
-    def device(self) -> torch.device:
-        """The device the model runs on."""
-        return self._runtime.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the model weights."""
-        return self._runtime.dtype
-
-    @property
-    def max_length(self) -> int:
-        """The longest prompt in tokens, template included."""
-        return self._runtime.max_length
 
     def score(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[float]:
         """Return ``P(yes)`` in [0, 1] for each document, in input order.

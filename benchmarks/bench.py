@@ -1,0 +1,380 @@
+"""Side-by-side speed and memory of qwen3-retrieval against the routes users would take instead.
+
+    python benchmarks/bench.py                       # real 0.6B shape, random weights, CPU, 2 threads
+    python benchmarks/bench.py --shape tiny --quick  # seconds: a smoke run
+
+Every contender runs in its own process on the same inputs; the first call is a warm-up, then ``--repeats``
+timed calls, reported as the median. Writes ``results.json``, ``results.md`` and ``results.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CONTENDERS = {
+    "embedding": ["ours", "st_batch32", "st_batch10", "st_one_per_call"],
+    "reranking": ["ours", "model_card_batch", "model_card_one_per_call"],
+}
+LABELS = {
+    "ours": "qwen3-retrieval",
+    "st_batch32": "sentence-transformers, batch 32 (LangChain HuggingFaceEmbeddings)",
+    "st_batch10": "sentence-transformers, batch 10 (LlamaIndex default)",
+    "st_one_per_call": "sentence-transformers, one text per call (tutorial)",
+    "model_card_batch": "model card code, all pairs in one batch",
+    "model_card_one_per_call": "model card code, one pair per call",
+}
+WORDS = [
+    "the",
+    "capital",
+    "city",
+    "river",
+    "mountain",
+    "data",
+    "vector",
+    "index",
+    "search",
+    "model",
+    "query",
+    "passage",
+    "answer",
+    "energy",
+    "light",
+    "music",
+    "history",
+    "science",
+    "computer",
+    "network",
+    "language",
+    "system",
+    "water",
+    "planet",
+    "force",
+    "gravity",
+    "market",
+    "price",
+    "company",
+    "law",
+]
+
+
+def make_texts(n: int, low: int, high: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(low, high))) + "." for _ in range(n)]
+
+
+# --- children: one contender each ---------------------------------------------------------------------------
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = json.loads(Path(args.inputs).read_text())
+    run = _prepare(args.contender, args.task, work, args.model, args.device)
+    times: list[float] = []
+    status = "ok"
+    try:
+        run()  # warm-up
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    except (RuntimeError, MemoryError) as err:  # out of memory is a result
+        status = f"failed: {type(err).__name__}: {str(err)[:200]}"
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"times": times, "status": status, "peak_rss_mb": peak_mb}))
+
+
+def _prepare(contender: str, task: str, work: dict[str, Any], model: str, device: str) -> Any:
+    import torch
+
+    if task == "embedding":
+        texts = work["texts"]
+        if contender == "ours":
+            from qwen3_retrieval import Qwen3Embedder
+
+            embedder = Qwen3Embedder(model, device=device, dtype="float32")
+            return lambda: embedder.embed_documents(texts)
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(model, device=device)
+        st.max_seq_length = 8192
+        if contender == "st_one_per_call":
+            return lambda: [st.encode([t]) for t in texts]
+        size = 32 if contender == "st_batch32" else 10
+        return lambda: st.encode(texts, batch_size=size)
+
+    query, docs = work["query"], work["documents"]
+    if contender == "ours":
+        from qwen3_retrieval import Qwen3Reranker
+
+        reranker = Qwen3Reranker(model, device=device, dtype="float32")
+        return lambda: reranker.score(query, docs)
+    # The model card's transformers code (facts file, section 2.1).
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).to(device).eval()
+    prefix = (
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+        'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+    )
+    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    prefix_ids = tokenizer.encode(prefix, add_special_tokens=False)
+    suffix_ids = tokenizer.encode(suffix, add_special_tokens=False)
+    yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+    instruction = "Given a web search query, retrieve relevant passages that answer the query"
+
+    @torch.no_grad()
+    def card(pairs: list[str]) -> list[float]:
+        inputs = tokenizer(
+            pairs,
+            padding=False,
+            truncation="longest_first",
+            return_attention_mask=False,
+            max_length=8192 - len(prefix_ids) - len(suffix_ids),
+        )
+        inputs["input_ids"] = [prefix_ids + ids + suffix_ids for ids in inputs["input_ids"]]
+        batch = tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=8192).to(device)
+        logits = lm(**batch).logits[:, -1, :]
+        scores = torch.stack([logits[:, no], logits[:, yes]], dim=1).log_softmax(dim=1)
+        return scores[:, 1].exp().tolist()
+
+    pairs = [f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {d}" for d in docs]
+    if contender == "model_card_batch":
+        return lambda: card(pairs)
+    return lambda: [card([p]) for p in pairs]
+
+
+# --- parent: inputs, contenders, report -----------------------------------------------------------------------
+
+
+def matmul_gflops(threads: int, device: str) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(1024, 1024, device=device)
+    b = torch.randn(1024, 1024, device=device)
+    for _ in range(3):
+        a @ b
+    n = 20
+    start = time.perf_counter()
+    for _ in range(n):
+        a @ b
+    return 2 * 1024**3 * n / (time.perf_counter() - start) / 1e9
+
+
+def workload(model: str, task: str, work: dict[str, Any]) -> tuple[int, float]:
+    """Real (unpadded) tokens of the work and its forward-pass FLOPs, from the model's config and our prompts."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    if task == "embedding":
+        from qwen3_retrieval import Qwen3Embedder
+
+        lengths = [len(s) for s in Qwen3Embedder(model, device="cpu")._runtime.tokenize(work["texts"])]
+    else:
+        from qwen3_retrieval import DEFAULT_INSTRUCTION, Qwen3Reranker
+
+        runtime = Qwen3Reranker(model, device="cpu")._runtime
+        lengths = [len(s) for s in runtime.encode(DEFAULT_INSTRUCTION, work["query"], work["documents"])]
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    attn = config.num_attention_heads * config.head_dim
+    kv = config.num_key_value_heads * config.head_dim
+    per_token = 2 * layers * (h * attn + 2 * h * kv + attn * h + 3 * h * inter)
+    attention = sum(2 * layers * attn * n * n for n in lengths)  # causal QK^T and AV
+    return sum(lengths), float(per_token * sum(lengths) + attention)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", default="0.6B", choices=["0.6B", "tiny"], help="random checkpoint shape to build")
+    p.add_argument("--embedding-model", help="a real checkpoint instead of the random one")
+    p.add_argument("--reranker-model", help="a real checkpoint instead of the random one")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--texts", type=int, default=32, help="embedding corpus size (10 to 400 words each)")
+    p.add_argument("--candidates", type=int, nargs="+", default=[10, 50], help="reranking candidate counts")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="4 texts, 4 candidates, 1 repeat, short texts")
+    p.add_argument("--cache", default=str(HERE / ".cache"), help="where random checkpoints are kept")
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--child", dest="contender", help=argparse.SUPPRESS)
+    p.add_argument("--task", help=argparse.SUPPRESS)
+    p.add_argument("--inputs", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.contender:
+        child(args)
+        return
+    if args.quick:
+        args.texts, args.candidates, args.repeats = 4, [4], 1
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = checkpoints(args)
+    short = args.quick
+    jobs: list[tuple[str, str, dict[str, Any]]] = [
+        ("embedding", f"embed {args.texts} texts", {"texts": make_texts(args.texts, 10, 40 if short else 400, 1)})
+    ]
+    for n in args.candidates:
+        docs = make_texts(n, 20, 40 if short else 250, 2 + n)
+        jobs.append(
+            ("reranking", f"rerank {n} candidates", {"query": "what drives the price of energy", "documents": docs})
+        )
+    peak = matmul_gflops(args.threads, args.device)
+    report: dict[str, Any] = {"machine": machine(args), "matmul_gflops": peak, "results": []}
+    for task, name, work in jobs:
+        model = models[task]
+        inputs = out / f"inputs-{task}.json"
+        inputs.write_text(json.dumps(work))
+        tokens, flops = workload(model, task, work)
+        rows = []
+        for contender in CONTENDERS[task]:
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                contender,
+                "--task",
+                task,
+                "--inputs",
+                str(inputs),
+                "--model",
+                model,
+                "--device",
+                args.device,
+                "--threads",
+                str(args.threads),
+                "--repeats",
+                str(args.repeats),
+            ]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                result = {
+                    "times": [],
+                    "status": f"crashed (exit {done.returncode}): {done.stderr[-300:]}",
+                    "peak_rss_mb": None,
+                }
+            else:
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+            median = statistics.median(result["times"]) if result["times"] else None
+            rows.append(
+                {
+                    "contender": contender,
+                    "label": LABELS[contender],
+                    "status": result["status"],
+                    "median_s": median,
+                    "tokens_per_s": tokens / median if median else None,
+                    "peak_rss_mb": result["peak_rss_mb"],
+                    "matmul_fraction": flops / median / 1e9 / peak if median else None,
+                }
+            )
+            print(f"{name:24s} {contender:24s} {median or float('nan'):8.3f}s  {result['status']}", flush=True)
+        ours = rows[0]["median_s"]
+        for row in rows:
+            row["our_speedup"] = row["median_s"] / ours if row["median_s"] and ours else None
+            row["memory_ratio"] = (rows[0]["peak_rss_mb"] / row["peak_rss_mb"]) if row["peak_rss_mb"] else None
+        report["results"].append({"task": task, "name": name, "tokens": tokens, "gflop": flops / 1e9, "rows": rows})
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "results.md").write_text(markdown(report, args))
+    chart(report, out / "results.png")
+    print((out / "results.md").read_text())
+
+
+def checkpoints(args: argparse.Namespace) -> dict[str, str]:
+    from qwen3_retrieval.testing import make_embedding_checkpoint, make_reranker_checkpoint
+
+    cache = Path(args.cache) / args.shape
+    found = {}
+    for task, given, make in (
+        ("embedding", args.embedding_model, make_embedding_checkpoint),
+        ("reranking", args.reranker_model, make_reranker_checkpoint),
+    ):
+        if given:
+            found[task] = given
+            continue
+        folder = cache / task
+        if not (folder / "config.json").exists():
+            print(f"building a random {args.shape} {task} checkpoint in {folder} ...", flush=True)
+            make(folder, shape=args.shape, dtype="bfloat16")
+        found[task] = str(folder)
+    return found
+
+
+def machine(args: argparse.Namespace) -> str:
+    import platform
+
+    import torch
+
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    versions = f"torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{cpu}, {args.threads} threads, {args.device}, float32, {versions}"
+
+
+def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [f"Machine: {report['machine']}; matrix-multiply limit {report['matmul_gflops']:.1f} GFLOP/s.", ""]
+    lines += [
+        "| task | contender | median s | tokens/s | our speed-up | peak RSS MB | matmul limit used |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for block in report["results"]:
+        for row in block["rows"]:
+            fmt = _formatter(row["status"][:40])
+            lines.append(
+                f"| {block['name']} ({block['tokens']} tokens) | {row['label']} | {fmt(row['median_s'], '.2f')} | "
+                f"{fmt(row['tokens_per_s'], '.0f')} | {fmt(row['our_speedup'], '.2f')}x | "
+                f"{fmt(row['peak_rss_mb'], '.0f')} | {fmt(row['matmul_fraction'], '.0%')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _formatter(missing: str) -> Any:
+    def fmt(value: Any, spec: str) -> str:
+        return format(value, spec) if value is not None else missing
+
+    return fmt
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    blocks = report["results"]
+    fig, axes = plt.subplots(1, len(blocks), figsize=(5 * len(blocks), 4), squeeze=False)
+    for ax, block in zip(axes[0], blocks):
+        rows = [r for r in block["rows"] if r["tokens_per_s"]]
+        ax.barh(
+            [r["contender"] for r in rows],
+            [r["tokens_per_s"] for r in rows],
+            color=["tab:green" if r["contender"] == "ours" else "tab:gray" for r in rows],
+        )
+        ax.set_title(block["name"])
+        ax.set_xlabel("tokens/s (higher is better)")
+        ax.invert_yaxis()
+    fig.suptitle(report["machine"], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""A tiny run of the benchmark: every contender runs in its own process and the report is complete."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+
+
+def test_benchmark_smoke_run(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--shape",
+            "tiny",
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--cache",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["matmul_gflops"] > 0
+    tasks = {block["task"]: block for block in report["results"]}
+    assert [r["contender"] for r in tasks["embedding"]["rows"]] == [
+        "ours",
+        "st_batch32",
+        "st_batch10",
+        "st_one_per_call",
+    ]
+    assert [r["contender"] for r in tasks["reranking"]["rows"]] == [
+        "ours",
+        "model_card_batch",
+        "model_card_one_per_call",
+    ]
+    for block in report["results"]:
+        assert block["tokens"] > 0
+        for row in block["rows"]:
+            assert row["status"] == "ok", row
+            assert row["median_s"] > 0 and row["tokens_per_s"] > 0 and row["our_speedup"] > 0
+    assert (tmp_path / "results.png").stat().st_size > 0
+    assert "qwen3-retrieval" in (tmp_path / "results.md").read_text()
