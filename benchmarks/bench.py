@@ -109,7 +109,8 @@ def _prepare(contender: str, task: str, work: dict[str, Any], model: str, device
             return lambda: embedder.embed_documents(texts)
         from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(model, device=device)
+        # transformers 5 loads in the checkpoint's dtype by default (bfloat16 here); compare like for like.
+        st = SentenceTransformer(model, device=device, model_kwargs={"dtype": torch.float32})
         st.max_seq_length = 8192
         if contender == "st_one_per_call":
             return lambda: [st.encode([t]) for t in texts]

@@ -51,8 +51,11 @@ def st_model(embedding_path: Path):  # type: ignore[no-untyped-def]
     return model
 
 
-def test_documents_equal_sentence_transformers(embedder: Qwen3Embedder, st_model) -> None:  # type: ignore[no-untyped-def]
-    ours = embedder.embed_documents(DOCUMENTS)
+@pytest.mark.parametrize("padded", [True, False])
+def test_documents_equal_sentence_transformers(embedding_path: Path, st_model, padded: bool) -> None:  # type: ignore[no-untyped-def]
+    embedder = Qwen3Embedder(embedding_path, device="cpu", batch_tokens=100_000)
+    embedder._runtime.pad_batches = padded
+    ours = embedder.embed_documents(DOCUMENTS + DOCUMENTS[:3])[: len(DOCUMENTS)]
     reference = st_model.encode(DOCUMENTS, batch_size=4, convert_to_numpy=True)
     assert ours.dtype == np.float32
     assert ours.shape == reference.shape
@@ -95,8 +98,10 @@ def test_pooling_is_at_the_eos_not_a_pad_or_other_token(embedder: Qwen3Embedder,
             assert np.abs(ours[row] - before_eos).max() > 100 * TOL
 
 
-def test_batched_equals_one_by_one(embedding_path: Path) -> None:
+@pytest.mark.parametrize("padded", [True, False])
+def test_batched_equals_one_by_one(embedding_path: Path, padded: bool) -> None:
     big = Qwen3Embedder(embedding_path, device="cpu", batch_tokens=100_000)
+    big._runtime.pad_batches = padded  # padded (GPU default) and pad-free (CPU default) batches
     small = Qwen3Embedder(embedding_path, device="cpu", batch_tokens=1)
     together = big.embed_documents(DOCUMENTS)
     singles = np.stack([small.embed_documents([d])[0] for d in DOCUMENTS])

@@ -117,10 +117,26 @@ def test_truncated_long_documents_equal_model_card(reranker_path: Path, max_leng
     )
 
 
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("batch_tokens", [1, 150, 400, 100_000])
-def test_any_batch_split_gives_the_same_scores(reranker_path: Path, card: ModelCard, batch_tokens: int) -> None:
-    ours = Qwen3Reranker(reranker_path, device="cpu", batch_tokens=batch_tokens).score(QUERY, DOCUMENTS)
+def test_any_batch_split_gives_the_same_scores(
+    reranker_path: Path, card: ModelCard, batch_tokens: int, padded: bool, share_prefix: bool
+) -> None:
+    reranker = Qwen3Reranker(reranker_path, device="cpu", batch_tokens=batch_tokens)
+    reranker._runtime.pad_batches = padded  # padded: the GPU default; pad-free: the CPU default
+    reranker._runtime.share_prefix = share_prefix
+    ours = reranker.score(QUERY, DOCUMENTS)
     assert_scores_close(ours, card.scores([card_body(CARD_INSTRUCTION, QUERY, d) for d in DOCUMENTS]))
+
+
+def test_shared_prefix_path_equals_plain_path(reranker_path: Path) -> None:
+    fast = Qwen3Reranker(reranker_path, device="cpu")
+    plain = Qwen3Reranker(reranker_path, device="cpu")
+    plain._runtime.share_prefix = False
+    for task in (CARD_INSTRUCTION, "Find geography facts"):
+        a, b = fast.score(QUERY, DOCUMENTS, instruction=task), plain.score(QUERY, DOCUMENTS, instruction=task)
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
 
 
 def test_seq_cls_checkpoint_equals_causal_lm_twin(checkpoints: dict[str, Path], reranker: Qwen3Reranker) -> None:

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from qwen3_retrieval._validation import check_positive_int
 from qwen3_retrieval.batching import token_budget_batches
-from qwen3_retrieval.devices import default_batch_tokens, resolve_device, resolve_dtype
+from qwen3_retrieval.devices import default_batch_tokens, pads_batches, resolve_device, resolve_dtype
 from qwen3_retrieval.loading import load_error, load_shared, model_source, quiet_transformers
 from qwen3_retrieval.pooling import last_token_pool, left_pad
 
@@ -43,6 +43,7 @@ class LazyModel(Generic[L]):
             if batch_tokens is None
             else check_positive_int(batch_tokens, "batch_tokens")
         )
+        self.pad_batches = pads_batches(self.device)
         self.show_progress = bool(show_progress)
         self.attn_implementation = attn_implementation
         self._loaded: L | None = None
@@ -126,10 +127,11 @@ def last_hidden_batched(
     pad_id: int,
     batch_tokens: int,
     device: torch.device,
+    pad: bool = True,
     progress: tqdm | None = None,
 ) -> torch.Tensor:
     """Run ``backbone`` over token-budget batches; return each sequence's last-token state, in input order."""
-    batches = token_budget_batches([len(s) for s in sequences], batch_tokens)
+    batches = token_budget_batches([len(s) for s in sequences], batch_tokens, pad=pad)
     out: torch.Tensor | None = None
     for batch in batches:
         input_ids, attention_mask, position_ids = left_pad([sequences[i] for i in batch], pad_id)

@@ -5,19 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int, *, pad: bool = True) -> list[list[int]]:
     """Group sequence indices into batches whose padded size (rows x longest) stays within ``batch_tokens``.
 
     Longest sequences come first, so a budget that does not fit in memory fails on the first batch, and
     sequences of similar length share a batch, so little compute is spent on padding. A sequence longer than
-    the budget gets a batch of its own.
+    the budget gets a batch of its own. With ``pad=False`` a batch only holds sequences of one length: nothing
+    is padded, so the model can skip the attention mask and use its fastest causal kernel.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     batches: list[list[int]] = []
     current: list[int] = []
     for index in order:
         # Sorted longest first, so the first row of the batch sets its padded width.
-        if current and (len(current) + 1) * lengths[current[0]] > batch_tokens:
+        full = (len(current) + 1) * lengths[current[0]] > batch_tokens if current else False
+        if current and (full or (not pad and lengths[index] != lengths[current[0]])):
             batches.append(current)
             current = []
         current.append(index)

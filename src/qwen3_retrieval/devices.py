@@ -67,3 +67,13 @@ def default_batch_tokens(device: torch.device) -> int:
     if device.type == "mps":
         return 8192
     return 2048
+
+
+def pads_batches(device: torch.device) -> bool:
+    """Whether batches on ``device`` may mix lengths (padded), or only hold sequences of one length.
+
+    Measured on a 2-core CPU with the real 0.6B shape (benchmarks/): padded batches ran about twice as slow as
+    one sequence at a time, because a padding mask takes attention off PyTorch's fused causal kernel while
+    batching adds little to CPU matrix-multiply efficiency. GPUs need batches to fill the device.
+    """
+    return device.type != "cpu"

@@ -142,6 +142,7 @@ class Qwen3Embedder(RuntimeProperties):
             pad_id=state.pad_id,
             batch_tokens=self._runtime.batch_tokens,
             device=self.device,
+            pad=self._runtime.pad_batches,
             progress=self._runtime._progress(len(texts), "Embedding"),
         )
         # Matryoshka: truncate first, then normalise (QwenLM/Qwen3-Embedding#5).

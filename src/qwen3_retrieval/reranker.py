@@ -11,6 +11,7 @@ import torch
 
 from qwen3_retrieval._model import LazyModel, RuntimeProperties, last_hidden_batched
 from qwen3_retrieval._validation import check_instruction, check_query, check_texts, check_top_n
+from qwen3_retrieval.prefix_cache import last_hidden_after_prefix
 from qwen3_retrieval.prompts import (
     DEFAULT_INSTRUCTION,
     DEFAULT_RERANKER_MODEL,
@@ -102,15 +103,18 @@ class Qwen3Reranker(RuntimeProperties):
         if not docs:
             return []
         state = self._runtime.state()
-        sequences = self._runtime.encode(task, query, docs)
-        hidden = last_hidden_batched(
-            state.backbone,
-            sequences,
-            pad_id=state.pad_id,
-            batch_tokens=self._runtime.batch_tokens,
-            device=self.device,
-            progress=self._runtime._progress(len(docs), "Reranking"),
-        )
+        start, tails = self._runtime.encode_parts(task, query, docs)
+        options: dict[str, Any] = {
+            "pad_id": state.pad_id,
+            "batch_tokens": self._runtime.batch_tokens,
+            "device": self.device,
+            "pad": self._runtime.pad_batches,
+            "progress": self._runtime._progress(len(docs), "Reranking"),
+        }
+        if self._runtime.share_prefix:
+            hidden = last_hidden_after_prefix(state.backbone, start, tails, **options)
+        else:
+            hidden = last_hidden_batched(state.backbone, [start + tail for tail in tails], **options)
         return torch.sigmoid(hidden.float() @ state.direction).cpu().tolist()
 
     def rank(
@@ -172,8 +176,16 @@ class _RerankerRuntime(LazyModel[_LoadedReranker]):
             suffix_ids=_encode(tokenizer, [RERANK_SUFFIX])[0],
         )
 
+    share_prefix = True
+    """Run the prompt part shared by all documents once per call (see :mod:`qwen3_retrieval.prefix_cache`)."""
+
     def encode(self, instruction: str, query: str, documents: list[str]) -> list[list[int]]:
         """Return the prompt token ids of each (query, document) pair, documents cut to fit ``max_length``."""
+        start, tails = self.encode_parts(instruction, query, documents)
+        return [start + tail for tail in tails]
+
+    def encode_parts(self, instruction: str, query: str, documents: list[str]) -> tuple[list[int], list[list[int]]]:
+        """Return the ids every pair starts with, and each pair's own ids (document and suffix)."""
         state = self.state()
         head = _encode(state.tokenizer, [rerank_head(instruction, query)])[0]
         fixed = len(state.prefix_ids) + len(head) + len(state.suffix_ids)
@@ -184,8 +196,7 @@ class _RerankerRuntime(LazyModel[_LoadedReranker]):
                 f"a document within max_length={self.max_length}; shorten them or raise max_length"
             )
         docs = _encode(state.tokenizer, [rerank_document(d) for d in documents])
-        start = state.prefix_ids + head
-        return [start + doc[:room] + state.suffix_ids for doc in docs]
+        return state.prefix_ids + head, [doc[:room] + state.suffix_ids for doc in docs]
 
 
 def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
