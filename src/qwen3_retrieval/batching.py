@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
 
 
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int, *, pad: bool = True) -> list[list[int]]:
@@ -26,3 +29,40 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int, *, pad: bool
     if current:
         batches.append(current)
     return batches
+
+
+def in_input_order(
+    lengths: Sequence[int], batch_tokens: int, *, pad: bool, device: torch.device, progress: tqdm | None
+) -> Iterator[tuple[list[int], _Slot]]:
+    """Yield ``(batch, slot)`` for each token-budget batch; ``slot.put(rows)`` stores its results in input order.
+
+    The caller reads the gathered tensor from ``slot.result`` after the loop. The progress bar, if any, advances
+    per batch and is closed at the end.
+    """
+    slot = _Slot(len(lengths), device)
+    for batch in token_budget_batches(lengths, batch_tokens, pad=pad):
+        slot.batch = batch
+        yield batch, slot
+        if progress is not None:
+            progress.update(len(batch))
+    if progress is not None:
+        progress.close()
+
+
+class _Slot:
+    """Where the batches of :func:`in_input_order` put their rows."""
+
+    def __init__(self, total: int, device: torch.device) -> None:
+        self.total, self.device = total, device
+        self.batch: list[int] = []
+        self._out: torch.Tensor | None = None
+
+    def put(self, rows: torch.Tensor) -> None:
+        if self._out is None:
+            self._out = torch.empty((self.total, rows.shape[1]), dtype=rows.dtype, device=self.device)
+        self._out[torch.as_tensor(self.batch, device=self.device)] = rows
+
+    @property
+    def result(self) -> torch.Tensor:
+        assert self._out is not None, "no batch was run"
+        return self._out

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from qwen3_retrieval.batching import token_budget_batches
+from qwen3_retrieval.batching import in_input_order
 
 
 @torch.inference_mode()
@@ -33,8 +33,9 @@ def last_hidden_after_prefix(
     n_prefix = len(prefix)
     cached = backbone(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True).past_key_values
     layers = [(layer.keys, layer.values) for layer in cached.layers]
-    out: torch.Tensor | None = None
-    for batch in token_budget_batches([len(t) for t in tails], batch_tokens, pad=pad):
+    slot = None
+    lengths = [len(t) for t in tails]
+    for batch, slot in in_input_order(lengths, batch_tokens, pad=pad, device=device, progress=progress):
         rows = [tails[i] for i in batch]
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -57,13 +58,6 @@ def last_hidden_after_prefix(
             use_cache=True,
         ).last_hidden_state
         last = torch.tensor([len(r) - 1 for r in rows], device=device)
-        pooled = hidden[torch.arange(len(rows), device=device), last]
-        if out is None:
-            out = torch.empty((len(tails), pooled.shape[1]), dtype=pooled.dtype, device=device)
-        out[torch.as_tensor(batch, device=device)] = pooled
-        if progress is not None:
-            progress.update(len(batch))
-    if progress is not None:
-        progress.close()
-    assert out is not None, "last_hidden_after_prefix needs at least one tail"
-    return out
+        slot.put(hidden[torch.arange(len(rows), device=device), last])
+    assert slot is not None, "last_hidden_after_prefix needs at least one tail"
+    return slot.result
