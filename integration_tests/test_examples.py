@@ -22,6 +22,22 @@ def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def pipeline_args(docs: Path, question: str, uri: Path, checkpoints: dict[str, Path]) -> list[str]:
+    return [
+        str(docs),
+        "--question",
+        question,
+        "--uri",
+        str(uri),
+        "--embedding-model",
+        str(checkpoints["embedding"]),
+        "--reranker-model",
+        str(checkpoints["reranker"]),
+        "--device",
+        "cpu",
+    ]
+
+
 @pytest.mark.parametrize("name", ["langchain_milvus_rag.py", "llamaindex_milvus_rag.py", "hybrid_search.py"])
 def test_help(name: str) -> None:
     done = run_example(name, "--help")
@@ -32,20 +48,7 @@ def test_help(name: str) -> None:
 def test_rag_examples_answer_from_the_reranked_passages(
     name: str, tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path], fake_openai: FakeOpenAI
 ) -> None:
-    done = run_example(
-        name,
-        str(docs_folder),
-        "--question",
-        "What is Milvus?",
-        "--uri",
-        str(tmp_path / "example.db"),
-        "--embedding-model",
-        str(checkpoints["embedding"]),
-        "--reranker-model",
-        str(checkpoints["reranker"]),
-        "--device",
-        "cpu",
-    )
+    done = run_example(name, *pipeline_args(docs_folder, "What is Milvus?", tmp_path / "example.db", checkpoints))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["answer"] == fake_openai.answer
@@ -61,18 +64,7 @@ def test_rag_examples_answer_from_the_reranked_passages(
 
 def test_hybrid_example(tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path]) -> None:
     done = run_example(
-        "hybrid_search.py",
-        str(docs_folder),
-        "--question",
-        "capital of China",
-        "--uri",
-        str(tmp_path / "hybrid.db"),
-        "--embedding-model",
-        str(checkpoints["embedding"]),
-        "--reranker-model",
-        str(checkpoints["reranker"]),
-        "--device",
-        "cpu",
+        "hybrid_search.py", *pipeline_args(docs_folder, "capital of China", tmp_path / "hybrid.db", checkpoints)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
