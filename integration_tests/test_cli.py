@@ -161,6 +161,8 @@ def test_index_errors(tmp_path: Path, docs_folder: Path, models: list[str], caps
     (only_pdf / "a.pdf").write_bytes(b"%PDF")
     status, _, err = run(capsys, "index", str(only_pdf), "--uri", uri, *models)
     assert status == 1 and "no Markdown or text files" in err
+    status, _, err = run(capsys, "index", str(docs_folder), "--uri", uri, *models, "--chunk-size", "10")
+    assert status == 1 and "--chunk-size must be at least 100" in err
     run(capsys, "index", str(docs_folder), "--uri", uri, *models)
     status, _, err = run(capsys, "index", str(docs_folder), "--uri", uri, *models, "--dimensions", "32")
     assert status == 1 and "holds 64-dimensional vectors" in err and "--dimensions 64" in err

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval._validation import check_positive_int
-from qwen3_retrieval.batching import in_input_order
+from qwen3_retrieval.batching import run_in_batches
 from qwen3_retrieval.devices import default_batch_tokens, pads_batches, resolve_device, resolve_dtype
 from qwen3_retrieval.loading import load_error, load_shared, model_source, quiet_transformers
 from qwen3_retrieval.pooling import last_token_pool, left_pad
@@ -131,15 +131,14 @@ def last_hidden_batched(
     progress: tqdm | None = None,
 ) -> torch.Tensor:
     """Run ``backbone`` over token-budget batches; return each sequence's last-token state, in input order."""
-    slot = None
-    lengths = [len(s) for s in sequences]
-    for batch, slot in in_input_order(lengths, batch_tokens, pad=pad, device=device, progress=progress):
+
+    def run(batch: list[int]) -> torch.Tensor:
         input_ids, attention_mask, position_ids = left_pad([sequences[i] for i in batch], pad_id)
         hidden = backbone(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
             position_ids=position_ids.to(device),
         ).last_hidden_state
-        slot.put(last_token_pool(hidden, attention_mask.to(device)))
-    assert slot is not None, "last_hidden_batched needs at least one sequence"
-    return slot.result
+        return last_token_pool(hidden, attention_mask.to(device))
+
+    return run_in_batches([len(s) for s in sequences], batch_tokens, run, pad=pad, device=device, progress=progress)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -31,38 +31,28 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int, *, pad: bool
     return batches
 
 
-def in_input_order(
-    lengths: Sequence[int], batch_tokens: int, *, pad: bool, device: torch.device, progress: tqdm | None
-) -> Iterator[tuple[list[int], _Slot]]:
-    """Yield ``(batch, slot)`` for each token-budget batch; ``slot.put(rows)`` stores its results in input order.
+def run_in_batches(
+    lengths: Sequence[int],
+    batch_tokens: int,
+    run: Callable[[list[int]], torch.Tensor],
+    *,
+    pad: bool,
+    device: torch.device,
+    progress: tqdm | None,
+) -> torch.Tensor:
+    """Call ``run(batch)`` for each token-budget batch of indices; return its rows gathered in input order.
 
-    The caller reads the gathered tensor from ``slot.result`` after the loop. The progress bar, if any, advances
-    per batch and is closed at the end.
+    ``run`` returns one row per index of its batch. The progress bar, if any, advances per batch and is closed.
     """
-    slot = _Slot(len(lengths), device)
+    out: torch.Tensor | None = None
     for batch in token_budget_batches(lengths, batch_tokens, pad=pad):
-        slot.batch = batch
-        yield batch, slot
+        rows = run(batch)
+        if out is None:
+            out = torch.empty((len(lengths), rows.shape[1]), dtype=rows.dtype, device=device)
+        out[torch.as_tensor(batch, device=device)] = rows
         if progress is not None:
             progress.update(len(batch))
     if progress is not None:
         progress.close()
-
-
-class _Slot:
-    """Where the batches of :func:`in_input_order` put their rows."""
-
-    def __init__(self, total: int, device: torch.device) -> None:
-        self.total, self.device = total, device
-        self.batch: list[int] = []
-        self._out: torch.Tensor | None = None
-
-    def put(self, rows: torch.Tensor) -> None:
-        if self._out is None:
-            self._out = torch.empty((self.total, rows.shape[1]), dtype=rows.dtype, device=self.device)
-        self._out[torch.as_tensor(self.batch, device=self.device)] = rows
-
-    @property
-    def result(self) -> torch.Tensor:
-        assert self._out is not None, "no batch was run"
-        return self._out
+    assert out is not None, "run_in_batches needs at least one sequence"
+    return out

@@ -90,10 +90,10 @@ def _store(args: argparse.Namespace) -> Any:
     return PassageStore(args.uri, args.collection, token=token, timeout=args.milvus_timeout)
 
 
-def _embedder(args: argparse.Namespace, dimensions: int | None, progress: bool = False) -> Any:
+def _embedder(args: argparse.Namespace, dimensions: int | None) -> Any:
     from qwen3_retrieval import Qwen3Embedder
 
-    return Qwen3Embedder(args.embedding_model, device=args.device, dimensions=dimensions, show_progress=progress)
+    return Qwen3Embedder(args.embedding_model, device=args.device, dimensions=dimensions)
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -103,19 +103,20 @@ def run_index(args: argparse.Namespace) -> int:
     from qwen3_retrieval.rag.passages import file_fingerprint, find_files, split_passages
 
     files = find_files(args.paths)
-    if args.chunk_size < 100:
-        raise RagError(f"--chunk-size must be at least 100 characters, got {args.chunk_size}")
+    # Split every file before loading the model, so bad input (e.g. --chunk-size) fails fast.
+    split = []
+    for path in files:
+        data = path.read_bytes()
+        passages = split_passages(data.decode("utf-8", errors="replace"), str(path), args.chunk_size)
+        split.append((str(path), passages, file_fingerprint(data, args.chunk_size)))
     embedder = _embedder(args, args.dimensions)
     store = _store(args)
     store.ensure(embedder.dimension)
-    work = []
-    for path in files:
-        data = path.read_bytes()
-        text = data.decode("utf-8", errors="replace")
-        passages = split_passages(text, str(path), args.chunk_size)
-        fingerprint = file_fingerprint(data, args.chunk_size)
-        if passages and not store.is_current(str(path), fingerprint, len(passages)):
-            work.append((passages, fingerprint))
+    work = [
+        (passages, fingerprint)
+        for source, passages, fingerprint in split
+        if passages and not store.is_current(source, fingerprint, len(passages))
+    ]
     total = sum(len(p) for p, _ in work)
     with tqdm(total=total, desc="Embedding", unit="passage", disable=total == 0) as bar:
         for passages, fingerprint in work:
@@ -144,18 +145,18 @@ def run_ask(args: argparse.Namespace) -> int:
     if not store.exists():
         raise RagError(f"collection {args.collection!r} does not exist at {args.uri}; run `qwen3-rag index` first")
     dimension = store.dimension()
-    embedder = _embedder(args, args.dimensions)
-    if args.dimensions is None:
-        # Use the size the collection was built with (a Matryoshka cut of the same model).
-        hidden = _embedder(args, None).dimension
-        if dimension > hidden:
-            raise RagError(
-                f"collection {args.collection!r} holds {dimension}-dimensional vectors but "
-                f"{args.embedding_model} gives at most {hidden}; use the embedding model it was built with"
-            )
-        embedder = _embedder(args, dimension if dimension < hidden else None)
-    elif args.dimensions != dimension:
+    if args.dimensions is not None and args.dimensions != dimension:
         raise RagError(f"collection {args.collection!r} holds {dimension}-dimensional vectors, not {args.dimensions}")
+    # Embed at the size the collection was built with (a Matryoshka cut of the same model).
+    embedder = _embedder(args, None)
+    hidden = embedder.dimension
+    if dimension > hidden:
+        raise RagError(
+            f"collection {args.collection!r} holds {dimension}-dimensional vectors but "
+            f"{args.embedding_model} gives at most {hidden}; use the embedding model it was built with"
+        )
+    if dimension < hidden:
+        embedder = _embedder(args, dimension)  # shares the model just loaded
     hits = store.search(embedder.embed_query(args.question), args.candidates)
     reranker = Qwen3Reranker(args.reranker_model, device=args.device)
     ranked = reranker.rank(args.question, [h.text for h in hits], top_n=args.top_n)

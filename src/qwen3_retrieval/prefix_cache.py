@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from qwen3_retrieval.batching import in_input_order
+from qwen3_retrieval.batching import run_in_batches
 
 
 @torch.inference_mode()
@@ -33,9 +33,8 @@ def last_hidden_after_prefix(
     n_prefix = len(prefix)
     cached = backbone(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True).past_key_values
     layers = [(layer.keys, layer.values) for layer in cached.layers]
-    slot = None
-    lengths = [len(t) for t in tails]
-    for batch, slot in in_input_order(lengths, batch_tokens, pad=pad, device=device, progress=progress):
+
+    def run(batch: list[int]) -> torch.Tensor:
         rows = [tails[i] for i in batch]
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -58,6 +57,6 @@ def last_hidden_after_prefix(
             use_cache=True,
         ).last_hidden_state
         last = torch.tensor([len(r) - 1 for r in rows], device=device)
-        slot.put(hidden[torch.arange(len(rows), device=device), last])
-    assert slot is not None, "last_hidden_after_prefix needs at least one tail"
-    return slot.result
+        return hidden[torch.arange(len(rows), device=device), last]
+
+    return run_in_batches([len(t) for t in tails], batch_tokens, run, pad=pad, device=device, progress=progress)
