@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from qwen3_retrieval.batching import token_budget_batches
-from qwen3_retrieval.devices import pads_batches
+from qwen3_retrieval.devices import batch_policy
 
 
 def test_padded_batches_respect_the_budget_longest_first() -> None:
@@ -17,15 +17,44 @@ def test_oversized_sequence_gets_its_own_batch() -> None:
     assert token_budget_batches([100, 3, 3], 10) == [[0], [1, 2]]
 
 
-def test_pad_free_batches_hold_one_length_each() -> None:
+def test_no_padding_allowed_keeps_one_length_per_batch() -> None:
     lengths = [4, 4, 9, 4, 9, 2]
-    batches = token_budget_batches(lengths, 100, pad=False)
+    batches = token_budget_batches(lengths, 100, max_padding=0.0)
     assert batches == [[2, 4], [0, 1, 3], [5]]
-    assert token_budget_batches([4, 4, 4], 8, pad=False) == [[0, 1], [2]]
+    assert token_budget_batches([4, 4, 4], 8, max_padding=0.0) == [[0, 1], [2]]
 
 
-def test_cpu_batches_are_pad_free() -> None:
+def test_padding_share_bounds_each_batch() -> None:
+    lengths = [100, 95, 90, 60, 58, 10]
+    batches = token_budget_batches(lengths, 10_000, max_padding=0.2)
+    # 100, 95, 90 pad 15 of 300 (5%); adding 60 would pad 55 of 400 (14%), adding 58 then 97 of 500 (19%),
+    # and 10 would pad 187 of 600 (31%), over the bound.
+    assert batches == [[0, 1, 2, 3, 4], [5]]
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) * width - sum(lengths[i] for i in batch) <= 0.2 * len(batch) * width
+
+
+def test_cpu_right_pads_small_batches_gpu_left_pads_large_ones() -> None:
     import torch
 
-    assert pads_batches(torch.device("cpu")) is False
-    assert pads_batches(torch.device("cuda")) is True
+    cpu, gpu = batch_policy(torch.device("cpu")), batch_policy(torch.device("cuda"))
+    assert cpu.padding_side == "right" and gpu.padding_side == "left"
+    assert cpu.batch_tokens < gpu.batch_tokens
+    assert 0 < cpu.max_padding < gpu.max_padding == 1.0
+
+
+def test_flash_attention_is_chosen_only_on_cuda_in_half_precision_when_installed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    import torch
+
+    from qwen3_retrieval.devices import default_attn_implementation
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else None)
+    assert default_attn_implementation(cuda, torch.bfloat16) == "flash_attention_2"
+    assert default_attn_implementation(cuda, torch.float32) is None
+    assert default_attn_implementation(cpu, torch.bfloat16) is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert default_attn_implementation(cuda, torch.bfloat16) is None

@@ -36,16 +36,25 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
         "st_batch32",
         "st_batch10",
         "st_one_per_call",
+        "ours_bf16",
     ]
     assert [r["contender"] for r in tasks["reranking"]["rows"]] == [
         "ours",
         "model_card_batch",
         "model_card_one_per_call",
+        "st_cross_encoder",
+        "ours_bf16",
     ]
     for block in report["results"]:
         assert block["tokens"] > 0
         for row in block["rows"]:
             assert row["status"] == "ok", row
             assert row["median_s"] > 0 and row["tokens_per_s"] > 0 and row["our_speedup"] > 0
+    # bfloat16 is reported with its fidelity to float32, and the reranker's executed work with its floor.
+    bf16_embed = tasks["embedding"]["rows"][-1]["fidelity"]
+    assert 0.9 < bf16_embed["min_cosine"] <= bf16_embed["mean_cosine"] <= 1.0 + 1e-6
+    bf16_rerank = tasks["reranking"]["rows"][-1]["fidelity"]
+    assert 0 <= bf16_rerank["max_abs_score_diff"] < 0.2 and -1 <= bf16_rerank["spearman"] <= 1
+    assert 0 < tasks["reranking"]["our_gflop"] < tasks["reranking"]["gflop"]
     assert (tmp_path / "results.png").stat().st_size > 0
     assert "qwen3-retrieval" in (tmp_path / "results.md").read_text()

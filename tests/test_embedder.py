@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from policies import POLICIES
 from qwen3_retrieval import DEFAULT_INSTRUCTION, Qwen3Embedder
 from qwen3_retrieval.loading import cached_keys
 from texts import DOCUMENTS, QUERIES
@@ -51,10 +52,10 @@ def st_model(embedding_path: Path):  # type: ignore[no-untyped-def]
     return model
 
 
-@pytest.mark.parametrize("padded", [True, False])
-def test_documents_equal_sentence_transformers(embedding_path: Path, st_model, padded: bool) -> None:  # type: ignore[no-untyped-def]
-    embedder = Qwen3Embedder(embedding_path, device="cpu", batch_tokens=100_000)
-    embedder._runtime.pad_batches = padded
+@pytest.mark.parametrize("policy", POLICIES)
+def test_documents_equal_sentence_transformers(embedding_path: Path, st_model, policy: str) -> None:  # type: ignore[no-untyped-def]
+    embedder = Qwen3Embedder(embedding_path, device="cpu")
+    embedder._runtime.policy = POLICIES[policy]
     ours = embedder.embed_documents(DOCUMENTS + DOCUMENTS[:3])[: len(DOCUMENTS)]
     reference = st_model.encode(DOCUMENTS, batch_size=4, convert_to_numpy=True)
     assert ours.dtype == np.float32
@@ -98,10 +99,10 @@ def test_pooling_is_at_the_eos_not_a_pad_or_other_token(embedder: Qwen3Embedder,
             assert np.abs(ours[row] - before_eos).max() > 100 * TOL
 
 
-@pytest.mark.parametrize("padded", [True, False])
-def test_batched_equals_one_by_one(embedding_path: Path, padded: bool) -> None:
-    big = Qwen3Embedder(embedding_path, device="cpu", batch_tokens=100_000)
-    big._runtime.pad_batches = padded  # padded (GPU default) and pad-free (CPU default) batches
+@pytest.mark.parametrize("policy", POLICIES)
+def test_batched_equals_one_by_one(embedding_path: Path, policy: str) -> None:
+    big = Qwen3Embedder(embedding_path, device="cpu")
+    big._runtime.policy = POLICIES[policy]
     small = Qwen3Embedder(embedding_path, device="cpu", batch_tokens=1)
     together = big.embed_documents(DOCUMENTS)
     singles = np.stack([small.embed_documents([d])[0] for d in DOCUMENTS])

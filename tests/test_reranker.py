@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from policies import POLICIES
 from qwen3_retrieval import Qwen3Reranker
 from qwen3_retrieval.loading import cached_keys
 from texts import DOCUMENTS
@@ -118,13 +120,13 @@ def test_truncated_long_documents_equal_model_card(reranker_path: Path, max_leng
 
 
 @pytest.mark.parametrize("share_prefix", [True, False])
-@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("batch_tokens", [1, 150, 400, 100_000])
 def test_any_batch_split_gives_the_same_scores(
-    reranker_path: Path, card: ModelCard, batch_tokens: int, padded: bool, share_prefix: bool
+    reranker_path: Path, card: ModelCard, batch_tokens: int, policy: str, share_prefix: bool
 ) -> None:
-    reranker = Qwen3Reranker(reranker_path, device="cpu", batch_tokens=batch_tokens)
-    reranker._runtime.pad_batches = padded  # padded: the GPU default; pad-free: the CPU default
+    reranker = Qwen3Reranker(reranker_path, device="cpu")
+    reranker._runtime.policy = replace(POLICIES[policy], batch_tokens=batch_tokens)
     reranker._runtime.share_prefix = share_prefix
     ours = reranker.score(QUERY, DOCUMENTS)
     assert_scores_close(ours, card.scores([card_body(CARD_INSTRUCTION, QUERY, d) for d in DOCUMENTS]))
@@ -137,6 +139,23 @@ def test_shared_prefix_path_equals_plain_path(reranker_path: Path) -> None:
     for task in (CARD_INSTRUCTION, "Find geography facts"):
         a, b = fast.score(QUERY, DOCUMENTS, instruction=task), plain.score(QUERY, DOCUMENTS, instruction=task)
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+
+
+@pytest.mark.parametrize("instruction", [None, "Find geography facts"])
+def test_equals_sentence_transformers_cross_encoder(
+    reranker_path: Path, reranker: Qwen3Reranker, instruction: str | None
+) -> None:
+    """A second, independent reference: sentence-transformers' CrossEncoder on the causal-LM checkpoint.
+
+    It renders each pair through the checkpoint's role-based chat template (instruction in the system role,
+    default instruction otherwise) and scores sigmoid(logit_yes - logit_no) at the last position.
+    """
+    from sentence_transformers import CrossEncoder
+
+    cross_encoder = CrossEncoder(str(reranker_path), device="cpu", local_files_only=True)
+    pairs = [(QUERY, doc) for doc in DOCUMENTS]
+    theirs = cross_encoder.predict(pairs, batch_size=3, prompt=instruction).tolist()
+    assert_scores_close(reranker.score(QUERY, DOCUMENTS, instruction=instruction), theirs)
 
 
 def test_seq_cls_checkpoint_equals_causal_lm_twin(checkpoints: dict[str, Path], reranker: Qwen3Reranker) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Sequence
+from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -11,9 +12,15 @@ from tqdm.auto import tqdm
 
 from qwen3_retrieval._validation import check_positive_int
 from qwen3_retrieval.batching import run_in_batches
-from qwen3_retrieval.devices import default_batch_tokens, pads_batches, resolve_device, resolve_dtype
+from qwen3_retrieval.devices import (
+    BatchPolicy,
+    batch_policy,
+    default_attn_implementation,
+    resolve_device,
+    resolve_dtype,
+)
 from qwen3_retrieval.loading import load_error, load_shared, model_source, quiet_transformers
-from qwen3_retrieval.pooling import last_token_pool, left_pad
+from qwen3_retrieval.pooling import last_token_pool, left_pad, right_pad
 
 L = TypeVar("L")
 
@@ -38,14 +45,11 @@ class LazyModel(Generic[L]):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_length = check_positive_int(max_length, "max_length", minimum=2)
-        self.batch_tokens = (
-            default_batch_tokens(self.device)
-            if batch_tokens is None
-            else check_positive_int(batch_tokens, "batch_tokens")
-        )
-        self.pad_batches = pads_batches(self.device)
+        self.policy = batch_policy(self.device)
+        if batch_tokens is not None:
+            self.policy = replace(self.policy, batch_tokens=check_positive_int(batch_tokens, "batch_tokens"))
         self.show_progress = bool(show_progress)
-        self.attn_implementation = attn_implementation
+        self.attn_implementation = attn_implementation or default_attn_implementation(self.device, self.dtype)
         self._loaded: L | None = None
 
     def __repr__(self) -> str:
@@ -125,15 +129,20 @@ def last_hidden_batched(
     sequences: Sequence[Sequence[int]],
     *,
     pad_id: int,
-    batch_tokens: int,
+    policy: BatchPolicy,
     device: torch.device,
-    pad: bool = True,
     progress: tqdm | None = None,
 ) -> torch.Tensor:
     """Run ``backbone`` over token-budget batches; return each sequence's last-token state, in input order."""
 
     def run(batch: list[int]) -> torch.Tensor:
-        input_ids, attention_mask, position_ids = left_pad([sequences[i] for i in batch], pad_id)
+        rows = [sequences[i] for i in batch]
+        if policy.padding_side == "right":
+            input_ids, last = right_pad(rows, pad_id)
+            # No mask: pads come after every real token, and causal attention never looks ahead.
+            hidden = backbone(input_ids=input_ids.to(device)).last_hidden_state
+            return hidden[torch.arange(len(rows), device=device), last.to(device)]
+        input_ids, attention_mask, position_ids = left_pad(rows, pad_id)
         hidden = backbone(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
@@ -141,4 +150,7 @@ def last_hidden_batched(
         ).last_hidden_state
         return last_token_pool(hidden, attention_mask.to(device))
 
-    return run_in_batches([len(s) for s in sequences], batch_tokens, run, pad=pad, device=device, progress=progress)
+    lengths = [len(s) for s in sequences]
+    return run_in_batches(
+        lengths, policy.batch_tokens, run, max_padding=policy.max_padding, device=device, progress=progress
+    )

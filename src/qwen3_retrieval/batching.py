@@ -8,24 +8,27 @@ import torch
 from tqdm.auto import tqdm
 
 
-def token_budget_batches(lengths: Sequence[int], batch_tokens: int, *, pad: bool = True) -> list[list[int]]:
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int, *, max_padding: float = 1.0) -> list[list[int]]:
     """Group sequence indices into batches whose padded size (rows x longest) stays within ``batch_tokens``.
 
     Longest sequences come first, so a budget that does not fit in memory fails on the first batch, and
-    sequences of similar length share a batch, so little compute is spent on padding. A sequence longer than
-    the budget gets a batch of its own. With ``pad=False`` a batch only holds sequences of one length: nothing
-    is padded, so the model can skip the attention mask and use its fastest causal kernel.
+    sequences of similar length share a batch. A batch also stops growing before pad tokens would exceed
+    ``max_padding`` of its padded size (0 keeps one length per batch; 1 bounds nothing). A sequence longer
+    than the budget gets a batch of its own.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     batches: list[list[int]] = []
     current: list[int] = []
+    real = 0
     for index in order:
-        # Sorted longest first, so the first row of the batch sets its padded width.
-        full = (len(current) + 1) * lengths[current[0]] > batch_tokens if current else False
-        if current and (full or (not pad and lengths[index] != lengths[current[0]])):
-            batches.append(current)
-            current = []
+        if current:
+            # Sorted longest first, so the first row of the batch sets its padded width.
+            padded = (len(current) + 1) * lengths[current[0]]
+            if padded > batch_tokens or padded - real - lengths[index] > max_padding * padded:
+                batches.append(current)
+                current, real = [], 0
         current.append(index)
+        real += lengths[index]
     if current:
         batches.append(current)
     return batches
@@ -36,7 +39,7 @@ def run_in_batches(
     batch_tokens: int,
     run: Callable[[list[int]], torch.Tensor],
     *,
-    pad: bool,
+    max_padding: float,
     device: torch.device,
     progress: tqdm | None,
 ) -> torch.Tensor:
@@ -45,7 +48,7 @@ def run_in_batches(
     ``run`` returns one row per index of its batch. The progress bar, if any, advances per batch and is closed.
     """
     out: torch.Tensor | None = None
-    for batch in token_budget_batches(lengths, batch_tokens, pad=pad):
+    for batch in token_budget_batches(lengths, batch_tokens, max_padding=max_padding):
         rows = run(batch)
         if out is None:
             out = torch.empty((len(lengths), rows.shape[1]), dtype=rows.dtype, device=device)

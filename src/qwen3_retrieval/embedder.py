@@ -50,7 +50,8 @@ class Qwen3Embedder(RuntimeProperties):
         batch_tokens: Token budget of one padded batch; None picks a default for the device.
         show_progress: Show a tqdm progress bar while embedding.
         attn_implementation: Passed to transformers (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``);
-            None uses transformers' default.
+            None picks ``"flash_attention_2"`` on CUDA in half precision when ``flash_attn`` is installed, else
+            transformers' default (``"sdpa"``).
     """
 
     _runtime: _EmbeddingRuntime
@@ -140,9 +141,8 @@ class Qwen3Embedder(RuntimeProperties):
             state.backbone,
             sequences,
             pad_id=state.pad_id,
-            batch_tokens=self._runtime.batch_tokens,
+            policy=self._runtime.policy,
             device=self.device,
-            pad=self._runtime.pad_batches,
             progress=self._runtime._progress(len(texts), "Embedding"),
         )
         # Matryoshka: truncate first, then normalise (QwenLM/Qwen3-Embedding#5).

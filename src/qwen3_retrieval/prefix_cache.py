@@ -13,6 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import run_in_batches
+from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.pooling import right_pad
 
 
 @torch.inference_mode()
@@ -22,9 +24,8 @@ def last_hidden_after_prefix(
     tails: Sequence[Sequence[int]],
     *,
     pad_id: int,
-    batch_tokens: int,
+    policy: BatchPolicy,
     device: torch.device,
-    pad: bool = True,
     progress: tqdm | None = None,
 ) -> torch.Tensor:
     """Return the last-token state of each ``prefix + tail``, in input order, running ``prefix`` once."""
@@ -36,13 +37,13 @@ def last_hidden_after_prefix(
 
     def run(batch: list[int]) -> torch.Tensor:
         rows = [tails[i] for i in batch]
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), n_prefix + width), dtype=torch.long)
-        attention_mask[:, :n_prefix] = 1
-        for r, seq in enumerate(rows):
-            input_ids[r, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-            attention_mask[r, n_prefix : n_prefix + len(seq)] = 1
+        input_ids, last = right_pad(rows, pad_id)
+        width = input_ids.shape[1]
+        attention_mask = None  # right padding needs none: causal attention never looks ahead to the pads
+        if policy.padding_side == "left":  # devices whose kernels skip masked pads get the mask anyway
+            tail_mask = torch.arange(width) <= last[:, None]
+            attention_mask = torch.cat([torch.ones((len(rows), n_prefix), dtype=torch.bool), tail_mask], 1).long()
+            attention_mask = attention_mask.to(device)
         positions = torch.arange(n_prefix, n_prefix + width).expand(len(rows), -1)
         # expand() is a view: each layer's first update concatenates, so the shared prefix is never written to.
         cache = DynamicCache(
@@ -51,12 +52,14 @@ def last_hidden_after_prefix(
         )
         hidden = backbone(
             input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
+            attention_mask=attention_mask,
             position_ids=positions.to(device),
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state
-        last = torch.tensor([len(r) - 1 for r in rows], device=device)
-        return hidden[torch.arange(len(rows), device=device), last]
+        return hidden[torch.arange(len(rows), device=device), last.to(device)]
 
-    return run_in_batches([len(t) for t in tails], batch_tokens, run, pad=pad, device=device, progress=progress)
+    lengths = [len(t) for t in tails]
+    return run_in_batches(
+        lengths, policy.batch_tokens, run, max_padding=policy.max_padding, device=device, progress=progress
+    )

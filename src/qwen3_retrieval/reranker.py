@@ -54,7 +54,8 @@ class Qwen3Reranker(RuntimeProperties):
         max_length: Longest prompt in tokens, template included.
         batch_tokens: Token budget of one padded batch; None picks a default for the device.
         show_progress: Show a tqdm progress bar while scoring.
-        attn_implementation: Passed to transformers; None uses transformers' default.
+        attn_implementation: Passed to transformers; None picks ``"flash_attention_2"`` on CUDA in half
+            precision when ``flash_attn`` is installed, else transformers' default (``"sdpa"``).
     """
 
     _runtime: _RerankerRuntime
@@ -106,9 +107,8 @@ class Qwen3Reranker(RuntimeProperties):
         start, tails = self._runtime.encode_parts(task, query, docs)
         options: dict[str, Any] = {
             "pad_id": state.pad_id,
-            "batch_tokens": self._runtime.batch_tokens,
+            "policy": self._runtime.policy,
             "device": self.device,
-            "pad": self._runtime.pad_batches,
             "progress": self._runtime._progress(len(docs), "Reranking"),
         }
         if self._runtime.share_prefix:

@@ -57,6 +57,30 @@ SHAPES: dict[str, dict[str, Any]] = {
     },
 }
 
+# The role-based chat template that 2026 snapshots of the Qwen3-Reranker repos ship (facts file, section 2.5):
+# the instruction comes in the "system" role, the pair in "query" and "document". sentence-transformers'
+# CrossEncoder renders pairs through it. Written out on its own (not from qwen3_retrieval.prompts) so that
+# comparing CrossEncoder with our reranker checks our prompt against an independent copy. Jinja drops a
+# template's final newline, hence the explicit "\n\n" after </think>.
+RERANKER_CHAT_TEMPLATE = """{%- macro text(role) -%}
+{%- set found = messages | selectattr("role", "eq", role) | map(attribute="content") | first -%}
+{%- if found is string -%}{{ found }}{%- elif found -%}{{ found | map(attribute="text") | join("") }}{%- endif -%}
+{%- endmacro -%}
+{%- set judge = "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    ~ 'Note that the answer can only be "yes" or "no".' -%}
+{%- set default_instruction = "Given a web search query, retrieve relevant passages that answer the query" -%}
+<|im_start|>system
+{{ judge }}<|im_end|>
+<|im_start|>user
+<Instruct>: {{ text("system") or default_instruction }}
+<Query>: {{ text("query") }}
+<Document>: {{ text("document") }}<|im_end|>
+<|im_start|>assistant
+<think>
+
+</think>{{ "\\n\\n" }}
+"""
+
 # Weight spread. Tiny models get more than the default 0.02 so that the contextual part of a pooled state is
 # large enough for a wrong prompt, token or padding to move results far beyond test tolerances.
 _STD = {"tiny": 0.1, "0.6B": 0.02}
@@ -570,6 +594,7 @@ def make_reranker_checkpoint(
         rows[no_id] = torch.randn(config.hidden_size, generator=gen) * scale
     if kind == "causal-lm":
         _save(causal.to(getattr(torch, dtype)), out)
+        (out / "chat_template.jinja").write_text(RERANKER_CHAT_TEMPLATE)
         return out
     if kind != "seq-cls":
         raise ValueError(f"unknown reranker kind {kind!r}; use 'causal-lm' or 'seq-cls'")
