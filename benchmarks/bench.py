@@ -28,11 +28,14 @@ CONTENDERS = {
     "embedding": ["ours", "st_batch32", "st_batch10", "st_one_per_call", "ours_bf16"],
     "reranking": ["ours", "model_card_batch", "model_card_one_per_call", "st_cross_encoder", "ours_bf16"],
 }
+# Short candidates: the shared-prefix fast path against our plain path (every prompt run whole).
+PREFIX_CONTENDERS = ["ours", "ours_plain"]
 # Rows that are our own fast paths in another dtype, reported beside the float32 comparison with their fidelity.
 OWN_VARIANTS = {"ours_bf16": "bfloat16"}
 LABELS = {
     "ours": "qwen3-retrieval",
     "ours_bf16": "qwen3-retrieval, bfloat16 (fast path)",
+    "ours_plain": "qwen3-retrieval without shared-prefix reuse",
     "st_cross_encoder": "sentence-transformers CrossEncoder (batch 32)",
     "st_batch32": "sentence-transformers, batch 32 (LangChain HuggingFaceEmbeddings)",
     "st_batch10": "sentence-transformers, batch 10 (LlamaIndex default)",
@@ -132,6 +135,7 @@ def _prepare(contender: str, task: str, work: dict[str, Any], model: str, device
         from qwen3_retrieval import Qwen3Reranker
 
         reranker = Qwen3Reranker(model, device=device, dtype=dtype)
+        reranker._runtime.share_prefix = contender != "ours_plain"
         return lambda: reranker.score(query, docs)
     if contender == "st_cross_encoder":
         from sentence_transformers import CrossEncoder
@@ -273,20 +277,25 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     models = checkpoints(args)
     short = args.quick
-    jobs: list[tuple[str, str, dict[str, Any]]] = [
-        ("embedding", f"embed {args.texts} texts", {"texts": make_texts(args.texts, 10, 40 if short else 400, 1)})
+    query = "what drives the price of energy"
+    texts = make_texts(args.texts, 10, 40 if short else 400, 1)
+    jobs: list[tuple[str, str, dict[str, Any], list[str]]] = [
+        ("embedding", f"embed {args.texts} texts", {"texts": texts}, CONTENDERS["embedding"])
     ]
     for n in args.candidates:
         docs = make_texts(n, 20, 40 if short else 250, 2 + n)
         jobs.append(
-            ("reranking", f"rerank {n} candidates", {"query": "what drives the price of energy", "documents": docs})
+            ("reranking", f"rerank {n} candidates", {"query": query, "documents": docs}, CONTENDERS["reranking"])
         )
+    n = max(args.candidates)
+    docs = make_texts(n, 10, 40, 100 + n)  # at most 64 document tokens each, where the shared prefix matters most
+    jobs.append(("reranking", f"rerank {n} short candidates", {"query": query, "documents": docs}, PREFIX_CONTENDERS))
     import numpy as np
 
     peaks = {dtype: matmul_gflops(args.threads, args.device, dtype) for dtype in ("float32", "bfloat16")}
     report: dict[str, Any] = {"machine": machine(args), "matmul_gflops": peaks["float32"], "results": []}
     report["matmul_gflops_by_dtype"] = peaks
-    for task, name, work in jobs:
+    for task, name, work, contenders in jobs:
         model = models[task]
         inputs = out / f"inputs-{task}.json"
         inputs.write_text(json.dumps(work))
@@ -294,7 +303,7 @@ def main() -> None:
         rows = []
         outputs: dict[str, Any] = {}
         with tempfile.TemporaryDirectory() as scratch:
-            for contender in CONTENDERS[task]:
+            for contender in contenders:
                 save = Path(scratch) / f"{contender}.npy" if contender.startswith("ours") else None
                 result = run_child(args, contender, task, inputs, model, save)
                 if save is not None and save.exists():
