@@ -431,6 +431,12 @@ def _formatter(missing: str) -> Any:
     return fmt
 
 
+def _colour(contender: str) -> str:
+    if contender == "ours":
+        return "tab:green"
+    return "yellowgreen" if contender.startswith("ours_") else "tab:gray"  # our other paths, and the peers
+
+
 def chart(report: dict[str, Any], path: Path) -> None:
     try:
         import matplotlib
@@ -446,7 +452,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         ax.barh(
             [r["contender"] for r in rows],
             [r["tokens_per_s"] for r in rows],
-            color=["tab:green" if r["contender"] == "ours" else "tab:gray" for r in rows],
+            color=[_colour(r["contender"]) for r in rows],
         )
         ax.set_title(block["name"])
         ax.set_xlabel("tokens/s (higher is better)")
