@@ -23,7 +23,9 @@ TOL = 1e-5
 QUERY = "What is the capital of China?"
 
 
-class TestQwen3EmbeddingsStandardUnit(EmbeddingsUnitTests):
+class _StandardParams:
+    """What LangChain's standard suites construct: our class on the tiny checkpoint."""
+
     @property
     def embeddings_class(self) -> type[Qwen3Embeddings]:
         return Qwen3Embeddings
@@ -33,14 +35,12 @@ class TestQwen3EmbeddingsStandardUnit(EmbeddingsUnitTests):
         return {"model": str(tiny_checkpoint("embedding")), "device": "cpu"}
 
 
-class TestQwen3EmbeddingsStandardIntegration(EmbeddingsIntegrationTests):
-    @property
-    def embeddings_class(self) -> type[Qwen3Embeddings]:
-        return Qwen3Embeddings
+class TestQwen3EmbeddingsStandardUnit(_StandardParams, EmbeddingsUnitTests):
+    pass
 
-    @property
-    def embedding_model_params(self) -> dict[str, Any]:
-        return {"model": str(tiny_checkpoint("embedding")), "device": "cpu"}
+
+class TestQwen3EmbeddingsStandardIntegration(_StandardParams, EmbeddingsIntegrationTests):
+    pass
 
 
 @pytest.fixture(scope="module")

@@ -4,25 +4,20 @@ import subprocess
 import sys
 
 
-def test_import_loads_no_torch_and_no_framework() -> None:
-    code = (
-        "import sys, qwen3_retrieval\n"
-        "heavy = [m for m in ('torch', 'transformers', 'langchain_core', 'llama_index') if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
-    )
+def loaded_after(imports: str, modules: tuple[str, ...]) -> list[str]:
+    """Run ``imports`` in a fresh interpreter; return which of ``modules`` it left in ``sys.modules``."""
+    code = f"import sys\n{imports}\nprint(','.join(m for m in {modules!r} if m in sys.modules))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_import_loads_no_torch_and_no_framework() -> None:
+    assert loaded_after("import qwen3_retrieval", ("torch", "transformers", "langchain_core", "llama_index")) == []
 
 
 def test_core_never_imports_frameworks() -> None:
-    code = (
-        "import sys\n"
-        "from qwen3_retrieval import Qwen3Embedder, Qwen3Reranker\n"
-        "import qwen3_retrieval.testing\n"
-        "print(','.join(m for m in ('langchain_core', 'llama_index') if m in sys.modules))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    imports = "from qwen3_retrieval import Qwen3Embedder, Qwen3Reranker\nimport qwen3_retrieval.testing"
+    assert loaded_after(imports, ("langchain_core", "llama_index")) == []
 
 
 def test_public_api() -> None:

@@ -20,7 +20,7 @@ from qwen3_retrieval.devices import (
     resolve_dtype,
 )
 from qwen3_retrieval.loading import load_error, load_shared, model_source, quiet_transformers
-from qwen3_retrieval.pooling import last_token_pool, left_pad, right_pad
+from qwen3_retrieval.pooling import last_token_pool, left_pad, right_pad, take_positions
 
 L = TypeVar("L")
 
@@ -141,7 +141,7 @@ def last_hidden_batched(
             input_ids, last = right_pad(rows, pad_id)
             # No mask: pads come after every real token, and causal attention never looks ahead.
             hidden = backbone(input_ids=input_ids.to(device)).last_hidden_state
-            return hidden[torch.arange(len(rows), device=device), last.to(device)]
+            return take_positions(hidden, last)
         input_ids, attention_mask, position_ids = left_pad(rows, pad_id)
         hidden = backbone(
             input_ids=input_ids.to(device),

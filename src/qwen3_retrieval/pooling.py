@@ -39,5 +39,9 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     ``<|endoftext|>`` the embedding pools on, so "last non-pad token" would pick the wrong one.
     """
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    last = (attention_mask.to(positions.device) * positions).argmax(dim=1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
+    return take_positions(hidden, (attention_mask.to(positions.device) * positions).argmax(dim=1))
+
+
+def take_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Return ``hidden[row, positions[row]]`` for every row: one state per sequence."""
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions.to(hidden.device)]

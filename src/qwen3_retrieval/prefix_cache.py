@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import run_in_batches
 from qwen3_retrieval.devices import BatchPolicy
-from qwen3_retrieval.pooling import right_pad
+from qwen3_retrieval.pooling import right_pad, take_positions
 
 
 @torch.inference_mode()
@@ -41,9 +41,7 @@ def last_hidden_after_prefix(
         width = input_ids.shape[1]
         attention_mask = None  # right padding needs none: causal attention never looks ahead to the pads
         if policy.padding_side == "left":  # devices whose kernels skip masked pads get the mask anyway
-            tail_mask = torch.arange(width) <= last[:, None]
-            attention_mask = torch.cat([torch.ones((len(rows), n_prefix), dtype=torch.bool), tail_mask], 1).long()
-            attention_mask = attention_mask.to(device)
+            attention_mask = (torch.arange(n_prefix + width) <= n_prefix + last[:, None]).long().to(device)
         positions = torch.arange(n_prefix, n_prefix + width).expand(len(rows), -1)
         # expand() is a view: each layer's first update concatenates, so the shared prefix is never written to.
         cache = DynamicCache(
@@ -57,7 +55,7 @@ def last_hidden_after_prefix(
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state
-        return hidden[torch.arange(len(rows), device=device), last.to(device)]
+        return take_positions(hidden, last)
 
     lengths = [len(t) for t in tails]
     return run_in_batches(
