@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
@@ -11,16 +11,13 @@ import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval._validation import check_positive_int
-from qwen3_retrieval.batching import run_in_batches
 from qwen3_retrieval.devices import (
-    BatchPolicy,
     batch_policy,
     default_attn_implementation,
     resolve_device,
     resolve_dtype,
 )
 from qwen3_retrieval.loading import load_error, load_shared, model_source, quiet_transformers
-from qwen3_retrieval.pooling import last_token_pool, left_pad, right_pad, take_positions
 
 L = TypeVar("L")
 
@@ -54,6 +51,13 @@ class LazyModel(Generic[L]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, device='{self.device}', dtype={self.dtype})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling (e.g. LlamaIndex's IngestionPipeline with num_workers > 1) copies the options, never the
+        # weights: the copy loads lazily, and shares the process-wide model if one is loaded there.
+        state = dict(self.__dict__)
+        state["_loaded"] = None
+        return state
 
     @property
     def cache_key(self) -> Hashable:
@@ -121,36 +125,3 @@ class RuntimeProperties:
     def max_length(self) -> int:
         """The longest token sequence (with the trailing ``<|endoftext|>`` or the prompt template)."""
         return self._runtime.max_length
-
-
-@torch.inference_mode()
-def last_hidden_batched(
-    backbone: torch.nn.Module,
-    sequences: Sequence[Sequence[int]],
-    *,
-    pad_id: int,
-    policy: BatchPolicy,
-    device: torch.device,
-    progress: tqdm | None = None,
-) -> torch.Tensor:
-    """Run ``backbone`` over token-budget batches; return each sequence's last-token state, in input order."""
-
-    def run(batch: list[int]) -> torch.Tensor:
-        rows = [sequences[i] for i in batch]
-        if policy.padding_side == "right":
-            input_ids, last = right_pad(rows, pad_id)
-            # No mask: pads come after every real token, and causal attention never looks ahead.
-            hidden = backbone(input_ids=input_ids.to(device)).last_hidden_state
-            return take_positions(hidden, last)
-        input_ids, attention_mask, position_ids = left_pad(rows, pad_id)
-        hidden = backbone(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            position_ids=position_ids.to(device),
-        ).last_hidden_state
-        return last_token_pool(hidden, attention_mask.to(device))
-
-    lengths = [len(s) for s in sequences]
-    return run_in_batches(
-        lengths, policy.batch_tokens, run, max_padding=policy.max_padding, device=device, progress=progress
-    )

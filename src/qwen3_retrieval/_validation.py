@@ -49,3 +49,20 @@ def check_top_n(top_n: int | None) -> int | None:
     if top_n is None:
         return None
     return check_positive_int(top_n, "top_n")
+
+
+def check_score_threshold(threshold: object) -> float | None:
+    """Return ``threshold`` as a float if it is None or a number in [0, 1]; raise otherwise.
+
+    Scores are probabilities, so a threshold outside [0, 1] (or NaN, which no score ever passes) is a mistake.
+    """
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"score_threshold must be a number from 0 to 1 or None, got {type(threshold).__name__}")
+    if not 0.0 <= float(threshold) <= 1.0:  # NaN fails this too
+        raise ValueError(
+            f"score_threshold must be from 0 to 1 (scores are probabilities), got {threshold!r}; "
+            "use None to keep every document"
+        )
+    return float(threshold)

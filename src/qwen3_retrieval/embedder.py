@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from qwen3_retrieval._model import LazyModel, RuntimeProperties, last_hidden_batched
+from qwen3_retrieval._model import LazyModel, RuntimeProperties
+from qwen3_retrieval.forward import last_hidden_batched
 from qwen3_retrieval._validation import check_instruction, check_positive_int, check_texts
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_INSTRUCTION, EOS_TOKEN, embedding_query
+from qwen3_retrieval.tokenization import TextTokenizer
 
 MIN_DIMENSIONS = 32
 """The smallest Matryoshka size the model cards support."""
@@ -20,12 +21,10 @@ MIN_DIMENSIONS = 32
 
 @dataclass(eq=False)
 class _LoadedEmbedding:
-    tokenizer: Any
+    tokenizer: TextTokenizer
     backbone: torch.nn.Module
     eos_id: int
     pad_id: int
-    appends_eos: bool
-    vocab_rows: int
     hidden_size: int
 
 
@@ -163,57 +162,25 @@ class _EmbeddingRuntime(LazyModel[_LoadedEmbedding]):
     def _load(self) -> _LoadedEmbedding:
         from transformers import AutoModel
 
-        tokenizer = self._load_tokenizer()
-        eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
-        if not isinstance(eos_id, int) or eos_id == tokenizer.unk_token_id:
+        tokenizer = TextTokenizer(self._load_tokenizer())
+        eos_id = tokenizer.token_id(EOS_TOKEN)
+        if eos_id is None:
             raise ValueError(f"{self.model!r} has no {EOS_TOKEN} token; is it a Qwen3-Embedding checkpoint?")
-        # Current Qwen3-Embedding tokenizers append <|endoftext|> through a post-processor; early revisions
-        # did not (QwenLM/Qwen3-Embedding#54). Probe once which one this is.
-        with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-        without = tokenizer("a", add_special_tokens=False)["input_ids"]
-        appends_eos = with_special == [*without, eos_id]
         backbone = self._load_weights(AutoModel)
-        config = backbone.config
         return _LoadedEmbedding(
             tokenizer=tokenizer,
             backbone=backbone,
             eos_id=eos_id,
-            pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
-            appends_eos=appends_eos,
-            vocab_rows=backbone.get_input_embeddings().num_embeddings,
-            hidden_size=config.hidden_size,
+            pad_id=eos_id,
+            hidden_size=backbone.config.hidden_size,
         )
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Return token ids ending in exactly one ``<|endoftext|>``, at most ``max_length`` long."""
-        state = self.state()
-        ids = self._token_ids(texts, split_special_tokens=False)
-        # Qwen3-Embedding-4B/8B have fewer embedding rows than the tokenizer has ids: special strings such as
-        # "<think>" in user text would index past the table. Read those texts as plain text instead.
-        too_large = [i for i, seq in enumerate(ids) if seq and max(seq) >= state.vocab_rows]
-        if too_large:
-            redone = self._token_ids([texts[i] for i in too_large], split_special_tokens=True)
-            for i, seq in zip(too_large, redone):
-                ids[i] = seq
-        return ids
+        """Return token ids ending in exactly one ``<|endoftext|>``, at most ``max_length`` long.
 
-    def _token_ids(self, texts: list[str], *, split_special_tokens: bool) -> list[list[int]]:
+        The text is read as plain characters and cut to ``max_length - 1`` tokens; the EOS is then appended here
+        rather than by the tokenizer's post-processor, which early Qwen3-Embedding revisions lack
+        (QwenLM/Qwen3-Embedding#54). Both give the same ids as the model card's ``truncation=True``.
+        """
         state = self.state()
-        if state.appends_eos:
-            # The tokenizer reserves room for its post-processor's token, so truncation keeps the EOS.
-            encoded = state.tokenizer(
-                texts,
-                add_special_tokens=True,
-                truncation=True,
-                max_length=self.max_length,
-                split_special_tokens=split_special_tokens,
-            )["input_ids"]
-            return [list(seq) for seq in encoded]
-        encoded = state.tokenizer(
-            texts,
-            add_special_tokens=False,
-            truncation=True,
-            max_length=self.max_length - 1,
-            split_special_tokens=split_special_tokens,
-        )["input_ids"]
-        return [[*seq, state.eos_id] for seq in encoded]
+        return [[*ids[: self.max_length - 1], state.eos_id] for ids in state.tokenizer.plain(texts)]

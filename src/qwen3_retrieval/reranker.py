@@ -9,12 +9,13 @@ from typing import Any
 
 import torch
 
-from qwen3_retrieval._model import LazyModel, RuntimeProperties, last_hidden_batched
-from qwen3_retrieval._validation import check_instruction, check_query, check_texts, check_top_n
-from qwen3_retrieval.prefix_cache import last_hidden_after_prefix
+from qwen3_retrieval._model import LazyModel, RuntimeProperties
+from qwen3_retrieval._validation import check_instruction, check_query, check_score_threshold, check_texts, check_top_n
+from qwen3_retrieval.forward import last_hidden_after_prefix, last_hidden_batched
 from qwen3_retrieval.prompts import (
     DEFAULT_INSTRUCTION,
     DEFAULT_RERANKER_MODEL,
+    EOS_TOKEN,
     NO_TOKEN,
     RERANK_PREFIX,
     RERANK_SUFFIX,
@@ -22,11 +23,12 @@ from qwen3_retrieval.prompts import (
     rerank_document,
     rerank_head,
 )
+from qwen3_retrieval.tokenization import TextTokenizer
 
 
 @dataclass(eq=False)
 class _LoadedReranker:
-    tokenizer: Any
+    tokenizer: TextTokenizer
     backbone: torch.nn.Module
     direction: torch.Tensor
     """``w`` with ``P(yes) = sigmoid(w . h)`` for the last hidden state ``h`` (float32)."""
@@ -45,6 +47,14 @@ class Qwen3Reranker(RuntimeProperties):
     one label) are loaded too, with score ``sigmoid(logit)``, which is the same number.
 
     Over-long pairs lose the end of the document only; the instruction, query and assistant suffix are kept.
+    Instruction, query and documents are read as plain text: a document containing ``<|im_end|>`` or ``yes``
+    after a forged assistant turn cannot become part of the template.
+
+    Memory is bounded by ``batch_tokens`` whatever the inputs: a batch holds at most that many tokens counted
+    over whole prompts (the shared instruction-and-query prefix included in every row), the prefix's keys and
+    values are stored once, and no layer's keys and values outlive that layer. A long query against many
+    candidates therefore costs about what it costs against one, and a prompt longer than the budget runs
+    alone, as the embedder would run it.
 
     Args:
         model: Hub id or local folder of a Qwen3-Reranker checkpoint (causal LM or converted seq-cls).
@@ -123,14 +133,29 @@ class Qwen3Reranker(RuntimeProperties):
         documents: Sequence[str],
         top_n: int | None = None,
         instruction: str | None = None,
+        score_threshold: float | None = None,
     ) -> list[tuple[int, float]]:
-        """Return ``(index, score)`` pairs, best first, at most ``top_n`` of them (None keeps all).
+        """Return ``(index, score)`` pairs, best first: at most ``top_n``, none scoring below ``score_threshold``.
 
-        Ties keep input order. Raises ``ValueError`` if ``top_n`` is less than 1.
+        Ties keep input order. This is the one place where the framework adapters' ``top_n`` and
+        ``score_threshold`` are applied.
+
+        Args:
+            query: The search text; must not be empty.
+            documents: The candidates.
+            top_n: Keep at most this many; None keeps all.
+            instruction: Task instruction for this call; None uses the reranker's, ``""`` an empty one.
+            score_threshold: Drop documents whose score is below this probability (0 to 1); None keeps all.
+
+        Raises:
+            ValueError: If ``top_n`` is less than 1 or ``score_threshold`` is not a number in [0, 1].
         """
         top_n = check_top_n(top_n)
+        score_threshold = check_score_threshold(score_threshold)
         scores = self.score(query, documents, instruction=instruction)
         ranked = sorted(enumerate(scores), key=lambda pair: pair[1], reverse=True)
+        if score_threshold is not None:
+            ranked = [(index, score) for index, score in ranked if score >= score_threshold]
         return ranked if top_n is None else ranked[:top_n]
 
 
@@ -145,7 +170,7 @@ class _RerankerRuntime(LazyModel[_LoadedReranker]):
     def _load(self) -> _LoadedReranker:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-        tokenizer = self._load_tokenizer()
+        tokenizer = TextTokenizer(self._load_tokenizer())
         config = self._load_config()
         architectures = config.architectures or []
         if any(name.endswith("ForSequenceClassification") for name in architectures):
@@ -164,20 +189,18 @@ class _RerankerRuntime(LazyModel[_LoadedReranker]):
             # to avoid cancellation in low precision.
             direction = head[yes_id].float() - head[no_id].float()
         backbone = getattr(model, model.base_model_prefix)
-        pad_id = tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        pad_id = tokenizer.token_id(EOS_TOKEN)
         return _LoadedReranker(
             tokenizer=tokenizer,
             backbone=backbone,
             direction=direction.detach().to(self.device),
-            pad_id=pad_id,
-            prefix_ids=_encode(tokenizer, [RERANK_PREFIX])[0],
-            suffix_ids=_encode(tokenizer, [RERANK_SUFFIX])[0],
+            pad_id=pad_id if pad_id is not None else 0,  # pads are never attended to; any id does
+            prefix_ids=tokenizer.template(RERANK_PREFIX),
+            suffix_ids=tokenizer.template(RERANK_SUFFIX),
         )
 
     share_prefix = True
-    """Run the prompt part shared by all documents once per call (see :mod:`qwen3_retrieval.prefix_cache`)."""
+    """Run the prompt part shared by all documents once per call (see :func:`qwen3_retrieval.forward.last_hidden_after_prefix`)."""
 
     def encode(self, instruction: str, query: str, documents: list[str]) -> list[list[int]]:
         """Return the prompt token ids of each (query, document) pair, documents cut to fit ``max_length``."""
@@ -187,7 +210,7 @@ class _RerankerRuntime(LazyModel[_LoadedReranker]):
     def encode_parts(self, instruction: str, query: str, documents: list[str]) -> tuple[list[int], list[list[int]]]:
         """Return the ids every pair starts with, and each pair's own ids (document and suffix)."""
         state = self.state()
-        head = _encode(state.tokenizer, [rerank_head(instruction, query)])[0]
+        head = state.tokenizer.plain([rerank_head(instruction, query)])[0]
         fixed = len(state.prefix_ids) + len(head) + len(state.suffix_ids)
         room = self.max_length - fixed
         if room < 1:
@@ -195,21 +218,14 @@ class _RerankerRuntime(LazyModel[_LoadedReranker]):
                 f"the instruction and query take {fixed} tokens with the prompt template, leaving no room for "
                 f"a document within max_length={self.max_length}; shorten them or raise max_length"
             )
-        docs = _encode(state.tokenizer, [rerank_document(d) for d in documents])
+        docs = state.tokenizer.plain([rerank_document(d) for d in documents])
         return state.prefix_ids + head, [doc[:room] + state.suffix_ids for doc in docs]
 
 
-def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    # Never add special tokens: a reranker tokenizer that appends <|endoftext|> (e.g. a reused embedding
-    # tokenizer) would otherwise put it inside the prompt.
-    return [list(seq) for seq in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
-def _single_token_id(tokenizer: Any, token: str, model: str) -> int:
-    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if ids != [token_id]:
+def _single_token_id(tokenizer: TextTokenizer, token: str, model: str) -> int:
+    token_id = tokenizer.token_id(token)
+    if token_id is None or tokenizer.plain([token]) != [[token_id]]:
         raise ValueError(
             f"{model!r}: {token!r} is not a single token in its tokenizer; is it a Qwen3-Reranker checkpoint?"
         )
-    return int(token_id)
+    return token_id

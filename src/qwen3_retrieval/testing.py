@@ -23,11 +23,15 @@ from typing import Any, Literal
 
 from qwen3_retrieval.prompts import DEFAULT_INSTRUCTION, EOS_TOKEN, NO_TOKEN, YES_TOKEN
 
-Shape = Literal["tiny", "0.6B"]
+Shape = Literal["tiny", "0.6B-4L", "0.6B"]
 RerankerKind = Literal["causal-lm", "seq-cls"]
 TinyKind = Literal["embedding", "embedding-no-eos", "reranker", "reranker-seq-cls"]
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+"""Added tokens marked special, as in the Qwen3 tokenizers."""
+MARKUP_TOKENS = ["<think>", "</think>"]
+"""Added tokens that Qwen3 tokenizers do not mark special (transformers' ``split_special_tokens`` keeps them)."""
+SPECIAL_TOKENS = CONTROL_TOKENS + MARKUP_TOKENS
 
 # Qwen2/Qwen3 pre-tokenizer: merges never cross these boundaries.
 PRETOKENIZE_REGEX = (
@@ -45,6 +49,16 @@ SHAPES: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 32768,
     },
     # Qwen3-Embedding-0.6B / Qwen3-Reranker-0.6B (facts file, section 1.7).
+    # The real 0.6B width with 4 layers: memory measurements where keys and values must weigh what they weigh.
+    "0.6B-4L": {
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 32768,
+    },
     "0.6B": {
         "hidden_size": 1024,
         "intermediate_size": 3072,
@@ -83,7 +97,7 @@ RERANKER_CHAT_TEMPLATE = """{%- macro text(role) -%}
 
 # Weight spread. Tiny models get more than the default 0.02 so that the contextual part of a pooled state is
 # large enough for a wrong prompt, token or padding to move results far beyond test tolerances.
-_STD = {"tiny": 0.1, "0.6B": 0.02}
+_STD = {"tiny": 0.1, "0.6B-4L": 0.02, "0.6B": 0.02}
 
 _WORDS = [
     "the",
@@ -444,6 +458,7 @@ def build_tokenizer(folder: str | os.PathLike[str], *, append_eos: bool = True, 
         The folder.
     """
     from tokenizers import (
+        AddedToken,
         Regex,
         Tokenizer,
         decoders,
@@ -466,12 +481,15 @@ def build_tokenizer(folder: str | os.PathLike[str], *, append_eos: bool = True, 
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size - len(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(), trainer)
+    # As in Qwen's tokenizers, the added tokens get the ids after the BPE vocabulary, and only the <|...|>
+    # control tokens are marked special.
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CONTROL_TOKENS])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKUP_TOKENS])
     for token in (YES_TOKEN, NO_TOKEN):
         if tokenizer.token_to_id(token) is None:
             raise RuntimeError(f"the trained tokenizer has no single token {token!r}; raise vocab_size")
@@ -504,6 +522,7 @@ def make_embedding_checkpoint(
     append_eos: bool = True,
     seed: int = 0,
     dtype: str = "float32",
+    vocab_rows: int | None = None,
 ) -> Path:
     """Write a random-weight Qwen3-Embedding checkpoint (tokenizer, weights, sentence-transformers files).
 
@@ -513,6 +532,9 @@ def make_embedding_checkpoint(
         append_eos: Whether the tokenizer appends ``<|endoftext|>`` itself (see :func:`build_tokenizer`).
         seed: Seed of the random weights; the same seed gives the same weights.
         dtype: dtype of the saved weights.
+        vocab_rows: Rows of the embedding table; None gives every token id a row. Qwen3-Embedding-4B/8B have
+            fewer rows than their tokenizers have ids (``<think>`` and ``</think>`` have none): pass
+            ``vocab_rows=n_ids - 2`` to reproduce that.
 
     Returns:
         The folder, loadable by :class:`qwen3_retrieval.Qwen3Embedder` and by sentence-transformers.
@@ -522,6 +544,8 @@ def make_embedding_checkpoint(
 
     out = build_tokenizer(folder, append_eos=append_eos)
     config = _config(out, shape)
+    if vocab_rows is not None:
+        config.vocab_size = vocab_rows
     torch.manual_seed(seed)
     model = Qwen3Model(config)
     _randomize(model, std=_STD[shape], seed=seed)
@@ -599,7 +623,6 @@ def make_reranker_checkpoint(
     if kind != "seq-cls":
         raise ValueError(f"unknown reranker kind {kind!r}; use 'causal-lm' or 'seq-cls'")
     config.num_labels = 1
-    config.pad_token_id = tokenizer_vocab[EOS_TOKEN]
     config.tie_word_embeddings = False
     classifier = Qwen3ForSequenceClassification(config)
     with torch.no_grad():

@@ -1,0 +1,162 @@
+"""Running token ids through a transformers backbone: each sequence's last-token state, in bounded memory.
+
+The memory rule, for the embedder and the reranker alike: one forward pass holds at most ``batch_tokens``
+tokens, counted over whole sequences (rows x longest, the reranker's shared prompt prefix included), and no
+layer's keys and values outlive that layer. Sequences longer than the budget run alone. So peak memory follows
+the budget and the longest single input, never the number of inputs or (rows x prefix length).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers.cache_utils import Cache, DynamicLayer
+
+from qwen3_retrieval.batching import run_in_batches
+from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.pooling import last_token_pool, left_pad, right_pad, take_positions
+
+
+@torch.inference_mode()
+def last_hidden_batched(
+    backbone: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    policy: BatchPolicy,
+    device: torch.device,
+    progress: tqdm | None = None,
+) -> torch.Tensor:
+    """Run ``backbone`` over token-budget batches; return each sequence's last-token state, in input order."""
+
+    def run(batch: list[int]) -> torch.Tensor:
+        rows = [sequences[i] for i in batch]
+        if policy.padding_side == "right":
+            input_ids, last = right_pad(rows, pad_id)
+            # No mask: pads come after every real token, and causal attention never looks ahead.
+            hidden = backbone(input_ids=input_ids.to(device), use_cache=False).last_hidden_state
+            return take_positions(hidden, last)
+        input_ids, attention_mask, position_ids = left_pad(rows, pad_id)
+        hidden = backbone(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=position_ids.to(device),
+            use_cache=False,  # nothing reads the keys and values afterwards: keep none of them
+        ).last_hidden_state
+        return last_token_pool(hidden, attention_mask.to(device))
+
+    lengths = [len(s) for s in sequences]
+    return run_in_batches(
+        lengths, policy.batch_tokens, run, max_padding=policy.max_padding, device=device, progress=progress
+    )
+
+
+@torch.inference_mode()
+def last_hidden_after_prefix(
+    backbone: torch.nn.Module,
+    prefix: Sequence[int],
+    tails: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    policy: BatchPolicy,
+    device: torch.device,
+    progress: tqdm | None = None,
+) -> torch.Tensor:
+    """Return the last-token state of each ``prefix + tail``, in input order, running ``prefix`` once.
+
+    Every reranker prompt of one query starts with the same tokens (system prompt, instruction, query). Their
+    keys and values are computed once and kept as a single row. Each batch of tails then runs only its own
+    tokens; a layer sees the prefix as a broadcast view of that row, and the joined keys and values it attends
+    over are freed as soon as the layer is done (see :class:`_SharedPrefixLayer`).
+
+    A batch counts ``prefix + tail`` per row against ``policy.batch_tokens``. A prompt longer than the budget
+    runs alone and in full, without the prefix cache, exactly as the embedder would run it: its attention then
+    needs no mask, so a 32k-token document costs what embedding it costs.
+    """
+    n_prefix = len(prefix)
+    full = [i for i, tail in enumerate(tails) if n_prefix + len(tail) > policy.batch_tokens]
+    shared = [i for i, tail in enumerate(tails) if n_prefix + len(tail) <= policy.batch_tokens]
+    out: torch.Tensor | None = None
+    if full:
+        out = _scatter(out, full, last_hidden_batched(
+            backbone, [[*prefix, *tails[i]] for i in full], pad_id=pad_id, policy=policy, device=device
+        ), len(tails))
+    if shared:
+        hidden = _after_prefix(backbone, prefix, [tails[i] for i in shared], pad_id=pad_id, policy=policy,
+                               device=device)
+        out = _scatter(out, shared, hidden, len(tails))
+    if progress is not None:
+        progress.update(len(tails))
+        progress.close()
+    assert out is not None, "last_hidden_after_prefix needs at least one tail"
+    return out
+
+
+def _scatter(out: torch.Tensor | None, indices: list[int], rows: torch.Tensor, total: int) -> torch.Tensor:
+    if out is None:
+        out = torch.empty((total, rows.shape[1]), dtype=rows.dtype, device=rows.device)
+    out[torch.as_tensor(indices, device=rows.device)] = rows
+    return out
+
+
+def _after_prefix(
+    backbone: torch.nn.Module,
+    prefix: Sequence[int],
+    tails: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    policy: BatchPolicy,
+    device: torch.device,
+) -> torch.Tensor:
+    n_prefix = len(prefix)
+    cached = backbone(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True).past_key_values
+    layers = [(layer.keys, layer.values) for layer in cached.layers]
+    del cached
+
+    def run(batch: list[int]) -> torch.Tensor:
+        rows = [tails[i] for i in batch]
+        input_ids, last = right_pad(rows, pad_id)
+        width = input_ids.shape[1]
+        attention_mask = None  # right padding needs none: causal attention never looks ahead to the pads
+        if policy.padding_side == "left":  # devices whose kernels skip masked pads get the mask anyway
+            attention_mask = (torch.arange(n_prefix + width) <= n_prefix + last[:, None]).long().to(device)
+        positions = torch.arange(n_prefix, n_prefix + width).expand(len(rows), -1)
+        cache = Cache(layers=[_SharedPrefixLayer(keys, values) for keys, values in layers])
+        hidden = backbone(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask,
+            position_ids=positions.to(device),
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        return take_positions(hidden, last)
+
+    lengths = [n_prefix + len(t) for t in tails]
+    return run_in_batches(lengths, policy.batch_tokens, run, max_padding=policy.max_padding, device=device,
+                          progress=None)
+
+
+class _SharedPrefixLayer(DynamicLayer):
+    """One layer's cache: a one-row prefix that every row of a batch attends to; nothing new is stored.
+
+    ``update`` hands attention the prefix (broadcast to the batch) joined with the batch's own keys and values,
+    and keeps only the prefix, so the joined tensors are freed when this layer's attention is done instead of
+    piling up for every layer until the forward pass ends.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.keys, self.values = keys, values
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.keys is not None and self.values is not None
+        rows = key_states.shape[0]
+        keys = torch.cat([self.keys.expand(rows, -1, -1, -1), key_states], dim=-2)
+        values = torch.cat([self.values.expand(rows, -1, -1, -1), value_states], dim=-2)
+        return keys, values
