@@ -101,12 +101,14 @@ def test_shares_an_existing_embedder(embedding_path: Path) -> None:
     assert embeddings.model == core.model
     with pytest.raises(ValueError, match="instance of Qwen3Embedder"):
         Qwen3Embeddings(embedder="nope")
-    with pytest.raises(ValueError, match="pass only one of them"):
+    with pytest.raises(ValueError, match="model='other/model' here but embedder.model="):
         Qwen3Embeddings(model="other/model", embedder=core)
 
 
 def test_unknown_fields_and_bad_options_are_rejected(embedding_path: Path) -> None:
     with pytest.raises(ValueError, match="extra"):
+        Qwen3Embeddings(model=str(embedding_path), modle="x")
+    with pytest.raises(ValueError, match="differ; pass only one of them"):
         Qwen3Embeddings(model=str(embedding_path), model_name="x")
     with pytest.raises(ValueError, match="dimensions must be at least 32"):
         Qwen3Embeddings(model=str(embedding_path), dimensions=8)

@@ -43,6 +43,7 @@ class LazyModel(Generic[L]):
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_length = check_positive_int(max_length, "max_length", minimum=2)
         self.policy = batch_policy(self.device)
+        self.batch_tokens = batch_tokens
         if batch_tokens is not None:
             self.policy = replace(self.policy, batch_tokens=check_positive_int(batch_tokens, "batch_tokens"))
         self.show_progress = bool(show_progress)
@@ -125,3 +126,8 @@ class RuntimeProperties:
     def max_length(self) -> int:
         """The longest token sequence (with the trailing ``<|endoftext|>`` or the prompt template)."""
         return self._runtime.max_length
+
+    @property
+    def batch_tokens(self) -> int | None:
+        """The token budget of one batch as given; None means the device's default."""
+        return self._runtime.batch_tokens

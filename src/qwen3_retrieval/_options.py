@@ -1,17 +1,25 @@
 """Pydantic fields that every framework adapter exposes, mapped onto the core's constructor arguments.
 
-Only pydantic is imported here (both frameworks depend on it); no LangChain or LlamaIndex type.
+Only pydantic is imported here (both frameworks depend on it); no LangChain or LlamaIndex type. The adapters
+declare the model field and the core field themselves; building the core, adopting a passed-in one and the checks
+between the two live here, once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
+
+from qwen3_retrieval._validation import check_score_threshold, check_top_n
+from qwen3_retrieval.embedder import Qwen3Embedder
+from qwen3_retrieval.reranker import Qwen3Reranker
 
 
 class CoreOptions(BaseModel):
     """Options passed through to :class:`~qwen3_retrieval.Qwen3Embedder` / :class:`~qwen3_retrieval.Qwen3Reranker`."""
+
+    _model_field: ClassVar[str] = "model"
 
     device: str | None = None
     """``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, or None for the best available."""
@@ -22,7 +30,7 @@ class CoreOptions(BaseModel):
     max_length: int = 8192
     """Longest token sequence per text (embedding) or per prompt (reranking); longer input is cut."""
     batch_tokens: int | None = None
-    """Token budget of one padded batch; None picks a default for the device."""
+    """Token budget of one batch; None picks a default for the device."""
     show_progress: bool = False
     """Show a tqdm progress bar."""
 
@@ -39,14 +47,110 @@ class CoreOptions(BaseModel):
             kwargs["instruction"] = self.instruction
         return kwargs
 
+    def adopt(self, core: Qwen3Embedder | Qwen3Reranker, what: str) -> None:
+        """Take a passed-in core object's options as this component's fields, so that a dump rebuilds it.
 
-def adopt_core(options: BaseModel, core: Any, field: str, model_field: str = "model") -> str:
-    """Return the model name of a core object passed as ``embedder=``/``reranker=`` (pydantic checked its type).
+        Raises:
+            ValueError: An option given here differs from the core's (both values are named).
+        """
+        theirs = core_options(core, self._model_field)
+        conflicts = [
+            f"{name}={getattr(self, name)!r} here but {what}.{name}={theirs[name]!r}"
+            for name in sorted(self.model_fields_set & theirs.keys())
+            if getattr(self, name) is not None and not _same(name, getattr(self, name), theirs[name], core)
+        ]
+        if conflicts:
+            raise ValueError(
+                f"{what}= was passed together with options that differ from it ({'; '.join(conflicts)}); "
+                f"pass only {what}=, or make the options agree"
+            )
+        for name, value in theirs.items():
+            setattr(self, name, value)
+
+
+class EmbedderOptions(CoreOptions):
+    """The embedding adapters' fields on top of :class:`CoreOptions`."""
+
+    dimensions: int | None = None
+    """Matryoshka output size, 32 to the model's hidden size; None keeps the full size."""
+    normalize: bool = True
+    """L2-normalise the vectors (the model cards do; cosine similarity then equals the dot product)."""
+
+    def bind_embedder(self, given: Qwen3Embedder | None) -> Qwen3Embedder:
+        """Return ``given`` after adopting its options, or a new core embedder built from the fields."""
+        if given is not None:
+            self.adopt(given, "embedder")
+            return given
+        model = getattr(self, self._model_field)
+        return Qwen3Embedder(model, dimensions=self.dimensions, normalize=self.normalize, **self.core_kwargs())
+
+
+class RerankerOptions(CoreOptions):
+    """The reranking adapters' fields on top of :class:`CoreOptions`; selection itself is the core's ``rank``."""
+
+    top_n: int | None = 3
+    """How many documents to return; None keeps all."""
+    score_threshold: float | None = None
+    """Drop documents scoring below this probability (0 to 1); None keeps all."""
+
+    @field_validator("top_n")
+    @classmethod
+    def _check_top_n(cls, value: int | None) -> int | None:
+        return check_top_n(value)
+
+    @field_validator("score_threshold")
+    @classmethod
+    def _check_threshold(cls, value: float | None) -> float | None:
+        return check_score_threshold(value)
+
+    def bind_reranker(self, given: Qwen3Reranker | None) -> Qwen3Reranker:
+        """Return ``given`` after adopting its options, or a new core reranker built from the fields."""
+        if given is not None:
+            self.adopt(given, "reranker")
+            return given
+        return Qwen3Reranker(getattr(self, self._model_field), **self.core_kwargs())
+
+
+def accept_alias(data: Any, field: str, alias: str) -> Any:
+    """Map ``alias=`` onto ``field=`` in constructor arguments (e.g. ``model_name`` for ``model``).
 
     Raises:
-        ValueError: a different ``model`` was given next to it.
+        ValueError: Both were given with different values.
     """
-    given = getattr(options, model_field, None)
-    if model_field in options.model_fields_set and given not in (None, core.model):
-        raise ValueError(f"{model_field}={given!r} differs from {field}.model={core.model!r}; pass only one of them")
-    return str(core.model)
+    if not isinstance(data, dict) or alias not in data:
+        return data
+    data = dict(data)
+    value = data.pop(alias)
+    if data.get(field, value) != value:
+        raise ValueError(f"{field}={data[field]!r} and {alias}={value!r} differ; pass only one of them")
+    data[field] = value
+    return data
+
+
+def core_options(core: Qwen3Embedder | Qwen3Reranker, model_field: str) -> dict[str, Any]:
+    """Return a core object's options as adapter field values."""
+    values: dict[str, Any] = {
+        model_field: core.model,
+        "device": str(core.device),
+        "dtype": str(core.dtype).removeprefix("torch."),
+        "instruction": core.instruction,
+        "max_length": core.max_length,
+        "batch_tokens": core.batch_tokens,
+    }
+    if isinstance(core, Qwen3Embedder):
+        values.update(dimensions=core.dimensions, normalize=core.normalize)
+    return values
+
+
+def _same(name: str, ours: Any, theirs: Any, core: Qwen3Embedder | Qwen3Reranker) -> bool:
+    # Compare what the values mean: "cpu" and torch.device("cpu"), "fp32" and "float32", "./m" and "m".
+    from qwen3_retrieval.devices import resolve_device, resolve_dtype
+    from qwen3_retrieval.loading import model_source
+
+    if name == "device":
+        return resolve_device(ours) == core.device
+    if name == "dtype":
+        return resolve_dtype(ours, core.device) == core.dtype
+    if name in ("model", "model_name"):
+        return bool(model_source(ours) == core.model)
+    return bool(ours == theirs)

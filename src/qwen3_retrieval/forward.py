@@ -71,13 +71,14 @@ def last_hidden_after_prefix(
     tokens; a layer sees the prefix as a broadcast view of that row, and the joined keys and values it attends
     over are freed as soon as the layer is done (see :class:`_SharedPrefixLayer`).
 
-    A batch counts ``prefix + tail`` per row against ``policy.batch_tokens``. A prompt longer than the budget
-    runs alone and in full, without the prefix cache, exactly as the embedder would run it: its attention then
-    needs no mask, so a 32k-token document costs what embedding it costs.
+    A batch counts ``prefix + tail`` per row against ``policy.batch_tokens`` (at least one row per batch). A tail
+    longer than the budget runs alone and in full, without the prefix cache, exactly as the embedder would run
+    it: its attention then needs no mask, so a 32k-token document costs what embedding it costs.
     """
-    n_prefix = len(prefix)
-    full = [i for i, tail in enumerate(tails) if n_prefix + len(tail) > policy.batch_tokens]
-    shared = [i for i, tail in enumerate(tails) if n_prefix + len(tail) <= policy.batch_tokens]
+    # A tail longer than the whole budget would need a (tail x prompt) attention mask; run it as the embedder runs
+    # a long text instead: alone, in full, mask-free.
+    full = [i for i, tail in enumerate(tails) if len(tail) > policy.batch_tokens]
+    shared = [i for i, tail in enumerate(tails) if len(tail) <= policy.batch_tokens]
     out: torch.Tensor | None = None
     if full:
         out = _scatter(out, full, last_hidden_batched(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 try:
     from langchain_core.callbacks import Callbacks
@@ -27,20 +28,23 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from pydantic import ConfigDict, Field, model_validator
 from typing_extensions import Self
 
-from qwen3_retrieval._options import CoreOptions, adopt_core
-from qwen3_retrieval._validation import check_query, check_texts, check_top_n
+from qwen3_retrieval._options import EmbedderOptions, RerankerOptions, accept_alias
+from qwen3_retrieval._validation import check_texts
 from qwen3_retrieval.embedder import Qwen3Embedder
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.reranker import Qwen3Reranker
 
 __all__ = ["Qwen3Embeddings", "Qwen3Rerank"]
 
+_CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
-class Qwen3Embeddings(CoreOptions, Embeddings):
+
+class Qwen3Embeddings(EmbedderOptions, Embeddings):
     """Qwen3-Embedding as a LangChain ``Embeddings``: queries get the instruction, documents do not.
 
     Construction loads nothing; the model loads on the first call and is shared with every other object using
     the same checkpoint, device and dtype (also LlamaIndex ones, or pass ``embedder=`` to share explicitly).
+    ``model_name=`` is accepted for ``model=``, as in ``HuggingFaceEmbeddings``.
 
     Example:
         .. code-block:: python
@@ -50,35 +54,32 @@ class Qwen3Embeddings(CoreOptions, Embeddings):
             query = embeddings.embed_query("What is the capital of China?")
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+    model_config = _CONFIG
 
     model: str = DEFAULT_EMBEDDING_MODEL
     """Hub id or local folder of a Qwen3-Embedding checkpoint."""
-    dimensions: int | None = None
-    """Matryoshka output size, 32 to the model's hidden size; None keeps the full size."""
     embedder: Qwen3Embedder | None = Field(default=None, exclude=True)
-    """An existing core embedder to use instead of building one from the fields above."""
+    """An existing core embedder to use; options given next to it must agree with it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_name_alias(cls, data: Any) -> Any:
+        return accept_alias(data, "model", "model_name")
 
     @model_validator(mode="after")
-    def _build_embedder(self) -> Self:
-        if self.embedder is None:
-            self.embedder = Qwen3Embedder(self.model, dimensions=self.dimensions, **self.core_kwargs())
-        else:
-            self.model = adopt_core(self, self.embedder, "embedder")
+    def _bind(self) -> Self:
+        self.embedder = self.bind_embedder(self.embedder)
         return self
-
-    @property
-    def _core(self) -> Qwen3Embedder:
-        assert self.embedder is not None
-        return self.embedder
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (no instruction); returns one list of Python floats per text."""
-        return self._core.embed_documents(texts).tolist()
+        assert self.embedder is not None
+        return self.embedder.embed_documents(texts).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a query with the instruction (``"Instruct: {instruction}\\nQuery:{text}"``)."""
-        return self._core.embed_query(text).tolist()
+        assert self.embedder is not None
+        return self.embedder.embed_query(text).tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents in a worker thread, so the event loop keeps running."""
@@ -89,7 +90,7 @@ class Qwen3Embeddings(CoreOptions, Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
 
-class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
+class Qwen3Rerank(RerankerOptions, BaseDocumentCompressor):
     """Qwen3-Reranker as a LangChain document compressor (e.g. in ``ContextualCompressionRetriever``).
 
     Returns new documents, best first, each with ``metadata["relevance_score"]`` = P(yes) as a float; ``id`` and
@@ -102,24 +103,21 @@ class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
             best = reranker.compress_documents(docs, "What is the capital of China?")
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+    model_config = _CONFIG
 
     model: str = DEFAULT_RERANKER_MODEL
     """Hub id or local folder of a Qwen3-Reranker checkpoint (causal LM or converted seq-cls)."""
-    top_n: int | None = 3
-    """How many documents to return; None keeps all."""
-    score_threshold: float | None = None
-    """Drop documents whose score is below this (scores are probabilities in [0, 1])."""
     reranker: Qwen3Reranker | None = Field(default=None, exclude=True)
-    """An existing core reranker to use instead of building one from the fields above."""
+    """An existing core reranker to use; options given next to it must agree with it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_name_alias(cls, data: Any) -> Any:
+        return accept_alias(data, "model", "model_name")
 
     @model_validator(mode="after")
-    def _build_reranker(self) -> Self:
-        check_top_n(self.top_n)
-        if self.reranker is None:
-            self.reranker = Qwen3Reranker(self.model, **self.core_kwargs())
-        else:
-            self.model = adopt_core(self, self.reranker, "reranker")
+    def _bind(self) -> Self:
+        self.reranker = self.bind_reranker(self.reranker)
         return self
 
     def rerank(
@@ -136,12 +134,11 @@ class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
             documents: Strings or ``Document`` objects (their ``page_content`` is scored).
             query: The search text; must not be empty.
             top_n: Keep this many; None returns every document (``self.top_n`` is not applied here).
-            instruction: Task instruction for this call; None uses the component's.
+            instruction: Task instruction for this call; None uses the component's, ``""`` an empty one.
         """
         texts = check_texts([d.page_content if isinstance(d, Document) else d for d in documents], "documents")
-        check_query(query)
         assert self.reranker is not None
-        return self.reranker.rank(query, texts, top_n=top_n, instruction=instruction or self.instruction)
+        return self.reranker.rank(query, texts, top_n=top_n, instruction=instruction)
 
     def compress_documents(
         self,
@@ -150,20 +147,11 @@ class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Return copies of the best ``top_n`` documents at or above ``score_threshold``, best first."""
-        check_query(query)
-        if not documents:
-            return []
-        kept: list[Document] = []
-        for index, score in self.rerank(documents, query):
-            if self.score_threshold is not None and score < self.score_threshold:
-                break  # sorted best first: everything after is lower
-            original = documents[index]
-            metadata = copy.deepcopy(original.metadata)
-            metadata["relevance_score"] = float(score)
-            kept.append(original.model_copy(update={"metadata": metadata}))
-            if self.top_n is not None and len(kept) == self.top_n:
-                break
-        return kept
+        assert self.reranker is not None
+        ranked = self.reranker.rank(
+            query, [d.page_content for d in documents], top_n=self.top_n, score_threshold=self.score_threshold
+        )
+        return [_with_score(documents[index], score) for index, score in ranked]
 
     async def acompress_documents(
         self,
@@ -173,3 +161,9 @@ class Qwen3Rerank(CoreOptions, BaseDocumentCompressor):
     ) -> Sequence[Document]:
         """Run :meth:`compress_documents` in a worker thread, so the event loop keeps running."""
         return await asyncio.to_thread(self.compress_documents, documents, query, callbacks)
+
+
+def _with_score(document: Document, score: float) -> Document:
+    metadata = copy.deepcopy(document.metadata)
+    metadata["relevance_score"] = float(score)
+    return document.model_copy(update={"metadata": metadata})

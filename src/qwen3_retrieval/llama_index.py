@@ -30,8 +30,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from pydantic import ConfigDict, Field, model_validator
 from typing_extensions import Self
 
-from qwen3_retrieval._options import CoreOptions, adopt_core
-from qwen3_retrieval._validation import check_query, check_top_n
+from qwen3_retrieval._options import EmbedderOptions, RerankerOptions, accept_alias
+from qwen3_retrieval._validation import check_query
 from qwen3_retrieval.embedder import Qwen3Embedder
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.reranker import Qwen3Reranker
@@ -40,8 +40,10 @@ __all__ = ["Qwen3Embedding", "Qwen3Rerank"]
 
 dispatcher = get_dispatcher(__name__)
 
+_CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
-class Qwen3Embedding(CoreOptions, BaseEmbedding):
+
+class Qwen3Embedding(EmbedderOptions, BaseEmbedding):
     """Qwen3-Embedding as a LlamaIndex ``BaseEmbedding``: queries get the instruction, texts do not.
 
     ``model`` and ``model_name`` name the same thing. ``BaseEmbedding`` already emits the embedding events;
@@ -49,27 +51,22 @@ class Qwen3Embedding(CoreOptions, BaseEmbedding):
     which sorts them by length and packs them by token budget.
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+    model_config = _CONFIG
+    _model_field = "model_name"
 
     model_name: str = Field(default=DEFAULT_EMBEDDING_MODEL, description="Hub id or folder of the checkpoint.")
     # Larger than LlamaIndex's default of 10 so the core can length-sort and pack a useful batch.
     embed_batch_size: int = Field(default=64, gt=0, le=2048, description="Texts per call into the core.")
-    dimensions: int | None = Field(default=None, description="Matryoshka size, 32 to hidden size; None = full.")
     embedder: Qwen3Embedder | None = Field(default=None, exclude=True, description="An existing core embedder.")
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         if model is not None:
-            if kwargs.get("model_name", model) != model:
-                raise ValueError(f"model={model!r} and model_name={kwargs['model_name']!r} differ; pass one")
-            kwargs["model_name"] = model
+            kwargs = accept_alias({**kwargs, "model": model}, "model_name", "model")
         super().__init__(**kwargs)
 
     @model_validator(mode="after")
-    def _build_embedder(self) -> Self:
-        if self.embedder is None:
-            self.embedder = Qwen3Embedder(self.model_name, dimensions=self.dimensions, **self.core_kwargs())
-        else:
-            self.model_name = adopt_core(self, self.embedder, "embedder", model_field="model_name")
+    def _bind(self) -> Self:
+        self.embedder = self.bind_embedder(self.embedder)
         return self
 
     @classmethod
@@ -101,31 +98,31 @@ class Qwen3Embedding(CoreOptions, BaseEmbedding):
         return await asyncio.to_thread(self._get_text_embeddings, texts)
 
 
-class Qwen3Rerank(CoreOptions, BaseNodePostprocessor):
+class Qwen3Rerank(RerankerOptions, BaseNodePostprocessor):
     """Qwen3-Reranker as a LlamaIndex node postprocessor.
 
     Scores ``node.get_content(metadata_mode=MetadataMode.EMBED)`` against the query and returns new
     ``NodeWithScore`` objects, best first, with ``score`` = P(yes) as a float. Emits ``ReRankStartEvent`` /
-    ``ReRankEndEvent`` (also for empty input) and the ``CBEventType.RERANKING`` callback event.
+    ``ReRankEndEvent`` (also for empty input, and with no nodes when scoring fails) and the
+    ``CBEventType.RERANKING`` callback event; a missing or empty query raises before any event.
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+    model_config = _CONFIG
 
     model: str = Field(default=DEFAULT_RERANKER_MODEL, description="Hub id or folder of the checkpoint.")
-    top_n: int | None = Field(default=3, description="How many nodes to return; None keeps all.")
-    score_threshold: float | None = Field(default=None, description="Drop nodes scoring below this.")
     keep_retrieval_score: bool = Field(
         default=False, description="Keep the retriever's score in the node's metadata as 'retrieval_score'."
     )
     reranker: Qwen3Reranker | None = Field(default=None, exclude=True, description="An existing core reranker.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_name_alias(cls, data: Any) -> Any:
+        return accept_alias(data, "model", "model_name")
+
     @model_validator(mode="after")
-    def _build_reranker(self) -> Self:
-        check_top_n(self.top_n)
-        if self.reranker is None:
-            self.reranker = Qwen3Reranker(self.model, **self.core_kwargs())
-        else:
-            self.model = adopt_core(self, self.reranker, "reranker")
+    def _bind(self) -> Self:
+        self.reranker = self.bind_reranker(self.reranker)
         return self
 
     @classmethod
@@ -136,33 +133,32 @@ class Qwen3Rerank(CoreOptions, BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        dispatcher.event(
-            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=self.model)
-        )
         if query_bundle is None:
             raise ValueError("Qwen3Rerank needs the query: call postprocess_nodes(nodes, query_str=...)")
         query = check_query(query_bundle.query_str)
-        if not nodes:
-            dispatcher.event(ReRankEndEvent(nodes=[]))
-            return []
-        texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+        assert self.reranker is not None
+        dispatcher.event(
+            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=self.model)
+        )
         payload: dict[str, Any] = {
             EventPayload.NODES: nodes,
             EventPayload.MODEL_NAME: self.model,
             EventPayload.QUERY_STR: query,
             EventPayload.TOP_K: self.top_n,
         }
-        assert self.reranker is not None
-        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
-            kept: list[NodeWithScore] = []
-            for index, score in self.reranker.rank(query, texts, instruction=self.instruction):
-                if self.score_threshold is not None and score < self.score_threshold:
-                    break  # sorted best first
-                kept.append(self._rescored(nodes[index], score))
-                if self.top_n is not None and len(kept) == self.top_n:
-                    break
-            event.on_end(payload={EventPayload.NODES: kept})
-        dispatcher.event(ReRankEndEvent(nodes=kept))
+        kept: list[NodeWithScore] = []
+        try:
+            with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+                ranked = self.reranker.rank(
+                    query,
+                    [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes],
+                    top_n=self.top_n,
+                    score_threshold=self.score_threshold,
+                )
+                kept = [self._rescored(nodes[index], score) for index, score in ranked]
+                event.on_end(payload={EventPayload.NODES: kept})
+        finally:
+            dispatcher.event(ReRankEndEvent(nodes=kept))  # also when scoring fails: every start has its end
         return kept
 
     def _rescored(self, original: NodeWithScore, score: float) -> NodeWithScore:

@@ -1,0 +1,55 @@
+"""Extra peak memory of one call, measured in a fresh process: ``python memory_probe.py JOB CHECKPOINT ...``.
+
+Jobs:
+    rerank CHECKPOINT QUERY_WORDS CANDIDATES [MAX_LENGTH]   one query against N short candidates
+    rerank-long CHECKPOINT DOC_WORDS                        one long document against a short query
+    embed-long CHECKPOINT DOC_WORDS                         the same long document embedded
+
+Prints the growth of the peak resident set (MB) caused by the measured call alone: the model is loaded and run
+once on a tiny input first, so loading and first-call allocations are not counted.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    import torch
+
+    from qwen3_retrieval import Qwen3Embedder, Qwen3Reranker
+
+    torch.set_num_threads(2)
+    job, path, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if job == "rerank":
+        count, max_length = int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 8192
+        reranker = Qwen3Reranker(path, device="cpu", max_length=max_length)
+        query = " ".join(["history"] * size)
+        docs = [f"candidate {i} is about music and art" for i in range(count)]
+        reranker.score("warm up", ["tiny"])
+        before = peak_mb()
+        reranker.score(query, docs)
+    elif job in ("rerank-long", "embed-long"):
+        text = " ".join(f"word{i % 97}" for i in range(size))
+        if job == "rerank-long":
+            model = Qwen3Reranker(path, device="cpu", max_length=32768)
+            model.score("warm up", ["tiny"])
+            before = peak_mb()
+            model.score("what is this about?", [text])
+        else:
+            embedder = Qwen3Embedder(path, device="cpu", max_length=32768)
+            embedder.embed_documents(["tiny"])
+            before = peak_mb()
+            embedder.embed_documents([text])
+    else:
+        raise SystemExit(f"unknown job {job!r}")
+    print(f"{peak_mb() - before:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Peak memory follows the batch budget, not (candidates x query length), measured in fresh processes.
+
+The checkpoints have the real 0.6B width and 4 layers, so keys and values weigh what they weigh in the real
+model per layer. ``MALLOC_MMAP_THRESHOLD_`` makes every large buffer its own mapping, returned to the system when
+freed, so the peak resident set measures what was alive at once rather than the allocator's leftovers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = Path(__file__).with_name("memory_probe.py")
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from qwen3_retrieval.testing import make_embedding_checkpoint, make_reranker_checkpoint
+
+    root = tmp_path_factory.mktemp("wide")
+    return {
+        "reranker": make_reranker_checkpoint(root / "reranker", shape="0.6B-4L"),
+        "embedding": make_embedding_checkpoint(root / "embedding", shape="0.6B-4L"),
+    }
+
+
+def extra_peak_mb(*args: object) -> float:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "2"}
+    out = subprocess.run(
+        [sys.executable, str(PROBE), *map(str, args)], capture_output=True, text=True, env=env, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_long_query_against_many_candidates_costs_about_one_candidate(wide: dict[str, Path]) -> None:
+    one = extra_peak_mb("rerank", wide["reranker"], 1500, 1)
+    many = extra_peak_mb("rerank", wide["reranker"], 1500, 120)
+    # Before the fix every row carried its own copy of the ~1500-token prefix for every layer: about 10x.
+    assert many <= 2 * one, (one, many)
+
+
+@pytest.mark.slow
+def test_scoring_a_long_document_costs_no_more_than_embedding_it(wide: dict[str, Path]) -> None:
+    embedding = extra_peak_mb("embed-long", wide["embedding"], 1600)  # about 8,000 tokens
+    scoring = extra_peak_mb("rerank-long", wide["reranker"], 1600)
+    assert scoring <= 1.1 * embedding, (embedding, scoring)
