@@ -11,6 +11,13 @@ from qwen3_retrieval.milvus import langchain_store, llama_index_store
 TEXTS = ["Milvus is a vector database.", "The capital of China is Beijing.", "Gravity is a force."]
 
 
+def document_vectors(embedding_path: Path) -> list[list[float]]:
+    """Each text's document vector, computed by the core outside any store."""
+    from qwen3_retrieval import Qwen3Embedder
+
+    return Qwen3Embedder(embedding_path, device="cpu").embed_documents(TEXTS).tolist()
+
+
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_langchain_store(tmp_path: Path, embedding_path: Path, hybrid: bool) -> None:
     from langchain_core.documents import Document
@@ -23,6 +30,11 @@ def test_langchain_store(tmp_path: Path, embedding_path: Path, hybrid: bool) -> 
     found = store.similarity_search("capital of China", k=3)
     assert sorted(d.page_content for d in found) == sorted(TEXTS)
     assert all("source" in d.metadata for d in found)
+    if not hybrid:
+        # k=1 by each text's own document vector must find that text: a store given wrong vectors (another
+        # text's, a query-prompted one, a cut one) would not.
+        for text, vector in zip(TEXTS, document_vectors(embedding_path)):
+            assert store.similarity_search_by_vector(vector, k=1)[0].page_content == text
     if hybrid:
         # Only one passage shares the query's words, so BM25 ranks it alone; rank fusion must put it first
         # whatever the random-weight dense ranking says.
@@ -45,5 +57,11 @@ def test_llama_index_store(tmp_path: Path, embedding_path: Path, hybrid: bool) -
     mode = "hybrid" if hybrid else "default"
     nodes = index.as_retriever(similarity_top_k=3, vector_store_query_mode=mode).retrieve("capital of China")
     assert sorted(n.node.get_content() for n in nodes) == sorted(TEXTS)
+    if not hybrid:
+        from llama_index.core.vector_stores import VectorStoreQuery
+
+        for text, vector in zip(TEXTS, document_vectors(embedding_path)):
+            found = store.query(VectorStoreQuery(query_embedding=vector, similarity_top_k=1))
+            assert found.nodes is not None and found.nodes[0].get_content() == text
     if hybrid:
         assert nodes[0].node.get_content() == TEXTS[1]  # BM25 took part (see the LangChain test)

@@ -101,7 +101,7 @@ def test_shares_an_existing_embedder(embedding_path: Path) -> None:
     assert embeddings.model == core.model
     with pytest.raises(ValueError, match="instance of Qwen3Embedder"):
         Qwen3Embeddings(embedder="nope")
-    with pytest.raises(ValueError, match="model='other/model' here but embedder.model="):
+    with pytest.raises(ValueError, match=r"model='other/model' here but embedder\.model="):
         Qwen3Embeddings(model="other/model", embedder=core)
 
 

@@ -35,3 +35,14 @@ def test_public_api() -> None:
     )
     for name in qwen3_retrieval.__all__:
         assert getattr(qwen3_retrieval, name) is not None
+
+
+def test_network_other_than_127_0_0_1_is_blocked_in_tests() -> None:
+    """pytest-socket guards every test: an accidental hub call fails loudly instead of hiding offline."""
+    import socket
+
+    import pytest
+    from pytest_socket import SocketConnectBlockedError
+
+    with pytest.raises(SocketConnectBlockedError, match=r"127\.0\.0\.2"):
+        socket.create_connection(("127.0.0.2", 9), timeout=1)  # loopback, yet not on the allow list

@@ -158,16 +158,47 @@ def test_equals_sentence_transformers_cross_encoder(
     assert_scores_close(reranker.score(QUERY, DOCUMENTS, instruction=instruction), theirs)
 
 
-def test_seq_cls_checkpoint_equals_causal_lm_twin(checkpoints: dict[str, Path], reranker: Qwen3Reranker) -> None:
-    converted = Qwen3Reranker(checkpoints["reranker-seq-cls"], device="cpu")
-    assert_scores_close(converted.score(QUERY, DOCUMENTS), reranker.score(QUERY, DOCUMENTS))
+def test_seq_cls_checkpoint_equals_transformers_sequence_classifier(
+    checkpoints: dict[str, Path], card: ModelCard
+) -> None:
+    """The converted checkpoint against transformers' own ``AutoModelForSequenceClassification`` forward."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = checkpoints["reranker-seq-cls"]
+    classifier = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = [
+            torch.sigmoid(classifier(input_ids=torch.tensor([ids])).logits[0, 0]).item()
+            for ids in card.input_ids([card_body(CARD_INSTRUCTION, QUERY, d) for d in DOCUMENTS])
+        ]
+    assert_scores_close(Qwen3Reranker(path, device="cpu").score(QUERY, DOCUMENTS), theirs)
 
 
-def test_full_vocabulary_head_is_never_run(reranker_path: Path) -> None:
-    reranker = Qwen3Reranker(reranker_path, device="cpu", attn_implementation="eager")
-    state = reranker._runtime.state()
-    assert not hasattr(state.backbone, "lm_head")
-    assert state.direction.shape == (state.backbone.config.hidden_size,)
+def test_full_vocabulary_head_is_never_run(
+    reranker_path: Path, card: ModelCard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    original = transformers.AutoModelForCausalLM.from_pretrained
+    loaded: list[torch.nn.Module] = []
+
+    def with_forbidden_head(*args, **kwargs):  # type: ignore[no-untyped-def]
+        model = original(*args, **kwargs)
+
+        def refuse(*_: object) -> None:
+            raise AssertionError("the full-vocabulary LM head ran")
+
+        model.get_output_embeddings().register_forward_pre_hook(refuse)
+        loaded.append(model)
+        return model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", with_forbidden_head)
+    reranker = Qwen3Reranker(reranker_path, device="cpu", attn_implementation="eager")  # its own, fresh load
+    ours = reranker.score(QUERY, DOCUMENTS)
+    assert len(loaded) == 1
+    with pytest.raises(AssertionError, match="LM head ran"):  # the hook does fire when the head runs
+        loaded[0](input_ids=torch.tensor([[1, 2, 3]]))
+    assert_scores_close(ours, card.scores([card_body(CARD_INSTRUCTION, QUERY, d) for d in DOCUMENTS]))
 
 
 def test_rank_is_sorted_scores_with_top_n(reranker: Qwen3Reranker) -> None:

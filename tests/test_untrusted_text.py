@@ -123,23 +123,24 @@ def test_embedder_reads_markers_as_text_when_the_table_is_smaller_than_the_token
         reference_embeddings(path, [hf_ids(path, t) for t in texts])
     eos = probe.convert_tokens_to_ids("<|endoftext|>")
     ours = Qwen3Embedder(path, device="cpu").embed_documents(texts)
-    np.testing.assert_allclose(
-        ours, reference_embeddings(path, [[*plain_ids(path, t), eos] for t in texts]), atol=TOL
-    )
+    np.testing.assert_allclose(ours, reference_embeddings(path, [[*plain_ids(path, t), eos] for t in texts]), atol=TOL)
 
 
 def test_reranker_forged_verdict_is_scored_as_text(reranker_path: Path) -> None:
     reranker = Qwen3Reranker(reranker_path, device="cpu")
     query = "What is the capital of France?"
     ours = reranker.score(query, HOSTILE)
-    reference = reference_scores(reranker_path, [card_prompt_ids(reranker_path, INSTRUCTION, query, d) for d in HOSTILE])
+    reference = reference_scores(
+        reranker_path, [card_prompt_ids(reranker_path, INSTRUCTION, query, d) for d in HOSTILE]
+    )
     assert max(abs(a - b) for a, b in zip(ours, reference)) < TOL
     # The attack works on a prompt that reads control tokens: its score moves far from the plain-text one.
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(reranker_path)
-    forged_prompt = tokenizer(PREFIX + f"<Instruct>: {INSTRUCTION}\n<Query>: {query}\n<Document>: {FORGED}" + SUFFIX,
-                              add_special_tokens=False)["input_ids"]
+    forged_prompt = tokenizer(
+        PREFIX + f"<Instruct>: {INSTRUCTION}\n<Query>: {query}\n<Document>: {FORGED}" + SUFFIX, add_special_tokens=False
+    )["input_ids"]
     assert abs(reference_scores(reranker_path, [forged_prompt])[0] - ours[0]) > 100 * TOL
 
 

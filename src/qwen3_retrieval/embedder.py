@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from qwen3_retrieval._model import LazyModel, RuntimeProperties
-from qwen3_retrieval.forward import last_hidden_batched
 from qwen3_retrieval._validation import check_instruction, check_positive_int, check_texts
+from qwen3_retrieval.forward import last_hidden_batched
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_INSTRUCTION, EOS_TOKEN, embedding_query
 from qwen3_retrieval.tokenization import TextTokenizer
 

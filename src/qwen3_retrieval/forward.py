@@ -81,12 +81,18 @@ def last_hidden_after_prefix(
     shared = [i for i, tail in enumerate(tails) if len(tail) <= policy.batch_tokens]
     out: torch.Tensor | None = None
     if full:
-        out = _scatter(out, full, last_hidden_batched(
-            backbone, [[*prefix, *tails[i]] for i in full], pad_id=pad_id, policy=policy, device=device
-        ), len(tails))
+        out = _scatter(
+            out,
+            full,
+            last_hidden_batched(
+                backbone, [[*prefix, *tails[i]] for i in full], pad_id=pad_id, policy=policy, device=device
+            ),
+            len(tails),
+        )
     if shared:
-        hidden = _after_prefix(backbone, prefix, [tails[i] for i in shared], pad_id=pad_id, policy=policy,
-                               device=device)
+        hidden = _after_prefix(
+            backbone, prefix, [tails[i] for i in shared], pad_id=pad_id, policy=policy, device=device
+        )
         out = _scatter(out, shared, hidden, len(tails))
     if progress is not None:
         progress.update(len(tails))
@@ -135,8 +141,9 @@ def _after_prefix(
         return take_positions(hidden, last)
 
     lengths = [n_prefix + len(t) for t in tails]
-    return run_in_batches(lengths, policy.batch_tokens, run, max_padding=policy.max_padding, device=device,
-                          progress=None)
+    return run_in_batches(
+        lengths, policy.batch_tokens, run, max_padding=policy.max_padding, device=device, progress=None
+    )
 
 
 class _SharedPrefixLayer(DynamicLayer):

@@ -200,7 +200,7 @@ class _RerankerRuntime(LazyModel[_LoadedReranker]):
         )
 
     share_prefix = True
-    """Run the prompt part shared by all documents once per call (see :func:`qwen3_retrieval.forward.last_hidden_after_prefix`)."""
+    """Run the prompt part shared by all documents once per call (see ``forward.last_hidden_after_prefix``)."""
 
     def encode(self, instruction: str, query: str, documents: list[str]) -> list[list[int]]:
         """Return the prompt token ids of each (query, document) pair, documents cut to fit ``max_length``."""
