@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,7 @@ def _prepare(contender: str, task: str, work: dict[str, Any], model: str, device
         from qwen3_retrieval import Qwen3Reranker
 
         reranker = Qwen3Reranker(model, device=device, dtype=dtype)
-        reranker._runtime.share_prefix = contender != "ours_plain"
+        reranker._runtime.policy = replace(reranker._runtime.policy, share_prefix=contender != "ours_plain")
         return lambda: reranker.score(query, docs)
     if contender == "st_cross_encoder":
         from sentence_transformers import CrossEncoder

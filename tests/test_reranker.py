@@ -126,8 +126,7 @@ def test_any_batch_split_gives_the_same_scores(
     reranker_path: Path, card: ModelCard, batch_tokens: int, policy: str, share_prefix: bool
 ) -> None:
     reranker = Qwen3Reranker(reranker_path, device="cpu")
-    reranker._runtime.policy = replace(POLICIES[policy], batch_tokens=batch_tokens)
-    reranker._runtime.share_prefix = share_prefix
+    reranker._runtime.policy = replace(POLICIES[policy], batch_tokens=batch_tokens, share_prefix=share_prefix)
     ours = reranker.score(QUERY, DOCUMENTS)
     assert_scores_close(ours, card.scores([card_body(CARD_INSTRUCTION, QUERY, d) for d in DOCUMENTS]))
 
@@ -135,7 +134,7 @@ def test_any_batch_split_gives_the_same_scores(
 def test_shared_prefix_path_equals_plain_path(reranker_path: Path) -> None:
     fast = Qwen3Reranker(reranker_path, device="cpu")
     plain = Qwen3Reranker(reranker_path, device="cpu")
-    plain._runtime.share_prefix = False
+    plain._runtime.policy = replace(plain._runtime.policy, share_prefix=False)
     for task in (CARD_INSTRUCTION, "Find geography facts"):
         a, b = fast.score(QUERY, DOCUMENTS, instruction=task), plain.score(QUERY, DOCUMENTS, instruction=task)
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4

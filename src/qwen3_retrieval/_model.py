@@ -22,6 +22,21 @@ from qwen3_retrieval.loading import load_error, load_shared, model_source, quiet
 L = TypeVar("L")
 
 
+def resolve_engine(engine: str | None, base_url: str | None) -> str:
+    """Return ``"transformers"``, ``"vllm"`` (in process) or ``"http"`` (a vLLM server at ``base_url``)."""
+    if base_url is not None:
+        if engine not in (None, "vllm"):
+            raise ValueError(f"base_url= runs on a vLLM server, but engine={engine!r} was asked for; drop one of them")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL such as 'http://127.0.0.1:8000/v1', got {base_url!r}")
+        return "http"
+    if engine in (None, "transformers"):
+        return "transformers"
+    if engine == "vllm":
+        return "vllm"
+    raise ValueError(f"unknown engine {engine!r}; use 'transformers' (default) or 'vllm', or base_url= for a server")
+
+
 class LazyModel(Generic[L]):
     """Holds the options of one model and loads it, shared and once, on first use."""
 
@@ -37,8 +52,17 @@ class LazyModel(Generic[L]):
         batch_tokens: int | None,
         show_progress: bool,
         attn_implementation: str | None,
+        engine: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
     ) -> None:
-        self.model = model_source(model)
+        self.engine = resolve_engine(engine, base_url)
+        self.base_url = base_url
+        self._api_key = api_key
+        self.timeout = float(timeout)
+        # A hub id or folder names the tokenizer (and, in process, the weights); a server needs no local folder.
+        self.model = model_source(model) if self.engine != "http" else str(model)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_length = check_positive_int(max_length, "max_length", minimum=2)
@@ -51,6 +75,8 @@ class LazyModel(Generic[L]):
         self._loaded: L | None = None
 
     def __repr__(self) -> str:
+        if self.engine == "http":
+            return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
         return f"{type(self).__name__}(model={self.model!r}, device='{self.device}', dtype={self.dtype})"
 
     def __getstate__(self) -> dict[str, Any]:
@@ -63,7 +89,8 @@ class LazyModel(Generic[L]):
     @property
     def cache_key(self) -> Hashable:
         """The key under which the loaded model is shared with other objects in this process."""
-        return (self._kind, self.model, str(self.device), str(self.dtype), self.attn_implementation)
+        where = (self.engine, self.base_url, hash(self._api_key))
+        return (self._kind, self.model, str(self.device), str(self.dtype), self.attn_implementation, *where)
 
     def _state(self) -> L:
         """Return the loaded model, loading it (or taking the shared copy) on first use."""
@@ -98,6 +125,12 @@ class LazyModel(Generic[L]):
             kwargs["attn_implementation"] = self.attn_implementation
         return self._pretrained(auto_class, **kwargs).to(self.device).eval()
 
+    def _server(self) -> Any:
+        from qwen3_retrieval.engines.vllm_http import VLLMServer
+
+        assert self.base_url is not None
+        return VLLMServer(self.base_url, self.model, api_key=self._api_key, timeout=self.timeout)
+
     def _progress(self, total: int, desc: str) -> tqdm | None:
         return tqdm(total=total, desc=desc, unit="text") if self.show_progress else None
 
@@ -126,6 +159,16 @@ class RuntimeProperties:
     def max_length(self) -> int:
         """The longest token sequence (with the trailing ``<|endoftext|>`` or the prompt template)."""
         return self._runtime.max_length
+
+    @property
+    def engine(self) -> str:
+        """``"transformers"`` or ``"vllm"`` in this process, or ``"http"`` for a vLLM server at ``base_url``."""
+        return self._runtime.engine
+
+    @property
+    def base_url(self) -> str | None:
+        """The vLLM server's URL, or None in process."""
+        return self._runtime.base_url
 
     @property
     def batch_tokens(self) -> int | None:

@@ -71,6 +71,8 @@ class BatchPolicy:
     """``"left"``: pads first, hidden by an attention mask (what transformers' kernels expect on GPU).
     ``"right"``: pads last and no mask at all; causal attention already keeps every real token from seeing
     them, so attention stays on PyTorch's fused causal kernel, and each row's last real token is gathered."""
+    share_prefix: bool = True
+    """Reranking: run the prompt part every document of a query shares once per call, each document on top."""
 
 
 def batch_policy(device: torch.device) -> BatchPolicy:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import torch
 
 from qwen3_retrieval._model import LazyModel, RuntimeProperties
 from qwen3_retrieval._validation import check_instruction, check_positive_int, check_texts
-from qwen3_retrieval.forward import last_hidden_batched
+from qwen3_retrieval.engines import EmbeddingEngine
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_INSTRUCTION, EOS_TOKEN, embedding_query
 from qwen3_retrieval.tokenization import TextTokenizer
 
@@ -22,21 +23,24 @@ MIN_DIMENSIONS = 32
 @dataclass(eq=False)
 class _LoadedEmbedding:
     tokenizer: TextTokenizer
-    backbone: torch.nn.Module
+    engine: EmbeddingEngine
     eos_id: int
-    pad_id: int
     hidden_size: int
 
 
 class Qwen3Embedder(RuntimeProperties):
     """Embeds texts with a Qwen3-Embedding model exactly as its model card does.
 
-    Queries are prefixed with ``"Instruct: {instruction}\\nQuery:"``; documents get no prefix. Each text ends
-    in one ``<|endoftext|>`` (appended only if the tokenizer does not do it), the final hidden state at that
+    Queries are prefixed with ``"Instruct: {instruction}\\nQuery:"``; documents get no prefix. All user text is
+    read as plain characters. Each text ends in exactly one ``<|endoftext|>``, the final hidden state at that
     token is the embedding, optionally cut to ``dimensions`` (Matryoshka) and then L2-normalised.
 
+    The token ids are built here for every engine: transformers in this process (the default), vLLM in this
+    process (``engine="vllm"``) or a vLLM server (``base_url=``), which all return the same vectors.
+
     Constructing an embedder reads no files; the model loads on the first call and is shared by every embedder
-    in the process with the same model, device, dtype and attention implementation.
+    in the process with the same model, device, dtype, attention implementation and engine. Any number of
+    threads and tasks may call one embedder, or several, at once.
 
     Args:
         model: Hub id or local folder of a Qwen3-Embedding checkpoint.
@@ -51,6 +55,11 @@ class Qwen3Embedder(RuntimeProperties):
         attn_implementation: Passed to transformers (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``);
             None picks ``"flash_attention_2"`` on CUDA in half precision when ``flash_attn`` is installed, else
             transformers' default (``"sdpa"``).
+        engine: ``"transformers"`` (default) or ``"vllm"`` (``vllm.LLM`` in this process, when installed).
+        base_url: A vLLM server's OpenAI-compatible URL (``"http://host:8000/v1"``); only the tokenizer is loaded
+            here. Start it with ``vllm serve MODEL --runner pooling``.
+        api_key: The server's key (``--api-key``), if any. Never shown in a message or ``repr``.
+        timeout: Seconds to wait for one server request.
     """
 
     _runtime: _EmbeddingRuntime
@@ -68,6 +77,10 @@ class Qwen3Embedder(RuntimeProperties):
         batch_tokens: int | None = None,
         show_progress: bool = False,
         attn_implementation: str | None = None,
+        engine: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
     ) -> None:
         self._runtime = _EmbeddingRuntime(
             model,
@@ -77,6 +90,10 @@ class Qwen3Embedder(RuntimeProperties):
             batch_tokens=batch_tokens,
             show_progress=show_progress,
             attn_implementation=attn_implementation,
+            engine=engine,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
         )
         if dimensions is not None:
             check_positive_int(dimensions, "dimensions", minimum=MIN_DIMENSIONS)
@@ -85,7 +102,8 @@ class Qwen3Embedder(RuntimeProperties):
         self.normalize = bool(normalize)
 
     def __repr__(self) -> str:
-        return f"Qwen3Embedder(model={self.model!r}, device='{self.device}', dimensions={self.dimensions})"
+        where = f"base_url={self.base_url!r}" if self.base_url else f"device='{self.device}'"
+        return f"Qwen3Embedder(model={self.model!r}, {where}, dimensions={self.dimensions})"
 
     @property
     def dimension(self) -> int:
@@ -114,13 +132,28 @@ class Qwen3Embedder(RuntimeProperties):
         Returns:
             A float32 array of shape ``(len(texts), dimension)``.
         """
-        items = check_texts(texts)
-        task = self.instruction if instruction is None else check_instruction(instruction)
-        return self._embed([embedding_query(text, task) for text in items])
+        return self._embed(self._query_texts(texts, instruction))
 
     def embed_query(self, text: str, instruction: str | None = None) -> np.ndarray:
         """Embed one query; see :meth:`embed_queries`. Returns a 1-D float32 array."""
         return self.embed_queries(check_texts([text], "text"), instruction)[0]
+
+    async def aembed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Async :meth:`embed_documents`: a server engine's requests run on the event loop, a local one in a thread."""
+        return await self._aembed(check_texts(texts))
+
+    async def aembed_queries(self, texts: Sequence[str], instruction: str | None = None) -> np.ndarray:
+        """Async :meth:`embed_queries`."""
+        return await self._aembed(self._query_texts(texts, instruction))
+
+    async def aembed_query(self, text: str, instruction: str | None = None) -> np.ndarray:
+        """Async :meth:`embed_query`."""
+        return (await self.aembed_queries(check_texts([text], "text"), instruction))[0]
+
+    def _query_texts(self, texts: Sequence[str], instruction: str | None) -> list[str]:
+        items = check_texts(texts)
+        task = self.instruction if instruction is None else check_instruction(instruction)
+        return [embedding_query(text, task) for text in items]
 
     def _output_size(self, hidden_size: int) -> int:
         if self.dimensions is not None and self.dimensions > hidden_size:
@@ -134,18 +167,21 @@ class Qwen3Embedder(RuntimeProperties):
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         state = self._runtime.state()
-        size = self._output_size(state.hidden_size)
-        sequences = self._runtime.tokenize(texts)
-        pooled = last_hidden_batched(
-            state.backbone,
-            sequences,
-            pad_id=state.pad_id,
-            policy=self._runtime.policy,
-            device=self.device,
-            progress=self._runtime._progress(len(texts), "Embedding"),
+        pooled = state.engine.embed(
+            self._runtime.tokenize(texts), self._runtime.policy, self._runtime._progress(len(texts), "Embedding")
         )
-        # Matryoshka: truncate first, then normalise (QwenLM/Qwen3-Embedding#5).
-        vectors = pooled[:, :size].float()
+        return self._finish(pooled, state.hidden_size)
+
+    async def _aembed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        state = await asyncio.to_thread(self._runtime.state)  # a first call loads: keep the loop free meanwhile
+        pooled = await state.engine.aembed(self._runtime.tokenize(texts), self._runtime.policy)
+        return self._finish(pooled, state.hidden_size)
+
+    def _finish(self, pooled: torch.Tensor, hidden_size: int) -> np.ndarray:
+        # Matryoshka: truncate first, then normalise (QwenLM/Qwen3-Embedding#5), for every engine.
+        vectors = pooled[:, : self._output_size(hidden_size)].float()
         if self.normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         return vectors.cpu().numpy()
@@ -160,20 +196,30 @@ class _EmbeddingRuntime(LazyModel[_LoadedEmbedding]):
         return self._state()
 
     def _load(self) -> _LoadedEmbedding:
-        from transformers import AutoModel
-
         tokenizer = TextTokenizer(self._load_tokenizer())
         eos_id = tokenizer.token_id(EOS_TOKEN)
         if eos_id is None:
             raise ValueError(f"{self.model!r} has no {EOS_TOKEN} token; is it a Qwen3-Embedding checkpoint?")
-        backbone = self._load_weights(AutoModel)
-        return _LoadedEmbedding(
-            tokenizer=tokenizer,
-            backbone=backbone,
-            eos_id=eos_id,
-            pad_id=eos_id,
-            hidden_size=backbone.config.hidden_size,
-        )
+        engine: EmbeddingEngine
+        if self.engine == "transformers":
+            from transformers import AutoModel
+
+            from qwen3_retrieval.engines.transformers import TransformersEmbedding
+
+            backbone = self._load_weights(AutoModel)
+            hidden_size = backbone.config.hidden_size
+            engine = TransformersEmbedding(backbone, eos_id, self.device)
+        elif self.engine == "http":
+            from qwen3_retrieval.engines.vllm_http import HttpEmbedding
+
+            hidden_size = self._load_config().hidden_size
+            engine = HttpEmbedding(self._server())
+        else:
+            from qwen3_retrieval.engines.vllm_local import VLLMEmbedding
+
+            hidden_size = self._load_config().hidden_size
+            engine = VLLMEmbedding(self.model, dtype=self.dtype, max_length=self.max_length)
+        return _LoadedEmbedding(tokenizer=tokenizer, engine=engine, eos_id=eos_id, hidden_size=hidden_size)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Return token ids ending in exactly one ``<|endoftext|>``, at most ``max_length`` long.

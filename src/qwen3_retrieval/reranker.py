@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from qwen3_retrieval._model import LazyModel, RuntimeProperties
 from qwen3_retrieval._validation import check_instruction, check_query, check_score_threshold, check_texts, check_top_n
-from qwen3_retrieval.forward import last_hidden_after_prefix, last_hidden_batched
+from qwen3_retrieval.engines import ScoringEngine
 from qwen3_retrieval.prompts import (
     DEFAULT_INSTRUCTION,
     DEFAULT_RERANKER_MODEL,
@@ -29,10 +29,7 @@ from qwen3_retrieval.tokenization import TextTokenizer
 @dataclass(eq=False)
 class _LoadedReranker:
     tokenizer: TextTokenizer
-    backbone: torch.nn.Module
-    direction: torch.Tensor
-    """``w`` with ``P(yes) = sigmoid(w . h)`` for the last hidden state ``h`` (float32)."""
-    pad_id: int
+    engine: ScoringEngine
     prefix_ids: list[int]
     suffix_ids: list[int]
 
@@ -66,6 +63,11 @@ class Qwen3Reranker(RuntimeProperties):
         show_progress: Show a tqdm progress bar while scoring.
         attn_implementation: Passed to transformers; None picks ``"flash_attention_2"`` on CUDA in half
             precision when ``flash_attn`` is installed, else transformers' default (``"sdpa"``).
+        engine: ``"transformers"`` (default) or ``"vllm"`` (``vllm.LLM`` in this process, when installed).
+        base_url: A vLLM server's URL (``"http://host:8001/v1"``) started as the README shows; only the
+            tokenizer is loaded here and the exact prompt ids are sent to its ``/classify``.
+        api_key: The server's key (``--api-key``), if any. Never shown in a message or ``repr``.
+        timeout: Seconds to wait for one server request.
     """
 
     _runtime: _RerankerRuntime
@@ -81,6 +83,10 @@ class Qwen3Reranker(RuntimeProperties):
         batch_tokens: int | None = None,
         show_progress: bool = False,
         attn_implementation: str | None = None,
+        engine: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
     ) -> None:
         self._runtime = _RerankerRuntime(
             model,
@@ -90,11 +96,16 @@ class Qwen3Reranker(RuntimeProperties):
             batch_tokens=batch_tokens,
             show_progress=show_progress,
             attn_implementation=attn_implementation,
+            engine=engine,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
         )
         self.instruction = check_instruction(instruction)
 
     def __repr__(self) -> str:
-        return f"Qwen3Reranker(model={self.model!r}, device='{self.device}', dtype={self.dtype})"
+        where = f"base_url={self.base_url!r}" if self.base_url else f"device='{self.device}', dtype={self.dtype}"
+        return f"Qwen3Reranker(model={self.model!r}, {where})"
 
     def score(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[float]:
         """Return ``P(yes)`` in [0, 1] for each document, in input order.
@@ -108,24 +119,29 @@ class Qwen3Reranker(RuntimeProperties):
             ValueError: If the query is empty, or the instruction and query alone exceed ``max_length``.
             TypeError: If a document is not a string (the message names its index).
         """
+        prompt = self._prompt(query, documents, instruction)
+        if prompt is None:
+            return []
+        start, tails = prompt
+        progress = self._runtime._progress(len(tails), "Reranking")
+        return self._runtime.state().engine.score(start, tails, self._runtime.policy, progress)
+
+    async def ascore(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[float]:
+        """Async :meth:`score`: a server engine's requests run on the event loop, a local one in a thread."""
+        prompt = await asyncio.to_thread(self._prompt, query, documents, instruction)  # may load the tokenizer
+        if prompt is None:
+            return []
+        return await self._runtime.state().engine.ascore(*prompt, self._runtime.policy)
+
+    def _prompt(
+        self, query: str, documents: Sequence[str], instruction: str | None
+    ) -> tuple[list[int], list[list[int]]] | None:
         docs = check_texts(documents, "documents")
         check_query(query)
         task = self.instruction if instruction is None else check_instruction(instruction)
         if not docs:
-            return []
-        state = self._runtime.state()
-        start, tails = self._runtime.encode_parts(task, query, docs)
-        options: dict[str, Any] = {
-            "pad_id": state.pad_id,
-            "policy": self._runtime.policy,
-            "device": self.device,
-            "progress": self._runtime._progress(len(docs), "Reranking"),
-        }
-        if self._runtime.share_prefix:
-            hidden = last_hidden_after_prefix(state.backbone, start, tails, **options)
-        else:
-            hidden = last_hidden_batched(state.backbone, [start + tail for tail in tails], **options)
-        return torch.sigmoid(hidden.float() @ state.direction).cpu().tolist()
+            return None
+        return self._runtime.encode_parts(task, query, docs)
 
     def rank(
         self,
@@ -152,11 +168,27 @@ class Qwen3Reranker(RuntimeProperties):
         """
         top_n = check_top_n(top_n)
         score_threshold = check_score_threshold(score_threshold)
-        scores = self.score(query, documents, instruction=instruction)
-        ranked = sorted(enumerate(scores), key=lambda pair: pair[1], reverse=True)
-        if score_threshold is not None:
-            ranked = [(index, score) for index, score in ranked if score >= score_threshold]
-        return ranked if top_n is None else ranked[:top_n]
+        return _select(self.score(query, documents, instruction=instruction), top_n, score_threshold)
+
+    async def arank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None = None,
+        instruction: str | None = None,
+        score_threshold: float | None = None,
+    ) -> list[tuple[int, float]]:
+        """Async :meth:`rank`."""
+        top_n = check_top_n(top_n)
+        score_threshold = check_score_threshold(score_threshold)
+        return _select(await self.ascore(query, documents, instruction=instruction), top_n, score_threshold)
+
+
+def _select(scores: list[float], top_n: int | None, score_threshold: float | None) -> list[tuple[int, float]]:
+    ranked = sorted(enumerate(scores), key=lambda pair: pair[1], reverse=True)
+    if score_threshold is not None:
+        ranked = [(index, score) for index, score in ranked if score >= score_threshold]
+    return ranked if top_n is None else ranked[:top_n]
 
 
 class _RerankerRuntime(LazyModel[_LoadedReranker]):
@@ -168,39 +200,50 @@ class _RerankerRuntime(LazyModel[_LoadedReranker]):
         return self._state()
 
     def _load(self) -> _LoadedReranker:
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
         tokenizer = TextTokenizer(self._load_tokenizer())
         config = self._load_config()
-        architectures = config.architectures or []
-        if any(name.endswith("ForSequenceClassification") for name in architectures):
-            if config.num_labels != 1:
-                raise ValueError(
-                    f"{self.model!r} is a sequence classifier with {config.num_labels} labels; a converted "
-                    "Qwen3-Reranker has exactly one (score = sigmoid(logit))"
-                )
-            model = self._load_weights(AutoModelForSequenceClassification)
-            direction = model.score.weight[0].float()
+        seq_cls = any(name.endswith("ForSequenceClassification") for name in config.architectures or [])
+        if seq_cls and config.num_labels != 1:
+            raise ValueError(
+                f"{self.model!r} is a sequence classifier with {config.num_labels} labels; a converted "
+                "Qwen3-Reranker has exactly one (score = sigmoid(logit))"
+            )
+        yes_no = None if seq_cls else [_single_token_id(tokenizer, t, self.model) for t in (YES_TOKEN, NO_TOKEN)]
+        engine: ScoringEngine
+        if self.engine == "http":
+            from qwen3_retrieval.engines.vllm_http import HttpScoring
+
+            engine = HttpScoring(self._server())
+        elif self.engine == "vllm":
+            from qwen3_retrieval.engines.vllm_local import VLLMScoring
+
+            engine = VLLMScoring(self.model, dtype=self.dtype, max_length=self.max_length, original=not seq_cls)
         else:
-            yes_id, no_id = (_single_token_id(tokenizer, token, self.model) for token in (YES_TOKEN, NO_TOKEN))
-            model = self._load_weights(AutoModelForCausalLM)
-            head = model.get_output_embeddings().weight
-            # softmax([z_no, z_yes])[1] == sigmoid((w_yes - w_no) . h); the difference is taken in float32
-            # to avoid cancellation in low precision.
-            direction = head[yes_id].float() - head[no_id].float()
-        backbone = getattr(model, model.base_model_prefix)
-        pad_id = tokenizer.token_id(EOS_TOKEN)
+            engine = self._transformers_engine(tokenizer, yes_no)
         return _LoadedReranker(
             tokenizer=tokenizer,
-            backbone=backbone,
-            direction=direction.detach().to(self.device),
-            pad_id=pad_id if pad_id is not None else 0,  # pads are never attended to; any id does
+            engine=engine,
             prefix_ids=tokenizer.template(RERANK_PREFIX),
             suffix_ids=tokenizer.template(RERANK_SUFFIX),
         )
 
-    share_prefix = True
-    """Run the prompt part shared by all documents once per call (see ``forward.last_hidden_after_prefix``)."""
+    def _transformers_engine(self, tokenizer: TextTokenizer, yes_no: list[int] | None) -> ScoringEngine:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        from qwen3_retrieval.engines.transformers import TransformersScoring
+
+        if yes_no is None:
+            model = self._load_weights(AutoModelForSequenceClassification)
+            direction = model.score.weight[0].float()
+        else:
+            model = self._load_weights(AutoModelForCausalLM)
+            head = model.get_output_embeddings().weight
+            # softmax([z_no, z_yes])[1] == sigmoid((w_yes - w_no) . h); the difference is taken in float32
+            # to avoid cancellation in low precision.
+            direction = head[yes_no[0]].float() - head[yes_no[1]].float()
+        backbone = getattr(model, model.base_model_prefix)
+        pad_id = tokenizer.token_id(EOS_TOKEN)  # pads are never attended to; any id does
+        return TransformersScoring(backbone, direction.detach().to(self.device), pad_id or 0, self.device)
 
     def encode(self, instruction: str, query: str, documents: list[str]) -> list[list[int]]:
         """Return the prompt token ids of each (query, document) pair, documents cut to fit ``max_length``."""

@@ -39,13 +39,14 @@ PRETOKENIZE_REGEX = (
 )
 
 SHAPES: dict[str, dict[str, Any]] = {
+    # head_dim 32: the smallest that vLLM's CPU attention runs, so the same tiny checkpoints serve in vLLM.
     "tiny": {
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
         "max_position_embeddings": 32768,
     },
     # Qwen3-Embedding-0.6B / Qwen3-Reranker-0.6B (facts file, section 1.7).

