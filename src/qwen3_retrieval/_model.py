@@ -56,8 +56,10 @@ class LazyModel(Generic[L]):
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 120.0,
+        engine_options: dict[str, Any] | None = None,
     ) -> None:
         self.engine = resolve_engine(engine, base_url)
+        self.engine_options = dict(engine_options or {})
         self.base_url = base_url
         self._api_key = api_key
         self.timeout = float(timeout)
@@ -130,6 +132,11 @@ class LazyModel(Generic[L]):
 
         assert self.base_url is not None
         return VLLMServer(self.base_url, self.model, api_key=self._api_key, timeout=self.timeout)
+
+    def _vllm_options(self, config: Any) -> dict[str, Any]:
+        from qwen3_retrieval.engines.vllm_local import kv_cache_bytes
+
+        return {"kv_cache_memory_bytes": kv_cache_bytes(config, self.dtype, self.max_length), **self.engine_options}
 
     def _progress(self, total: int, desc: str) -> tqdm | None:
         return tqdm(total=total, desc=desc, unit="text") if self.show_progress else None

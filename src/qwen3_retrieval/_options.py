@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, SecretStr, field_validator
 
 from qwen3_retrieval._validation import check_score_threshold, check_top_n
 from qwen3_retrieval.embedder import Qwen3Embedder
@@ -33,6 +33,16 @@ class CoreOptions(BaseModel):
     """Token budget of one batch; None picks a default for the device."""
     show_progress: bool = False
     """Show a tqdm progress bar."""
+    engine: str | None = None
+    """``"transformers"`` (default) or ``"vllm"`` to run the model in this process."""
+    base_url: str | None = None
+    """A vLLM server's OpenAI-compatible URL (``"http://host:8000/v1"``) to run the model instead."""
+    api_key: SecretStr | None = None
+    """The vLLM server's key, if any; kept secret in ``repr`` and dumps."""
+    timeout: float = 120.0
+    """Seconds to wait for one server request."""
+    engine_options: dict[str, Any] | None = None
+    """Extra arguments for ``vllm.LLM`` with ``engine="vllm"``."""
 
     def core_kwargs(self) -> dict[str, Any]:
         """Return the constructor arguments for a core object built from these fields."""
@@ -42,6 +52,11 @@ class CoreOptions(BaseModel):
             "max_length": self.max_length,
             "batch_tokens": self.batch_tokens,
             "show_progress": self.show_progress,
+            "engine": self.engine,
+            "base_url": self.base_url,
+            "api_key": self.api_key.get_secret_value() if self.api_key is not None else None,
+            "timeout": self.timeout,
+            "engine_options": self.engine_options,
         }
         if self.instruction is not None:
             kwargs["instruction"] = self.instruction
@@ -136,6 +151,8 @@ def core_options(core: Qwen3Embedder | Qwen3Reranker, model_field: str) -> dict[
         "instruction": core.instruction,
         "max_length": core.max_length,
         "batch_tokens": core.batch_tokens,
+        "base_url": core.base_url,
+        "engine": "vllm" if core.engine != "transformers" else None,
     }
     if isinstance(core, Qwen3Embedder):
         values.update(dimensions=core.dimensions, normalize=core.normalize)

