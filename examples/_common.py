@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from typing import Any
 
 from qwen3_retrieval.rag.passages import find_files, split_passages
 
@@ -16,7 +18,16 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--reranker-model", default="Qwen/Qwen3-Reranker-0.6B", help="hub id or local folder")
     p.add_argument("--llm-model", default="gpt-4o-mini", help="OpenAI (or compatible) chat model")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--embedding-url", help="a vLLM embedding server (http://host:8000/v1) instead of this process")
+    p.add_argument("--reranker-url", help="a vLLM reranker server (http://host:8001/v1) instead of this process")
     return p
+
+
+def where(args: argparse.Namespace, url: str | None) -> dict[str, Any]:
+    """Where a model runs: this process (on --device), or the vLLM server at ``url`` (key from $VLLM_API_KEY)."""
+    if url:
+        return {"base_url": url, "api_key": os.environ.get("VLLM_API_KEY") or None}
+    return {"device": args.device}
 
 
 def load_passages(paths: list[str]) -> list[tuple[str, str]]:

@@ -12,19 +12,19 @@ import json
 
 from langchain_core.documents import Document
 
-from _common import load_passages, parser
+from _common import load_passages, parser, where
 from qwen3_retrieval.langchain import Qwen3Embeddings, Qwen3Rerank
 from qwen3_retrieval.milvus import langchain_store
 
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
-    embeddings = Qwen3Embeddings(model=args.embedding_model, device=args.device)
+    embeddings = Qwen3Embeddings(model=args.embedding_model, **where(args, args.embedding_url))
     store = langchain_store(embeddings, uri=args.uri, collection_name="qwen3_hybrid", hybrid=True, drop_old=True)
     store.add_documents([Document(page_content=t, metadata={"source": s}) for t, s in load_passages(args.docs)])
 
     candidates = store.similarity_search(args.question, k=10, ranker_type="rrf", ranker_params={"k": 60})
-    reranker = Qwen3Rerank(model=args.reranker_model, device=args.device, top_n=3)
+    reranker = Qwen3Rerank(model=args.reranker_model, top_n=3, **where(args, args.reranker_url))
     best = reranker.compress_documents(candidates, args.question)
     sources = [
         {"text": d.page_content, "source": d.metadata["source"], "score": d.metadata["relevance_score"]} for d in best

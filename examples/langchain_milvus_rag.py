@@ -16,7 +16,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableParallel, RunnablePassthrough
 from langchain_openai import ChatOpenAI
 
-from _common import load_passages, parser
+from _common import load_passages, parser, where
 from qwen3_retrieval.langchain import Qwen3Embeddings, Qwen3Rerank
 from qwen3_retrieval.milvus import langchain_store
 
@@ -34,13 +34,13 @@ def format_docs(docs: list[Document]) -> str:
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
-    embeddings = Qwen3Embeddings(model=args.embedding_model, device=args.device)
+    embeddings = Qwen3Embeddings(model=args.embedding_model, **where(args, args.embedding_url))
     store = langchain_store(embeddings, uri=args.uri, drop_old=True)
     store.add_documents([Document(page_content=t, metadata={"source": s}) for t, s in load_passages(args.docs)])
 
     retriever = ContextualCompressionRetriever(
         base_retriever=store.as_retriever(search_kwargs={"k": 10}),
-        base_compressor=Qwen3Rerank(model=args.reranker_model, device=args.device, top_n=3),
+        base_compressor=Qwen3Rerank(model=args.reranker_model, top_n=3, **where(args, args.reranker_url)),
     )
     answer = PROMPT | ChatOpenAI(model=args.llm_model, temperature=0) | StrOutputParser()
     chain = RunnableParallel(docs=retriever, question=RunnablePassthrough()).assign(

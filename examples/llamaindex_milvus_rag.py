@@ -13,14 +13,14 @@ import os
 from llama_index.core import Document, StorageContext, VectorStoreIndex
 from llama_index.llms.openai import OpenAI
 
-from _common import load_passages, parser
+from _common import load_passages, parser, where
 from qwen3_retrieval.llama_index import Qwen3Embedding, Qwen3Rerank
 from qwen3_retrieval.milvus import llama_index_store
 
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
-    embed_model = Qwen3Embedding(model=args.embedding_model, device=args.device)
+    embed_model = Qwen3Embedding(model=args.embedding_model, **where(args, args.embedding_url))
     store = llama_index_store(embed_model.embedder.dimension, uri=args.uri, overwrite=True)
     documents = [
         Document(text=t, metadata={"source": s}, excluded_embed_metadata_keys=["source"])
@@ -33,7 +33,7 @@ def main() -> None:
     engine = index.as_query_engine(
         llm=llm,
         similarity_top_k=10,
-        node_postprocessors=[Qwen3Rerank(model=args.reranker_model, device=args.device, top_n=3)],
+        node_postprocessors=[Qwen3Rerank(model=args.reranker_model, top_n=3, **where(args, args.reranker_url))],
     )
     response = engine.query(args.question)
     sources = [

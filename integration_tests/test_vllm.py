@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,3 +281,19 @@ print(json.dumps({{"docs": emb.embed_documents(docs).tolist(), "queries": emb.em
     np.testing.assert_allclose(np.array(result["queries"]), local.embed_queries(QUERIES), atol=TOL)
     local_scores = Qwen3Reranker(checkpoints["reranker"], device="cpu").score(QUERY, DOCUMENTS)
     assert max(abs(a - b) for a, b in zip(result["scores"], local_scores)) < TOL
+
+
+def test_example_with_server_urls(
+    servers: dict[str, Server], checkpoints: dict[str, Path], docs_folder: Path, tmp_path: Path
+) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "hybrid_search.py"
+    args = [str(docs_folder), "--question", "capital of China", "--uri", str(tmp_path / "hybrid.db")]
+    args += ["--embedding-model", str(checkpoints["embedding"]), "--reranker-model", str(checkpoints["reranker"])]
+    args += ["--embedding-url", servers["embedding"].url, "--reranker-url", servers["reranker"].url]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_API_KEY": API_KEY}
+    done = subprocess.run([sys.executable, str(example), *args], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sources = json.loads(done.stdout)["sources"]
+    local = Qwen3Reranker(checkpoints["reranker"], device="cpu")
+    texts = [s["text"] for s in sources]
+    assert [s["score"] for s in sources] == pytest.approx(local.score("capital of China", texts), abs=TOL)
