@@ -485,10 +485,16 @@ class VLLMServerProcess:
         raise RuntimeError(f"vLLM did not start in 600 s; see {self.log.name}")
 
     def peak_rss_mb(self) -> float | None:
-        with contextlib.suppress(OSError, StopIteration):
-            status = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
-            return int(next(line.split()[1] for line in status if line.startswith("VmHWM"))) / 1024
-        return None
+        """Peak resident memory of the server and its child processes (vLLM runs its engine in a child)."""
+        total, pids = 0, [self.process.pid]
+        while pids:
+            pid = pids.pop()
+            with contextlib.suppress(OSError, StopIteration, ValueError):
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                total += int(next(line.split()[1] for line in status if line.startswith("VmHWM")))
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pids += [int(child) for child in (task / "children").read_text().split()]
+        return total / 1024 or None
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
