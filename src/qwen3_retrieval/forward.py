@@ -81,18 +81,12 @@ def last_hidden_after_prefix(
     shared = [i for i, tail in enumerate(tails) if len(tail) <= policy.batch_tokens]
     out: torch.Tensor | None = None
     if full:
-        out = _scatter(
-            out,
-            full,
-            last_hidden_batched(
-                backbone, [[*prefix, *tails[i]] for i in full], pad_id=pad_id, policy=policy, device=device
-            ),
-            len(tails),
-        )
+        whole = [[*prefix, *tails[i]] for i in full]
+        hidden = last_hidden_batched(backbone, whole, pad_id=pad_id, policy=policy, device=device)
+        out = _scatter(out, full, hidden, len(tails))
     if shared:
-        hidden = _after_prefix(
-            backbone, prefix, [tails[i] for i in shared], pad_id=pad_id, policy=policy, device=device
-        )
+        rows = [tails[i] for i in shared]
+        hidden = _after_prefix(backbone, prefix, rows, pad_id=pad_id, policy=policy, device=device)
         out = _scatter(out, shared, hidden, len(tails))
     if progress is not None:
         progress.update(len(tails))
