@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from qwen3_retrieval._validation import check_positive_int
+from qwen3_retrieval._validation import check_base_url, check_positive_int
 from qwen3_retrieval.devices import (
     batch_policy,
     default_attn_implementation,
@@ -27,8 +27,7 @@ def resolve_engine(engine: str | None, base_url: str | None) -> str:
     if base_url is not None:
         if engine not in (None, "vllm"):
             raise ValueError(f"base_url= runs on a vLLM server, but engine={engine!r} was asked for; drop one of them")
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL such as 'http://127.0.0.1:8000/v1', got {base_url!r}")
+        check_base_url(base_url)
         return "http"
     if engine in (None, "transformers"):
         return "transformers"

@@ -51,6 +51,13 @@ def check_top_n(top_n: int | None) -> int | None:
     return check_positive_int(top_n, "top_n")
 
 
+def check_base_url(url: object) -> str:
+    """Return ``url`` if it is an http(s) URL; raise ``ValueError`` naming the expected form otherwise."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must be an http(s) URL such as 'http://127.0.0.1:8000/v1', got {url!r}")
+    return url
+
+
 def check_score_threshold(threshold: object) -> float | None:
     """Return ``threshold`` as a float if it is None or a number in [0, 1]; raise otherwise.
 

@@ -181,8 +181,10 @@ class Qwen3Embedder(RuntimeProperties):
     async def _aembed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        state = await asyncio.to_thread(self._runtime.state)  # a first call loads: keep the loop free meanwhile
-        pooled = await state.engine.aembed(self._runtime.tokenize(texts), self._runtime.policy)
+        # Loading (on a first call) and tokenizing are CPU work: keep the event loop free meanwhile.
+        sequences = await asyncio.to_thread(self._runtime.tokenize, texts)
+        state = self._runtime.state()
+        pooled = await state.engine.aembed(sequences, self._runtime.policy)
         return self._finish(pooled, state.hidden_size)
 
     def _finish(self, pooled: torch.Tensor, hidden_size: int) -> np.ndarray:

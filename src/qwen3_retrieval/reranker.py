@@ -170,9 +170,8 @@ class Qwen3Reranker(RuntimeProperties):
         Raises:
             ValueError: If ``top_n`` is less than 1 or ``score_threshold`` is not a number in [0, 1].
         """
-        top_n = check_top_n(top_n)
-        score_threshold = check_score_threshold(score_threshold)
-        return _select(self.score(query, documents, instruction=instruction), top_n, score_threshold)
+        selection = _checked_selection(top_n, score_threshold)  # before any scoring: bad input fails fast
+        return _select(self.score(query, documents, instruction=instruction), *selection)
 
     async def arank(
         self,
@@ -183,9 +182,12 @@ class Qwen3Reranker(RuntimeProperties):
         score_threshold: float | None = None,
     ) -> list[tuple[int, float]]:
         """Async :meth:`rank`."""
-        top_n = check_top_n(top_n)
-        score_threshold = check_score_threshold(score_threshold)
-        return _select(await self.ascore(query, documents, instruction=instruction), top_n, score_threshold)
+        selection = _checked_selection(top_n, score_threshold)
+        return _select(await self.ascore(query, documents, instruction=instruction), *selection)
+
+
+def _checked_selection(top_n: int | None, score_threshold: float | None) -> tuple[int | None, float | None]:
+    return check_top_n(top_n), check_score_threshold(score_threshold)
 
 
 def _select(scores: list[float], top_n: int | None, score_threshold: float | None) -> list[tuple[int, float]]:

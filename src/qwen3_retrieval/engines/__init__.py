@@ -24,6 +24,13 @@ from qwen3_retrieval.devices import BatchPolicy
 ENGINES = ("transformers", "vllm")
 
 
+def finish_progress(progress: tqdm | None, count: int) -> None:
+    """Advance a progress bar by a whole call's ``count`` and close it (engines that run a call in one go)."""
+    if progress is not None:
+        progress.update(count)
+        progress.close()
+
+
 class EmbeddingEngine(Protocol):
     """Runs token-id sequences; returns each one's raw pooled state (the core cuts and normalises)."""
 

@@ -22,7 +22,9 @@ import httpx
 import torch
 from tqdm.auto import tqdm
 
+from qwen3_retrieval._validation import check_base_url
 from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.engines import finish_progress
 from qwen3_retrieval.errors import ServerError
 
 RETRY_STATUS = (429, 503)
@@ -52,9 +54,7 @@ class VLLMServer:
         max_concurrency: int = 4,
         retries: int = 3,
     ) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL such as 'http://127.0.0.1:8000/v1', got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url).rstrip("/")
         self.root = self.base_url.removesuffix("/v1")
         self.model = model
         self.timeout = float(timeout)
@@ -241,7 +241,7 @@ class HttpEmbedding:
     def embed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy, progress: tqdm | None) -> torch.Tensor:
         """Return the server's vector for each sequence."""
         rows = self.server.embed([list(s) for s in sequences])
-        _advance(progress, len(rows))
+        finish_progress(progress, len(rows))
         return torch.tensor(rows, dtype=torch.float32)
 
     async def aembed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy) -> torch.Tensor:
@@ -260,15 +260,10 @@ class HttpScoring:
     ) -> list[float]:
         """Return P(yes) of each full prompt ``prefix + tail``."""
         scores = self.server.classify([prefix + tail for tail in tails])
-        _advance(progress, len(scores))
+        finish_progress(progress, len(scores))
         return scores
 
     async def ascore(self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy) -> list[float]:
         """Async :meth:`score`."""
         return await self.server.aclassify([prefix + tail for tail in tails])
 
-
-def _advance(progress: tqdm | None, count: int) -> None:
-    if progress is not None:
-        progress.update(count)
-        progress.close()

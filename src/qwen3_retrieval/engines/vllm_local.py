@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.engines import finish_progress
 
 ORIGINAL_RERANKER_OVERRIDES = {
     "architectures": ["Qwen3ForSequenceClassification"],
@@ -81,9 +82,7 @@ class VLLMEmbedding:
         from vllm import PoolingParams
 
         outputs = self._llm.run("embed", sequences, pooling_params=PoolingParams(use_activation=False))
-        if progress is not None:
-            progress.update(len(outputs))
-            progress.close()
+        finish_progress(progress, len(outputs))
         return torch.tensor([o.outputs.embedding for o in outputs], dtype=torch.float32)
 
     async def aembed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy) -> torch.Tensor:
@@ -106,9 +105,7 @@ class VLLMScoring:
     ) -> list[float]:
         """Return P(yes) of each ``prefix + tail``."""
         outputs = self._llm.run("classify", [prefix + tail for tail in tails])
-        if progress is not None:
-            progress.update(len(outputs))
-            progress.close()
+        finish_progress(progress, len(outputs))
         return [float(o.outputs.probs[0]) for o in outputs]
 
     async def ascore(self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy) -> list[float]:
