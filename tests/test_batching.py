@@ -35,26 +35,22 @@ def test_padding_share_bounds_each_batch() -> None:
         assert len(batch) * width - sum(lengths[i] for i in batch) <= 0.2 * len(batch) * width
 
 
-def test_cpu_right_pads_small_batches_gpu_left_pads_large_ones() -> None:
+def test_default_layout_is_packed_and_a_named_kernel_pads() -> None:
     import torch
 
     cpu, gpu = batch_policy(torch.device("cpu")), batch_policy(torch.device("cuda"))
-    assert cpu.padding_side == "right" and gpu.padding_side == "left"
+    assert cpu.layout == gpu.layout == "packed"
     assert cpu.batch_tokens < gpu.batch_tokens
-    assert 0 < cpu.max_padding < gpu.max_padding == 1.0
+    padded_cpu = batch_policy(torch.device("cpu"), packed=False)
+    padded_gpu = batch_policy(torch.device("cuda"), packed=False)
+    assert padded_cpu.layout == "right" and padded_gpu.layout == "left"
+    assert 0 < padded_cpu.max_padding < padded_gpu.max_padding == 1.0
 
 
-def test_flash_attention_is_chosen_only_on_cuda_in_half_precision_when_installed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    import torch
-
-    from qwen3_retrieval.devices import default_attn_implementation
-
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else None)
-    assert default_attn_implementation(cuda, torch.bfloat16) == "flash_attention_2"
-    assert default_attn_implementation(cuda, torch.float32) is None
-    assert default_attn_implementation(cpu, torch.bfloat16) is None
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert default_attn_implementation(cuda, torch.bfloat16) is None
+def test_packed_batches_count_real_tokens_only() -> None:
+    lengths = [10, 3, 7, 7, 2, 30]
+    batches = token_budget_batches(lengths, 20, packed=True)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    assert batches[0] == [5]  # longer than the budget: alone
+    assert all(sum(lengths[i] for i in batch) <= 20 for batch in batches[1:])
+    assert [lengths[i] for i in batches[1]] == [10, 7]  # longest first, filled to the budget

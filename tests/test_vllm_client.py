@@ -93,7 +93,7 @@ def test_batches_are_bounded_and_results_keep_their_order(fake: tuple[Script, st
     script, url = fake
     vectors = client(url, max_concurrency=2).embed(SEQUENCES)
     assert [v[0] for v in vectors] == [float(len(s)) for s in SEQUENCES]
-    assert [len(r["body"]["input"]) for r in script.requests] == [3, 3, 3, 1]
+    assert sorted(len(r["body"]["input"]) for r in script.requests) == [1, 3, 3, 3]  # two at a time: any order
     assert script.most_in_flight <= 2
     assert all(r["auth"] == "Bearer sk-fake-secret" and r["path"] == "/v1/embeddings" for r in script.requests)
     scores = client(url).classify(SEQUENCES)

@@ -13,11 +13,11 @@ from tqdm.auto import tqdm
 from qwen3_retrieval._validation import check_base_url, check_positive_int
 from qwen3_retrieval.devices import (
     batch_policy,
-    default_attn_implementation,
     resolve_device,
     resolve_dtype,
 )
 from qwen3_retrieval.loading import load_error, load_shared, model_source, quiet_transformers
+from qwen3_retrieval.packing import register_packed_attention
 
 L = TypeVar("L")
 
@@ -67,12 +67,14 @@ class LazyModel(Generic[L]):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_length = check_positive_int(max_length, "max_length", minimum=2)
-        self.policy = batch_policy(self.device)
+        # The packed layout owns attention (its own function, registered with transformers); a kernel the caller
+        # names runs padded batches instead.
+        self.policy = batch_policy(self.device, packed=attn_implementation is None)
         self.batch_tokens = batch_tokens
         if batch_tokens is not None:
             self.policy = replace(self.policy, batch_tokens=check_positive_int(batch_tokens, "batch_tokens"))
         self.show_progress = bool(show_progress)
-        self.attn_implementation = attn_implementation or default_attn_implementation(self.device, self.dtype)
+        self.attn_implementation = attn_implementation
         self._loaded: L | None = None
 
     def __repr__(self) -> str:
@@ -122,8 +124,7 @@ class LazyModel(Generic[L]):
 
     def _load_weights(self, auto_class: Any) -> Any:
         kwargs: dict[str, Any] = {"dtype": self.dtype}
-        if self.attn_implementation:
-            kwargs["attn_implementation"] = self.attn_implementation
+        kwargs["attn_implementation"] = self.attn_implementation or register_packed_attention()
         return self._pretrained(auto_class, **kwargs).to(self.device).eval()
 
     def _server(self) -> Any:

@@ -61,44 +61,39 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    """How sequences are grouped and padded on one device."""
+    """How sequences are grouped and laid out on one device."""
 
     batch_tokens: int
-    """Token budget of one padded batch (rows x longest)."""
+    """Token budget of one batch: its real tokens when packed, rows x longest when padded."""
     max_padding: float
-    """Largest share of a batch's padded size that may be pad tokens."""
-    padding_side: Literal["left", "right"]
-    """``"left"``: pads first, hidden by an attention mask (what transformers' kernels expect on GPU).
-    ``"right"``: pads last and no mask at all; causal attention already keeps every real token from seeing
-    them, so attention stays on PyTorch's fused causal kernel, and each row's last real token is gathered."""
+    """Padded layouts: the largest share of a batch's padded size that may be pad tokens."""
+    layout: Literal["packed", "left", "right"]
+    """``"packed"`` (the default): a batch's sequences end to end in one row, attention inside each (see
+    :mod:`qwen3_retrieval.packing`). Padded layouts serve an ``attn_implementation`` the caller names:
+    ``"left"``, pads first behind an attention mask (what transformers' kernels expect on GPU); ``"right"``, pads
+    last and no mask, since causal attention already keeps every real token from seeing them."""
     share_prefix: bool = True
     """Reranking: run the prompt part every document of a query shares once per call, each document on top."""
+    batch_wait_s: float = 0.002
+    """Concurrent callers: how long a run waits for more calls while calls are streaming in (see
+    :mod:`qwen3_retrieval.microbatch`); a lone caller never waits."""
 
 
-def batch_policy(device: torch.device) -> BatchPolicy:
-    """Return the batching policy for ``device``.
+def batch_policy(device: torch.device, *, packed: bool = True) -> BatchPolicy:
+    """Return the batching policy for ``device``: packed, or padded for a caller-named attention kernel.
 
-    CPU, measured on 2 cores with the real 0.6B shape (16 texts of 72 to 371 tokens, best of 3): a padding mask
-    takes attention off PyTorch's fused causal kernel, so padded batches ran about twice as slow; right padding
-    without a mask costs only the pad tokens. Small groups of similar lengths then help, large ones hurt:
-    one length per batch 17.8 s, budget 512 with up to 20-30% pads 15.9-16.1 s, 1024 tokens 17.5-18.7 s,
-    2048 tokens 20.5 s. GPUs need large batches to fill the device, and their kernels skip masked pads.
+    CPU, packed (2 threads, real 0.6B shape, the benchmark's 16 texts of 72 to 371 tokens): see the README's
+    benchmark section for the budgets measured; matrix multiplies stop gaining from longer rows early, while
+    cache-sized batches keep the activations hot. GPUs need large batches to fill the device.
     """
-    if device.type == "cuda":
-        return BatchPolicy(batch_tokens=16384, max_padding=1.0, padding_side="left")
-    if device.type == "mps":
-        return BatchPolicy(batch_tokens=8192, max_padding=1.0, padding_side="left")
-    return BatchPolicy(batch_tokens=512, max_padding=0.25, padding_side="right")
+    if device.type in ("cuda", "mps"):
+        budget = 16384 if device.type == "cuda" else 8192
+        return BatchPolicy(batch_tokens=budget, max_padding=1.0, layout="packed" if packed else "left")
+    if packed:
+        return BatchPolicy(batch_tokens=CPU_PACKED_BATCH_TOKENS, max_padding=1.0, layout="packed")
+    # Padded on CPU: a mask takes attention off the fused causal kernel (twice as slow), right pads cost only
+    # themselves, and small groups of similar lengths did best (budget 512 with up to 25% pads).
+    return BatchPolicy(batch_tokens=512, max_padding=0.25, layout="right")
 
 
-def default_attn_implementation(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Return the attention kernel to ask transformers for when the user names none.
-
-    FlashAttention-2 on CUDA in half precision when the ``flash_attn`` package is installed (it skips the pads of
-    left-padded batches); otherwise None, which leaves transformers' default (``sdpa``).
-    """
-    import importlib.util
-
-    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and importlib.util.find_spec("flash_attn"):
-        return "flash_attention_2"
-    return None
+CPU_PACKED_BATCH_TOKENS = 1024

@@ -51,11 +51,12 @@ class Qwen3Embedder(RuntimeProperties):
         instruction: Default task instruction for queries. An empty string embeds queries as they are.
         max_length: Longest token sequence, including the trailing ``<|endoftext|>``; longer texts are cut.
         normalize: L2-normalise the output (the model cards do; cosine similarity then equals dot product).
-        batch_tokens: Token budget of one padded batch; None picks a default for the device.
+        batch_tokens: Token budget of one batch (real tokens when packed); None picks a default for the
+            device.
         show_progress: Show a tqdm progress bar while embedding.
-        attn_implementation: Passed to transformers (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``);
-            None picks ``"flash_attention_2"`` on CUDA in half precision when ``flash_attn`` is installed, else
-            transformers' default (``"sdpa"``).
+        attn_implementation: None (default) runs packed batches: sequences end to end, no padding, attention
+            inside each. A transformers kernel named here (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``)
+            runs padded batches instead.
         engine: ``"transformers"`` (default) or ``"vllm"`` (``vllm.LLM`` in this process, when installed).
         base_url: A vLLM server's OpenAI-compatible URL (``"http://host:8000/v1"``); only the tokenizer is loaded
             here. Start it with ``vllm serve MODEL --runner pooling``.

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicLayer
 
-from qwen3_retrieval.batching import run_in_batches
+from qwen3_retrieval.batching import run_in_batches, token_budget_batches
 from qwen3_retrieval.devices import BatchPolicy
 from qwen3_retrieval.pooling import last_token_pool, left_pad, right_pad, take_positions
 
@@ -33,7 +33,7 @@ def last_hidden_batched(
 
     def run(batch: list[int]) -> torch.Tensor:
         rows = [sequences[i] for i in batch]
-        if policy.padding_side == "right":
+        if policy.layout == "right":
             input_ids, last = right_pad(rows, pad_id)
             # No mask: pads come after every real token, and causal attention never looks ahead.
             hidden = backbone(input_ids=input_ids.to(device), use_cache=False).last_hidden_state
@@ -48,9 +48,8 @@ def last_hidden_batched(
         return last_token_pool(hidden, attention_mask.to(device))
 
     lengths = [len(s) for s in sequences]
-    return run_in_batches(
-        lengths, policy.batch_tokens, run, max_padding=policy.max_padding, device=device, progress=progress
-    )
+    batches = token_budget_batches(lengths, policy.batch_tokens, max_padding=policy.max_padding)
+    return run_in_batches(batches, run, device=device, progress=progress)
 
 
 @torch.inference_mode()
@@ -121,7 +120,7 @@ def _after_prefix(
         input_ids, last = right_pad(rows, pad_id)
         width = input_ids.shape[1]
         attention_mask = None  # right padding needs none: causal attention never looks ahead to the pads
-        if policy.padding_side == "left":  # devices whose kernels skip masked pads get the mask anyway
+        if policy.layout == "left":  # devices whose kernels skip masked pads get the mask anyway
             attention_mask = (torch.arange(n_prefix + width) <= n_prefix + last[:, None]).long().to(device)
         positions = torch.arange(n_prefix, n_prefix + width).expand(len(rows), -1)
         cache = Cache(layers=[_SharedPrefixLayer(keys, values) for keys, values in layers])
@@ -135,9 +134,8 @@ def _after_prefix(
         return take_positions(hidden, last)
 
     lengths = [n_prefix + len(t) for t in tails]
-    return run_in_batches(
-        lengths, policy.batch_tokens, run, max_padding=policy.max_padding, device=device, progress=None
-    )
+    batches = token_budget_batches(lengths, policy.batch_tokens, max_padding=policy.max_padding)
+    return run_in_batches(batches, run, device=device, progress=None)
 
 
 class _SharedPrefixLayer(DynamicLayer):

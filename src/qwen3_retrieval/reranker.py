@@ -60,10 +60,12 @@ class Qwen3Reranker(RuntimeProperties):
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, or None (bfloat16 on capable GPUs, else float32).
         instruction: Default task instruction.
         max_length: Longest prompt in tokens, template included.
-        batch_tokens: Token budget of one padded batch; None picks a default for the device.
+        batch_tokens: Token budget of one batch (real tokens when packed); None picks a default for the
+            device.
         show_progress: Show a tqdm progress bar while scoring.
-        attn_implementation: Passed to transformers; None picks ``"flash_attention_2"`` on CUDA in half
-            precision when ``flash_attn`` is installed, else transformers' default (``"sdpa"``).
+        attn_implementation: None (default) runs packed batches: sequences end to end, no padding, attention
+            inside each. A transformers kernel named here (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``)
+            runs padded batches instead.
         engine: ``"transformers"`` (default) or ``"vllm"`` (``vllm.LLM`` in this process, when installed).
         base_url: A vLLM server's URL (``"http://host:8001/v1"``) started as the README shows; only the
             tokenizer is loaded here and the exact prompt ids are sent to its ``/classify``.

@@ -1,56 +1,107 @@
-"""The default engine: the model in this process, run by transformers (see :mod:`qwen3_retrieval.forward`)."""
+"""The default engine: the model in this process, run by transformers.
+
+Packed batches by default (:mod:`qwen3_retrieval.packing`); padded ones when the caller names an attention
+kernel (:mod:`qwen3_retrieval.forward`). Concurrent calls are merged into shared runs
+(:mod:`qwen3_retrieval.microbatch`): one worker thread per model runs them, so callers never fight over cores.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.engines import finish_progress
 from qwen3_retrieval.forward import last_hidden_after_prefix, last_hidden_batched
+from qwen3_retrieval.microbatch import MicroBatcher
+from qwen3_retrieval.packing import PromptGroup, last_hidden_packed
 
 
-class TransformersEmbedding:
-    """Last-token states of a transformers backbone (the raw pooled embedding)."""
+class _Call(NamedTuple):
+    """One caller's work: a shared prefix (empty for embedding) and the sequences after it."""
+
+    prefix: list[int]
+    sequences: Sequence[Sequence[int]]
+    policy: BatchPolicy
+    progress: tqdm | None
+
+
+class _Runner:
+    """Runs calls of one backbone, merging the ones that arrive together."""
 
     def __init__(self, backbone: torch.nn.Module, pad_id: int, device: torch.device) -> None:
         self.backbone, self.pad_id, self.device = backbone, pad_id, device
+        self.batcher: MicroBatcher[_Call, torch.Tensor] = MicroBatcher(
+            self._run, key=lambda call: call.policy, wait_s=lambda call: call.policy.batch_wait_s
+        )
+
+    def _run(self, calls: list[_Call]) -> list[torch.Tensor]:
+        """Run ``calls`` (one policy) together; return each call's last-token states."""
+        policy = calls[0].policy
+        # A lone call keeps its progress bar; merged calls finish theirs when their rows are done.
+        progress = calls[0].progress if len(calls) == 1 else None
+        if policy.layout == "packed":
+            groups: list[PromptGroup] = [(call.prefix, call.sequences) for call in calls]
+            if not any(call.prefix for call in calls):  # embedding: one group, so lengths sort across calls
+                groups = [([], [s for call in calls for s in call.sequences])]
+            hidden = last_hidden_packed(
+                self.backbone, groups, batch_tokens=policy.batch_tokens, device=self.device, progress=progress
+            )
+            results = list(torch.split(hidden, [len(call.sequences) for call in calls]))
+        else:
+            results = [self._padded(call, progress) for call in calls]
+        for call in calls:
+            if call.progress is not progress:
+                finish_progress(call.progress, len(call.sequences))
+        return results
+
+    def _padded(self, call: _Call, progress: tqdm | None) -> torch.Tensor:
+        options = {"pad_id": self.pad_id, "policy": call.policy, "device": self.device, "progress": progress}
+        if call.prefix:
+            return last_hidden_after_prefix(self.backbone, call.prefix, call.sequences, **options)  # type: ignore[arg-type]
+        return last_hidden_batched(self.backbone, call.sequences, **options)  # type: ignore[arg-type]
+
+
+class TransformersEmbedding(_Runner):
+    """Last-token states of a transformers backbone (the raw pooled embedding)."""
 
     def embed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy, progress: tqdm | None) -> torch.Tensor:
         """Return each sequence's final hidden state at its last token."""
-        return last_hidden_batched(
-            self.backbone, sequences, pad_id=self.pad_id, policy=policy, device=self.device, progress=progress
-        )
+        return self.batcher.submit(_Call([], sequences, policy, progress))
 
     async def aembed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy) -> torch.Tensor:
-        """Run :meth:`embed` in a worker thread: the work is compute, the event loop keeps running."""
-        return await asyncio.to_thread(self.embed, sequences, policy, None)
+        """Async :meth:`embed`: the event loop keeps running while the worker computes."""
+        return await self.batcher.asubmit(_Call([], sequences, policy, None))
 
 
-class TransformersScoring:
+class TransformersScoring(_Runner):
     """P(yes) = sigmoid(w . h) at the last position, with w the yes-minus-no direction of the LM head.
 
     With ``policy.share_prefix`` the instruction-and-query prefix runs once per call, each document on top of it.
     """
 
-    def __init__(
-        self, backbone: torch.nn.Module, direction: torch.Tensor, pad_id: int, device: torch.device
-    ) -> None:
-        self.backbone, self.direction, self.pad_id, self.device = backbone, direction, pad_id, device
+    def __init__(self, backbone: torch.nn.Module, direction: torch.Tensor, pad_id: int, device: torch.device) -> None:
+        super().__init__(backbone, pad_id, device)
+        self.direction = direction
 
     def score(
         self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None
     ) -> list[float]:
         """Return P(yes) of each ``prefix + tail``."""
-        options = {"pad_id": self.pad_id, "policy": policy, "device": self.device, "progress": progress}
-        if policy.share_prefix:
-            hidden = last_hidden_after_prefix(self.backbone, prefix, tails, **options)  # type: ignore[arg-type]
-        else:
-            hidden = last_hidden_batched(self.backbone, [prefix + tail for tail in tails], **options)  # type: ignore[arg-type]
-        return torch.sigmoid(hidden.float() @ self.direction).cpu().tolist()
+        return self._probabilities(self.batcher.submit(self._call(prefix, tails, policy, progress)))
 
     async def ascore(self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy) -> list[float]:
-        """Run :meth:`score` in a worker thread."""
-        return await asyncio.to_thread(self.score, prefix, tails, policy, None)
+        """Async :meth:`score`."""
+        return self._probabilities(await self.batcher.asubmit(self._call(prefix, tails, policy, None)))
+
+    @staticmethod
+    def _call(prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None) -> _Call:
+        if not policy.share_prefix:
+            return _Call([], [prefix + tail for tail in tails], policy, progress)
+        return _Call(prefix, tails, policy, progress)
+
+    def _probabilities(self, hidden: torch.Tensor) -> list[float]:
+        return torch.sigmoid(hidden.float() @ self.direction).cpu().tolist()

@@ -266,4 +266,3 @@ class HttpScoring:
     async def ascore(self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy) -> list[float]:
         """Async :meth:`score`."""
         return await self.server.aclassify([prefix + tail for tail in tails])
-

@@ -1,0 +1,121 @@
+"""Micro-batching: calls that arrive while the model is busy run together, each caller gets its own answer.
+
+An agent server embeds one query per request, from many requests at once. Run one at a time, each call is a
+small batch that leaves the matrix units half idle; run in parallel threads, the calls fight over the same cores.
+Here calls queue for one worker thread, which takes everything waiting, runs it as one token-budget batch, and
+hands each caller its rows. A lone caller never waits: its call starts at once. While traffic is streaming in
+(the previous run ended moments ago), the worker first waits a few milliseconds (``batch_wait_ms``) so a
+burst rises into one batch.
+
+Results equal one-at-a-time calls (every sequence attends only to itself; see :mod:`qwen3_retrieval.packing`).
+At most ``max_waiting`` calls queue; further callers block (threads) or wait without blocking (async) until
+there is room. A cancelled async caller's work is skipped if not started and its answer dropped if it was: the
+other callers are unaffected. The worker exits when the queue is empty, so it holds no model alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+# A run that ended this recently means calls are streaming in: worth waiting a moment to batch the next ones.
+_TRAFFIC_S = 0.05
+
+
+@dataclass
+class _Entry(Generic[Job, Result]):
+    job: Job
+    key: Hashable
+    future: Future[Result] = field(default_factory=Future)
+
+
+class MicroBatcher(Generic[Job, Result]):
+    """Merge concurrent calls of one engine into shared runs.
+
+    Args:
+        run: Runs a list of jobs with one key together; returns one result per job, in order.
+        key: Jobs with equal keys may share a run (e.g. the same batch budget).
+        wait_s: How long a run waits for more calls while traffic is streaming in (the longest any waiting job
+            asks for); 0 never waits.
+        max_waiting: Most calls queued at once; callers beyond it wait for room.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[Job]], list[Result]],
+        *,
+        key: Callable[[Job], Hashable],
+        wait_s: Callable[[Job], float],
+        max_waiting: int = 1024,
+    ) -> None:
+        self._run, self._key, self._wait_s, self.max_waiting = run, key, wait_s, max_waiting
+        self._waiting: list[_Entry[Job, Result]] = []
+        self._cond = threading.Condition()
+        self._working = False
+        self._last_run_end = float("-inf")
+
+    def submit(self, job: Job) -> Result:
+        """Run ``job`` (merged with whatever else is waiting) and return its result."""
+        entry = self._enqueue(job, block=True)
+        assert entry is not None
+        return entry.future.result()
+
+    async def asubmit(self, job: Job) -> Result:
+        """Async :meth:`submit`: the event loop keeps running; cancelling this call leaves other calls alone."""
+        entry = self._enqueue(job, block=False) or await asyncio.to_thread(self._enqueue, job, block=True)
+        assert entry is not None
+        return await asyncio.wrap_future(entry.future)
+
+    def _enqueue(self, job: Job, *, block: bool) -> _Entry[Job, Result] | None:
+        entry: _Entry[Job, Result] = _Entry(job, self._key(job))
+        with self._cond:
+            while len(self._waiting) >= self.max_waiting:
+                if not block:
+                    return None
+                self._cond.wait()
+            self._waiting.append(entry)
+            self._cond.notify_all()
+            if not self._working:
+                self._working = True
+                threading.Thread(target=self._work, name="qwen3-retrieval-microbatch", daemon=True).start()
+        return entry
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                wait_s = max((self._wait_s(entry.job) for entry in self._waiting), default=0.0)
+                if wait_s > 0 and time.monotonic() - self._last_run_end < _TRAFFIC_S:
+                    deadline = time.monotonic() + wait_s
+                    while len(self._waiting) < self.max_waiting and (left := deadline - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                taken, self._waiting = self._waiting, []
+                self._cond.notify_all()  # room in the queue again
+                if not taken:
+                    self._working = False
+                    return
+            live = [entry for entry in taken if entry.future.set_running_or_notify_cancel()]
+            for key in dict.fromkeys(entry.key for entry in live):
+                self._run_group([entry for entry in live if entry.key == key])
+            with self._cond:
+                self._last_run_end = time.monotonic()
+
+    def _run_group(self, entries: list[_Entry[Job, Result]]) -> None:
+        try:
+            results = self._run([entry.job for entry in entries])
+        except BaseException as err:  # handed to the callers, who raise it
+            if len(entries) > 1:  # one caller's failure must not become everyone's: retry each alone
+                for entry in entries:
+                    self._run_group([entry])
+                return
+            entries[0].future.set_exception(err)
+            return
+        for entry, result in zip(entries, results, strict=True):
+            entry.future.set_result(result)

@@ -1,0 +1,121 @@
+"""Micro-batching: merged runs, a lone caller unhindered, cancellation, failures and the queue bound."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from qwen3_retrieval.microbatch import MicroBatcher
+
+
+class Recorder:
+    """A run function that doubles numbers, records each run's jobs, and can be held until released."""
+
+    def __init__(self) -> None:
+        self.runs: list[list[int]] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.started = threading.Event()
+
+    def __call__(self, jobs: list[int]) -> list[int]:
+        self.runs.append(list(jobs))
+        self.started.set()
+        self.release.wait(10)
+        if any(job < 0 for job in jobs):
+            raise ValueError(f"negative job in {jobs}")
+        return [2 * job for job in jobs]
+
+
+def batcher(run: Recorder, wait_s: float = 0.0, max_waiting: int = 1024) -> MicroBatcher[int, int]:
+    return MicroBatcher(run, key=lambda job: job % 2 == 0, wait_s=lambda job: wait_s, max_waiting=max_waiting)
+
+
+def while_busy(b: MicroBatcher[int, int], run: Recorder, first: int, others: list[int]) -> list[int | Exception]:
+    """Submit ``first``, hold its run, queue ``others`` meanwhile, release; return every call's answer or error."""
+    run.release.clear()
+    with ThreadPoolExecutor(len(others) + 1) as pool:
+        calls = [pool.submit(b.submit, first)]
+        assert run.started.wait(5)
+        calls += [pool.submit(b.submit, n) for n in others]
+        time.sleep(0.3)  # let them all queue behind the running call
+        run.release.set()
+        return [call.exception() or call.result() for call in calls]  # type: ignore[misc]
+
+
+def test_a_lone_caller_runs_alone_and_at_once() -> None:
+    run = Recorder()
+    b = batcher(run, wait_s=5.0)  # a lone caller must not wait for company
+    start = time.monotonic()
+    assert b.submit(21) == 42
+    assert time.monotonic() - start < 2.5
+    assert run.runs == [[21]]
+
+
+def test_calls_arriving_while_busy_share_one_run_and_get_their_own_answers() -> None:
+    run = Recorder()
+    others = list(range(2, 22, 2))
+    assert while_busy(batcher(run), run, 0, others) == [0, *(2 * n for n in others)]
+    assert run.runs == [[0], others]
+
+
+def test_jobs_with_different_keys_never_share_a_run() -> None:
+    run = Recorder()
+    assert while_busy(batcher(run), run, 100, [1, 2, 3, 4]) == [200, 2, 4, 6, 8]
+    assert sorted(map(sorted, run.runs[1:])) == [[1, 3], [2, 4]]
+
+
+def test_one_failing_call_does_not_fail_the_calls_merged_with_it() -> None:
+    run = Recorder()
+    first, good, bad, good2 = while_busy(batcher(run), run, 10, [2, -4, 6])
+    assert (first, good, good2) == (20, 4, 12)
+    assert isinstance(bad, ValueError) and "negative job" in str(bad)
+    assert run.runs[1] == [2, -4, 6]  # merged, then each retried alone
+
+
+async def test_a_cancelled_async_caller_leaves_the_others_alone() -> None:
+    run = Recorder()
+    b = batcher(run)
+    run.release.clear()
+    busy = asyncio.ensure_future(b.asubmit(0))
+    assert await asyncio.to_thread(run.started.wait, 5)
+    doomed = asyncio.ensure_future(b.asubmit(2))
+    kept = asyncio.ensure_future(b.asubmit(4))
+    await asyncio.sleep(0.1)
+    doomed.cancel()
+    await asyncio.sleep(0.1)  # the cancellation reaches the queued call within a turn or two of the event loop
+    run.release.set()
+    assert await busy == 0 and await kept == 8
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    assert run.runs == [[0], [4]]  # the cancelled call was never run
+
+
+def test_the_queue_is_bounded() -> None:
+    run = Recorder()
+    b = batcher(run, max_waiting=2)
+    run.release.clear()
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(b.submit, 0)
+        assert run.started.wait(5)
+        queued = [pool.submit(b.submit, n) for n in (2, 4)]
+        time.sleep(0.2)
+        blocked = pool.submit(b.submit, 6)
+        time.sleep(0.3)
+        assert not blocked.done()  # no room: it waits outside the queue
+        run.release.set()
+        assert [f.result() for f in (first, *queued, blocked)] == [0, 4, 8, 12]
+    assert run.runs[1] == [2, 4] and run.runs[2] == [6]
+
+
+def test_the_worker_thread_ends_when_idle() -> None:
+    run = Recorder()
+    b = batcher(run)
+    assert b.submit(1) == 2
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(t.name == "qwen3-retrieval-microbatch" for t in threading.enumerate()):
+        time.sleep(0.01)
+    assert not any(t.name == "qwen3-retrieval-microbatch" for t in threading.enumerate())
