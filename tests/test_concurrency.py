@@ -37,8 +37,12 @@ def calls(embedding_path: Path, reranker_path: Path) -> dict[str, Callable[[], A
     tight = Qwen3Reranker(reranker_path, device="cpu", max_length=100)
     roomy = Qwen3Reranker(reranker_path, device="cpu", max_length=4096, instruction="Find geography facts")
     lc_rerank = Qwen3Rerank(model=str(reranker_path), device="cpu", top_n=None, max_length=110)
+    alone = Qwen3Embedder(embedding_path, device="cpu", max_length=20, batch_wait_ms=None)  # no merging
+    patient = Qwen3Reranker(reranker_path, device="cpu", max_length=4096, batch_wait_ms=20)
     docs = [Document(page_content=d) for d in DOCUMENTS]
     return {
+        "unmerged queries": lambda: alone.embed_queries(QUERIES),
+        "patient scores": lambda: np.array(patient.score(QUERIES[1], DOCUMENTS)),
         "short docs": lambda: short.embed_documents(DOCUMENTS),
         "short queries": lambda: short.embed_queries(QUERIES),
         "long docs": lambda: long.embed_documents(DOCUMENTS),
@@ -121,3 +125,9 @@ def test_threads_and_tasks_at_once_equal_sequential_results(
     assert len(results) == N_THREADS * len(calls)
     for name, value in results + task_results:
         np.testing.assert_allclose(np.asarray(value), expected[name], atol=TOL, err_msg=name)
+
+
+@pytest.mark.parametrize("wait", [-1, float("nan"), float("inf"), "2"])
+def test_batch_wait_must_be_a_finite_non_negative_number(embedding_path: Path, wait: Any) -> None:
+    with pytest.raises((ValueError, TypeError), match="batch_wait_ms"):
+        Qwen3Embedder(embedding_path, batch_wait_ms=wait)

@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from qwen3_retrieval._validation import check_base_url, check_positive_int
+from qwen3_retrieval._validation import check_base_url, check_non_negative, check_positive_int
 from qwen3_retrieval.devices import (
     batch_policy,
     resolve_device,
@@ -50,6 +50,7 @@ class LazyModel(Generic[L]):
         max_length: int,
         batch_tokens: int | None,
         show_progress: bool,
+        batch_wait_ms: float | None = 2.0,
         attn_implementation: str | None,
         engine: str | None = None,
         base_url: str | None = None,
@@ -73,6 +74,11 @@ class LazyModel(Generic[L]):
         self.batch_tokens = batch_tokens
         if batch_tokens is not None:
             self.policy = replace(self.policy, batch_tokens=check_positive_int(batch_tokens, "batch_tokens"))
+        self.batch_wait_ms = batch_wait_ms
+        if batch_wait_ms is None:
+            self.policy = replace(self.policy, micro_batch=False)
+        else:
+            self.policy = replace(self.policy, batch_wait_s=check_non_negative(batch_wait_ms, "batch_wait_ms") / 1000)
         self.show_progress = bool(show_progress)
         self.attn_implementation = attn_implementation
         self._loaded: L | None = None
@@ -181,3 +187,8 @@ class RuntimeProperties:
     def batch_tokens(self) -> int | None:
         """The token budget of one batch as given; None means the device's default."""
         return self._runtime.batch_tokens
+
+    @property
+    def batch_wait_ms(self) -> float | None:
+        """How long a merged batch waits for more concurrent calls; None: each call runs alone."""
+        return self._runtime.batch_wait_ms

@@ -44,6 +44,15 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+def check_non_negative(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number >= 0; raise ``ValueError`` or ``TypeError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not 0.0 <= float(value) < float("inf"):  # NaN fails this too
+        raise ValueError(f"{name} must be a finite number of at least 0, got {value!r}")
+    return float(value)
+
+
 def check_top_n(top_n: int | None) -> int | None:
     """Return ``top_n`` if it is None or an int >= 1; raise otherwise."""
     if top_n is None:

@@ -74,9 +74,11 @@ class BatchPolicy:
     last and no mask, since causal attention already keeps every real token from seeing them."""
     share_prefix: bool = True
     """Reranking: run the prompt part every document of a query shares once per call, each document on top."""
+    micro_batch: bool = True
+    """Concurrent callers: merge calls into shared runs on one worker (see :mod:`qwen3_retrieval.microbatch`);
+    False runs each call alone in its caller's thread."""
     batch_wait_s: float = 0.002
-    """Concurrent callers: how long a run waits for more calls while calls are streaming in (see
-    :mod:`qwen3_retrieval.microbatch`); a lone caller never waits."""
+    """How long a merged run waits for more calls while calls are streaming in; a lone caller never waits."""
 
 
 def batch_policy(device: torch.device, *, packed: bool = True) -> BatchPolicy:

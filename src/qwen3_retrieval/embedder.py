@@ -53,6 +53,9 @@ class Qwen3Embedder(RuntimeProperties):
         normalize: L2-normalise the output (the model cards do; cosine similarity then equals dot product).
         batch_tokens: Token budget of one batch (real tokens when packed); None picks a default for the
             device.
+        batch_wait_ms: Concurrent calls on one model (threads, async tasks, other objects) run merged in shared
+            batches by one worker; while calls stream in, a batch waits up to this long for more (a lone call
+            never waits). None runs each call alone in its caller's thread. In-process engines only.
         show_progress: Show a tqdm progress bar while embedding.
         attn_implementation: None (default) runs packed batches: sequences end to end, no padding, attention
             inside each. A transformers kernel named here (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``)
@@ -80,6 +83,7 @@ class Qwen3Embedder(RuntimeProperties):
         max_length: int = 8192,
         normalize: bool = True,
         batch_tokens: int | None = None,
+        batch_wait_ms: float | None = 2.0,
         show_progress: bool = False,
         attn_implementation: str | None = None,
         engine: str | None = None,
@@ -94,6 +98,7 @@ class Qwen3Embedder(RuntimeProperties):
             dtype=dtype,
             max_length=max_length,
             batch_tokens=batch_tokens,
+            batch_wait_ms=batch_wait_ms,
             show_progress=show_progress,
             attn_implementation=attn_implementation,
             engine=engine,

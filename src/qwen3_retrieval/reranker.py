@@ -62,6 +62,9 @@ class Qwen3Reranker(RuntimeProperties):
         max_length: Longest prompt in tokens, template included.
         batch_tokens: Token budget of one batch (real tokens when packed); None picks a default for the
             device.
+        batch_wait_ms: Concurrent calls on one model (threads, async tasks, other objects) run merged in shared
+            batches by one worker; while calls stream in, a batch waits up to this long for more (a lone call
+            never waits). None runs each call alone in its caller's thread. In-process engines only.
         show_progress: Show a tqdm progress bar while scoring.
         attn_implementation: None (default) runs packed batches: sequences end to end, no padding, attention
             inside each. A transformers kernel named here (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``)
@@ -85,6 +88,7 @@ class Qwen3Reranker(RuntimeProperties):
         instruction: str = DEFAULT_INSTRUCTION,
         max_length: int = 8192,
         batch_tokens: int | None = None,
+        batch_wait_ms: float | None = 2.0,
         show_progress: bool = False,
         attn_implementation: str | None = None,
         engine: str | None = None,
@@ -99,6 +103,7 @@ class Qwen3Reranker(RuntimeProperties):
             dtype=dtype,
             max_length=max_length,
             batch_tokens=batch_tokens,
+            batch_wait_ms=batch_wait_ms,
             show_progress=show_progress,
             attn_implementation=attn_implementation,
             engine=engine,

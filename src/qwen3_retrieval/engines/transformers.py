@@ -7,6 +7,7 @@ kernel (:mod:`qwen3_retrieval.forward`). Concurrent calls are merged into shared
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -37,6 +38,16 @@ class _Runner:
         self.batcher: MicroBatcher[_Call, torch.Tensor] = MicroBatcher(
             self._run, key=lambda call: call.policy, wait_s=lambda call: call.policy.batch_wait_s
         )
+
+    def _submit(self, call: _Call) -> torch.Tensor:
+        if not call.policy.micro_batch:  # each call alone, in the caller's thread
+            return self._run([call])[0]
+        return self.batcher.submit(call)
+
+    async def _asubmit(self, call: _Call) -> torch.Tensor:
+        if not call.policy.micro_batch:
+            return (await asyncio.to_thread(self._run, [call]))[0]
+        return await self.batcher.asubmit(call)
 
     def _run(self, calls: list[_Call]) -> list[torch.Tensor]:
         """Run ``calls`` (one policy) together; return each call's last-token states."""
@@ -70,11 +81,11 @@ class TransformersEmbedding(_Runner):
 
     def embed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy, progress: tqdm | None) -> torch.Tensor:
         """Return each sequence's final hidden state at its last token."""
-        return self.batcher.submit(_Call([], sequences, policy, progress))
+        return self._submit(_Call([], sequences, policy, progress))
 
     async def aembed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy) -> torch.Tensor:
         """Async :meth:`embed`: the event loop keeps running while the worker computes."""
-        return await self.batcher.asubmit(_Call([], sequences, policy, None))
+        return await self._asubmit(_Call([], sequences, policy, None))
 
 
 class TransformersScoring(_Runner):
@@ -91,11 +102,11 @@ class TransformersScoring(_Runner):
         self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None
     ) -> list[float]:
         """Return P(yes) of each ``prefix + tail``."""
-        return self._probabilities(self.batcher.submit(self._call(prefix, tails, policy, progress)))
+        return self._probabilities(self._submit(self._call(prefix, tails, policy, progress)))
 
     async def ascore(self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy) -> list[float]:
         """Async :meth:`score`."""
-        return self._probabilities(await self.batcher.asubmit(self._call(prefix, tails, policy, None)))
+        return self._probabilities(await self._asubmit(self._call(prefix, tails, policy, None)))
 
     @staticmethod
     def _call(prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None) -> _Call:
