@@ -30,7 +30,7 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["matmul_gflops"] > 0
-    embedding, reranking, short = report["results"]  # embed, rerank, rerank short candidates
+    embedding, reranking, short, many_queries, many_reranks = report["results"]
     tasks = {"embedding": embedding, "reranking": reranking}
     assert [r["contender"] for r in tasks["embedding"]["rows"]] == [
         "ours",
@@ -47,6 +47,9 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
         "ours_bf16",
     ]
     assert [r["contender"] for r in short["rows"]] == ["ours", "ours_plain"]
+    for block in (many_queries, many_reranks):
+        assert [r["contender"] for r in block["rows"]] == ["ours_merged", "ours_thread_per_call", "ours_one_at_a_time"]
+    assert set(report["matmul_gflops_by_method"]["float32"]) == {"torch", "oneDNN packed"}
     for block in report["results"]:
         assert block["tokens"] > 0
         for row in block["rows"]:
