@@ -16,7 +16,7 @@ import pytest
 class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
-        self.mode = "ok"  # "ok", "401" or "slow"
+        self.mode = "ok"  # "ok", "401", "slow", or "break" (the stream stops halfway, mid-chunk)
         self.answer = "Milvus is a vector database [1]."
         self.url = ""
 
@@ -26,6 +26,8 @@ def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
     state = FakeOpenAI()
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # chunked responses, as real servers stream
+
         def log_message(self, *args: Any) -> None:
             pass
 
@@ -37,6 +39,9 @@ def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
             if state.mode == "401":
                 payload = {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
                 self._send(401, payload)
+                return
+            if body.get("stream"):
+                self._stream(body["model"])
                 return
             self._send(
                 200,
@@ -55,6 +60,36 @@ def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 },
             )
+
+        def _stream(self, model: str) -> None:
+            """Server-sent events, a few words a chunk, as chat-completions streams them."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            words = state.answer.split(" ")
+            pieces = [" ".join(words[i : i + 2]) + (" " if i + 2 < len(words) else "") for i in range(0, len(words), 2)]
+            for n, piece in enumerate(pieces):
+                if state.mode == "break" and n == len(pieces) // 2:
+                    self.wfile.write(b"400\r\ndata: {")  # a chunk promised, never finished: the connection drops
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                chunk = {
+                    "id": "chatcmpl-test",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                }
+                self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+                time.sleep(0.01)
+            self._chunk(b"data: [DONE]\n\n")
+            self._chunk(b"")
+
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
 
         def _send(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()

@@ -62,13 +62,14 @@ def test_index_then_ask_puts_reranked_passages_in_the_chat_prompt(
     store = PassageStore(uri, "qwen3_rag")
     store.exists()
     embedder = Qwen3Embedder(checkpoints["embedding"], device="cpu")
-    candidates = store.search(embedder.embed_query(question), 10)
+    candidates = store.search(embedder.embed_query(question), question, 10, mode="hybrid")
     ranked = Qwen3Reranker(checkpoints["reranker"], device="cpu").rank(question, [c.text for c in candidates], top_n=3)
     assert [s["text"] for s in sources] == [candidates[i].text for i, _ in ranked]
     assert [s["score"] for s in sources] == pytest.approx([score for _, score in ranked], abs=1e-5)
     # And they are the passages the chat model received, numbered in that order.
     (request,) = fake_openai.requests
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sk-test"
+    assert request["body"]["stream"] is True
     prompt = request["body"]["messages"][-1]["content"]
     assert question in prompt
     positions = [prompt.index(f"[{n}] (source: {s['source']}") for n, s in enumerate(sources, start=1)]
@@ -103,11 +104,11 @@ def test_reindexing_adds_no_duplicates_and_replaces_changed_files(
     run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
     assert count(uri) == 4
     status, out, _ = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
-    assert status == 0 and "(3 unchanged)" in out
+    assert status == 0 and "(3 unchanged, 0 removed)" in out
     assert count(uri) == 4
     (docs_folder / "milvus.md").write_text("# Milvus\n\nMilvus Lite runs inside Python.\n")
     status, out, _ = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
-    assert "from 1 files (2 unchanged)" in out
+    assert "from 1 files (2 unchanged, 0 removed)" in out
     assert count(uri) == 3
     store = PassageStore(str(uri), "qwen3_rag")
     store.exists()
@@ -125,7 +126,7 @@ def test_interrupted_run_leaves_a_usable_collection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uri = tmp_path / "rag.db"
-    original = PassageStore.replace
+    original = PassageStore.put_file
     calls = {"n": 0}
 
     def flaky(self: PassageStore, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -134,14 +135,14 @@ def test_interrupted_run_leaves_a_usable_collection(
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(PassageStore, "replace", flaky)
+    monkeypatch.setattr(PassageStore, "put_file", flaky)
     status, _, err = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
     assert status == 130 and "run the same command again" in err
     partial = count(uri)
     assert 0 < partial < 4
     status, _, _ = run(capsys, "ask", "capital", "--uri", str(uri), *models, *reranker_args, "--no-llm")
     assert status == 0
-    monkeypatch.setattr(PassageStore, "replace", original)
+    monkeypatch.setattr(PassageStore, "put_file", original)
     status, _out, _ = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
     assert status == 0 and count(uri) == 4
 
@@ -156,13 +157,13 @@ def test_index_errors(tmp_path: Path, docs_folder: Path, models: list[str], caps
     uri = str(tmp_path / "rag.db")
     status, _, err = run(capsys, "index", str(tmp_path / "missing"), "--uri", uri, *models)
     assert status == 1 and "no such file or folder" in err
-    only_pdf = tmp_path / "pdfs"
-    only_pdf.mkdir()
-    (only_pdf / "a.pdf").write_bytes(b"%PDF")
-    status, _, err = run(capsys, "index", str(only_pdf), "--uri", uri, *models)
-    assert status == 1 and "no Markdown or text files" in err
-    status, _, err = run(capsys, "index", str(docs_folder), "--uri", uri, *models, "--chunk-size", "10")
-    assert status == 1 and "--chunk-size must be at least 100" in err
+    nothing = tmp_path / "images"
+    nothing.mkdir()
+    (nothing / "a.png").write_bytes(b"\x89PNG")
+    status, _, err = run(capsys, "index", str(nothing), "--uri", uri, *models)
+    assert status == 1 and "no files to index (.docx, .htm, .html, .markdown, .md, .pdf, .txt)" in err
+    status, _, err = run(capsys, "index", str(docs_folder), "--uri", uri, *models, "--chunk-tokens", "10")
+    assert status == 1 and "--chunk-tokens must be from 32" in err
     run(capsys, "index", str(docs_folder), "--uri", uri, *models)
     status, _, err = run(capsys, "index", str(docs_folder), "--uri", uri, *models, "--dimensions", "32")
     assert status == 1 and "holds 64-dimensional vectors" in err and "--dimensions 64" in err

@@ -1,6 +1,7 @@
 """``qwen3-rag``: index a folder into Milvus with Qwen3 embeddings; ask a question, get a cited answer.
 
-Errors print one line (``qwen3-rag: error: …``) and exit with status 1; usage errors exit with 2.
+The work is done by :mod:`qwen3_retrieval.rag.pipeline`; this module parses arguments, prints, and maps errors
+to exit codes: a problem prints one line (``qwen3-rag: error: …``) and exits with 1; usage errors exit with 2.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from qwen3_retrieval.errors import ServerError
@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the command's argument parser."""
     parser = argparse.ArgumentParser(
         prog="qwen3-rag",
-        description="Index Markdown/text into Milvus with Qwen3-Embedding; answer questions with "
-        "Qwen3-Reranker and an OpenAI-compatible chat model, citing sources.",
+        description="Index Markdown, text, PDF, HTML and DOCX files into Milvus with Qwen3-Embedding (dense + BM25); "
+        "answer questions with Qwen3-Reranker and an OpenAI-compatible chat model, citing sources.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -48,22 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
         sub.add_argument("--milvus-timeout", type=float, default=10.0, help="seconds to wait for Milvus")
 
-    index = commands.add_parser("index", help="index files and folders")
-    index.add_argument("paths", nargs="+", metavar="PATH", help="Markdown/text files or folders")
+    index = commands.add_parser("index", help="make the collection mirror files and folders")
+    index.add_argument("paths", nargs="+", metavar="PATH", help="folders (mirrored) or files (added)")
     common(index)
-    index.add_argument("--chunk-size", type=int, default=1500, help="max characters per passage")
+    index.add_argument("--chunk-tokens", type=int, default=None, help="passage size in tokens (default 512)")
+    index.add_argument("--overlap-tokens", type=int, default=None, help="tokens shared by neighbours (default 64)")
+    index.add_argument(
+        "--include-hidden", action="store_true", help="also read hidden folders, virtualenvs and node_modules"
+    )
+    index.add_argument("--recreate", action="store_true", help="drop the collection first and rebuild it")
 
     ask = commands.add_parser("ask", help="answer a question from the index")
     ask.add_argument("question", metavar="QUESTION")
     common(ask)
     ask.add_argument("--reranker-model", default=DEFAULT_RERANKER_MODEL, help="hub id or local folder")
     ask.add_argument("--reranker-url", default=None, help="a vLLM reranker server (http://host:8001/v1)")
+    ask.add_argument("--mode", choices=["hybrid", "dense"], default="hybrid", help="retrieval before reranking")
     ask.add_argument("--candidates", type=int, default=10, help="passages retrieved before reranking")
     ask.add_argument("--top-n", type=int, default=3, help="passages kept after reranking")
     ask.add_argument("--llm-model", default="gpt-4o-mini", help="chat model name")
     ask.add_argument("--llm-timeout", type=float, default=60.0, help="seconds to wait for the chat model")
     ask.add_argument("--no-llm", action="store_true", help="only show the reranked passages")
-    ask.add_argument("--json", action="store_true", help="print {answer, sources} as JSON")
+    ask.add_argument("--json", action="store_true", help="print {answer, sources} as one JSON object")
     return parser
 
 
@@ -76,149 +82,119 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "index":
             return run_index(args)
         return run_ask(args)
-    except (RagError, ValueError, TypeError) as err:
-        print(f"qwen3-rag: error: {err}", file=sys.stderr)
-        return 1
-    except ServerError as err:  # a vLLM server that cannot be reached or fails
-        print(f"qwen3-rag: error: {err}", file=sys.stderr)
-        return 1
-    except Exception as err:
-        from pymilvus.exceptions import MilvusException
-
-        if not isinstance(err, MilvusException):
-            raise
-        print(f"qwen3-rag: error: Milvus at {args.uri} failed: {err.message}", file=sys.stderr)
-        return 1
+    except (RagError, ValueError, TypeError, ServerError) as err:
+        return _fail(str(err))
     except KeyboardInterrupt:
         print("qwen3-rag: interrupted; run the same command again to finish", file=sys.stderr)
         return 130
+    except Exception as err:
+        if type(err).__module__.startswith("pymilvus"):  # no import: pymilvus may not be installed
+            return _fail(f"Milvus at {args.uri} failed: {getattr(err, 'message', err)}")
+        raise
 
 
-def _store(args: argparse.Namespace) -> Any:
-    from qwen3_retrieval.rag.store import PassageStore
-
-    token = args.token or os.environ.get("MILVUS_TOKEN")
-    return PassageStore(args.uri, args.collection, token=token, timeout=args.milvus_timeout)
+def _fail(message: str) -> int:
+    print(f"qwen3-rag: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
 
 
-def _embedder(args: argparse.Namespace, dimensions: int | None) -> Any:
-    from qwen3_retrieval import Qwen3Embedder
+def _where(args: argparse.Namespace) -> Any:
+    from qwen3_retrieval.rag.passages import Splitting
+    from qwen3_retrieval.rag.pipeline import Index
 
-    return Qwen3Embedder(
-        args.embedding_model, dimensions=dimensions, **_engine_options(args.embedding_url, args.device)
+    splitting = None
+    if getattr(args, "chunk_tokens", None) is not None or getattr(args, "overlap_tokens", None) is not None:
+        defaults = Splitting()
+        splitting = Splitting(
+            args.chunk_tokens if args.chunk_tokens is not None else defaults.chunk_tokens,
+            args.overlap_tokens if args.overlap_tokens is not None else defaults.overlap_tokens,
+        )
+    return Index(
+        uri=args.uri,
+        collection=args.collection,
+        token=args.token or os.environ.get("MILVUS_TOKEN"),
+        milvus_timeout=args.milvus_timeout,
+        embedding_model=args.embedding_model,
+        embedding_url=args.embedding_url,
+        embedding_api_key=os.environ.get("VLLM_API_KEY") or None,
+        dimensions=args.dimensions,
+        device=args.device,
+        splitting=splitting,
     )
 
 
-def _engine_options(url: str | None, device: str | None) -> dict[str, Any]:
-    if url is None:
-        return {"device": device}
-    return {"base_url": url, "api_key": os.environ.get("VLLM_API_KEY") or None}
-
-
 def run_index(args: argparse.Namespace) -> int:
-    """``qwen3-rag index``: add new and changed files; unchanged ones are skipped."""
-    from tqdm.auto import tqdm
+    """``qwen3-rag index``: the collection mirrors the folders; unchanged files are skipped."""
+    from qwen3_retrieval.rag.pipeline import index
 
-    from qwen3_retrieval.rag.passages import file_fingerprint, find_files, split_passages
-
-    files = find_files(args.paths)
-    # Split every file before loading the model, so bad input (e.g. --chunk-size) fails fast.
-    split = []
-    for path in files:
-        data = path.read_bytes()
-        passages = split_passages(data.decode("utf-8", errors="replace"), str(path), args.chunk_size)
-        split.append((str(path), passages, file_fingerprint(data, args.chunk_size)))
-    embedder = _embedder(args, args.dimensions)
-    store = _store(args)
-    store.ensure(embedder.dimension)
-    work = [
-        (passages, fingerprint)
-        for source, passages, fingerprint in split
-        if passages and not store.is_current(source, fingerprint, len(passages))
-    ]
-    total = sum(len(p) for p, _ in work)
-    with tqdm(total=total, desc="Embedding", unit="passage", disable=total == 0) as bar:
-        for passages, fingerprint in work:
-            vectors = embedder.embed_documents([p.text for p in passages])
-            store.replace(passages, vectors, fingerprint)
-            bar.update(len(passages))
-    skipped = len(files) - len(work)
+    report = index(
+        args.paths,
+        _where(args),
+        include_hidden=args.include_hidden,
+        recreate=args.recreate,
+        warn=lambda message: print(f"qwen3-rag: warning: {message}", file=sys.stderr),
+        progress=sys.stderr.isatty(),
+    )
     print(
-        f"Indexed {total} passages from {len(work)} files ({skipped} unchanged) into "
-        f"{args.collection!r} at {args.uri}; the collection holds {store.count()} passages."
+        f"Indexed {report.passages_added} passages from {report.files_indexed} files "
+        f"({report.files_unchanged} unchanged, {report.files_removed} removed) into "
+        f"{args.collection!r} at {args.uri}; the collection holds {report.passages_total} passages."
     )
     return 0
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    """``qwen3-rag ask``: retrieve, rerank, and answer with citations."""
-    from qwen3_retrieval import Qwen3Reranker
-    from qwen3_retrieval.rag.answer import ask_chat_model
+    """``qwen3-rag ask``: retrieve, rerank, and stream an answer that cites the sources."""
+    from qwen3_retrieval.rag.pipeline import retrieve, stream_answer
 
-    if not args.question.strip():
-        raise RagError("the question is empty")
-    for name in ("candidates", "top_n"):
-        if getattr(args, name) < 1:
-            raise RagError(f"--{name.replace('_', '-')} must be at least 1")
-    store = _store(args)
-    if not store.exists():
-        raise RagError(f"collection {args.collection!r} does not exist at {args.uri}; run `qwen3-rag index` first")
-    dimension = store.dimension()
-    if args.dimensions is not None and args.dimensions != dimension:
-        raise RagError(f"collection {args.collection!r} holds {dimension}-dimensional vectors, not {args.dimensions}")
-    # Embed at the size the collection was built with (a Matryoshka cut of the same model).
-    embedder = _embedder(args, None)
-    hidden = embedder.dimension
-    if dimension > hidden:
-        raise RagError(
-            f"collection {args.collection!r} holds {dimension}-dimensional vectors but "
-            f"{args.embedding_model} gives at most {hidden}; use the embedding model it was built with"
-        )
-    if dimension < hidden:
-        embedder = _embedder(args, dimension)  # shares the model just loaded
-    hits = store.search(embedder.embed_query(args.question), args.candidates)
-    reranker = Qwen3Reranker(args.reranker_model, **_engine_options(args.reranker_url, args.device))
-    ranked = reranker.rank(args.question, [h.text for h in hits], top_n=args.top_n)
-    best = [hits[i] for i, _ in ranked]
-    sources = [{"text": h.text, "source": h.source, "score": s} for h, (_, s) in zip(best, ranked)]
-
-    answer: str | None = None
+    sources = retrieve(
+        args.question,
+        _where(args),
+        reranker_model=args.reranker_model,
+        reranker_url=args.reranker_url,
+        reranker_api_key=os.environ.get("VLLM_API_KEY") or None,
+        candidates=args.candidates,
+        top_n=args.top_n,
+        mode=args.mode,
+    )
+    use_llm = not args.no_llm and bool(os.environ.get("OPENAI_API_KEY")) and bool(sources)
+    pieces: list[str] = []
     error: RagError | None = None
-    use_llm = not args.no_llm and bool(os.environ.get("OPENAI_API_KEY")) and bool(best)
     if use_llm:
+        if not args.json:
+            print("Answer:", flush=True)
         try:
-            answer = ask_chat_model(args.question, best, model=args.llm_model, timeout=args.llm_timeout)
+            for piece in stream_answer(args.question, sources, model=args.llm_model, timeout=args.llm_timeout):
+                pieces.append(piece)
+                if not args.json:
+                    print(piece, end="", flush=True)
         except RagError as err:
-            error = err  # the passages are still worth showing
+            error = err  # what was printed stays; the passages are still worth showing
+        if not args.json:
+            print("\n" if pieces else "", flush=True)
+    answer = "".join(pieces) if use_llm and (pieces or error is None) else None
     if args.json:
-        print(json.dumps({"answer": answer, "sources": sources}, ensure_ascii=False, indent=2))
+        payload: dict[str, Any] = {"answer": answer, "sources": [s.as_dict() for s in sources]}
+        if error is not None:
+            payload["error"] = str(error)
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
     else:
-        _print_human(answer, sources, show_hint=not use_llm and not args.no_llm)
-    if error is not None:
-        raise error
-    return 0
+        _print_sources(sources, show_hint=not use_llm and not args.no_llm)
+    return _fail(str(error)) if error is not None else 0
 
 
-def _print_human(answer: str | None, sources: list[dict[str, Any]], *, show_hint: bool) -> None:
-    if answer is not None:
-        print(f"Answer:\n{answer.strip()}\n")
+def _print_sources(sources: Sequence[Any], *, show_hint: bool) -> None:
     if not sources:
         print("No passages found: the collection is empty.")
     else:
         print("Sources (reranked, best first):")
     for n, item in enumerate(sources, start=1):
-        snippet = " ".join(item["text"].split())
+        snippet = " ".join(item.text.split())
         snippet = snippet if len(snippet) <= 240 else snippet[:237] + "..."
-        print(f"[{n}] {item['score']:.3f}  {_display(item['source'])}\n    {snippet}")
+        where = ", ".join(part for part in (item.path, item.location) if part)
+        print(f"[{n}] {item.score:.3f}  {where}\n    {snippet}")
     if show_hint:
         print(f"\n{NO_LLM_HINT}")
-
-
-def _display(source: str) -> str:
-    try:
-        return str(Path(source).relative_to(Path.cwd()))
-    except ValueError:
-        return source
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,12 +1,15 @@
-"""Asking an OpenAI-compatible chat model to answer from the reranked passages, with citations."""
+"""Asking an OpenAI-compatible chat model to answer from the reranked passages, streamed, with citations."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from qwen3_retrieval.rag.errors import RagError
-from qwen3_retrieval.rag.store import Hit
+from qwen3_retrieval.rag.readers import require
+
+if TYPE_CHECKING:
+    from qwen3_retrieval.rag.pipeline import Source
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered passages you are given. Cite the passages you use as [n]. "
@@ -14,33 +17,45 @@ SYSTEM_PROMPT = (
 )
 
 
-def build_messages(question: str, passages: Sequence[Hit]) -> list[dict[str, str]]:
+def build_messages(question: str, passages: Sequence[Source]) -> list[dict[str, str]]:
     """Return the chat messages: the passages, numbered from 1 best first with their sources, then the question."""
-    context = "\n\n".join(
-        f"[{n}] (source: {p.source}{' § ' + p.heading if p.heading else ''})\n{p.text}"
-        for n, p in enumerate(passages, start=1)
-    )
+
+    def where(p: Source) -> str:
+        parts = [p.path, p.location, f"§ {p.heading}" if p.heading and not p.location else ""]
+        return ", ".join(part for part in parts if part)
+
+    context = "\n\n".join(f"[{n}] (source: {where(p)})\n{p.text}" for n, p in enumerate(passages, start=1))
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": f"Passages:\n\n{context}\n\nQuestion: {question}"},
     ]
 
 
-def ask_chat_model(question: str, passages: Sequence[Hit], *, model: str, timeout: float) -> str:
-    """Return the chat model's answer. Uses ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` from the environment."""
-    import openai
+def stream_chat(question: str, passages: Sequence[Source], *, model: str, timeout: float) -> Iterator[str]:
+    """Yield the answer's text as the chat model streams it; raise :class:`RagError` (one line) on any failure.
+
+    Uses ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` from the environment.
+    """
+    openai = require("openai", "rag", "the chat model")
+    import httpx
 
     client = openai.OpenAI(timeout=timeout, max_retries=0)
     messages: Any = build_messages(question, passages)  # plain dicts are what the wire format takes
+    started = False
     try:
-        response = client.chat.completions.create(model=model, messages=messages, temperature=0)
-    except openai.APITimeoutError as err:
+        stream = client.chat.completions.create(model=model, messages=messages, temperature=0, stream=True)
+        for chunk in stream:
+            started = True
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
+    except (openai.APITimeoutError, httpx.TimeoutException) as err:
         raise RagError(f"the chat model did not answer within {timeout:g}s (--llm-timeout)") from err
     except openai.APIStatusError as err:
         raise RagError(f"the chat model refused the request: HTTP {err.status_code}: {_reason(err)}") from err
-    except openai.APIConnectionError as err:
+    except (openai.APIConnectionError, httpx.HTTPError, openai.APIError) as err:
+        if started:
+            raise RagError(f"the chat model's answer broke off: {type(err).__name__}: {err}") from err
         raise RagError(f"cannot reach the chat model at {client.base_url}: {err}") from err
-    return response.choices[0].message.content or ""
 
 
 def _reason(err: object) -> str:

@@ -1,93 +1,89 @@
-"""Reading Markdown and text files and splitting them on headings into size-capped passages."""
+"""Splitting Markdown into passages sized in the embedding model's tokens, each with its heading context.
+
+The splitting is LangChain's (``langchain-text-splitters``, in the ``[rag]`` extra): ``MarkdownHeaderTextSplitter``
+cuts at headings (code fences respected) and ``RecursiveCharacterTextSplitter`` packs paragraphs, lines, then
+words into passages of at most ``chunk_tokens`` tokens counted with the embedding model's own tokenizer, so a
+passage is never cut again at the model's ``max_length``. Each passage starts with its heading path
+("Install > On Linux"), counted in its size, so the heading's words help both dense and BM25 retrieval.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from qwen3_retrieval.rag.errors import RagError
+from qwen3_retrieval.rag.readers import require
 
-SUFFIXES = (".md", ".markdown", ".txt")
-_HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
+_LEVELS = [("#" * n, f"h{n}") for n in range(1, 7)]
+MIN_CHUNK_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Splitting:
+    """How files are cut into passages; recorded in the collection, which must be built with one splitting."""
+
+    chunk_tokens: int = 512
+    overlap_tokens: int = 64
+
+    def check(self, max_length: int) -> Splitting:
+        """Return self if it fits a model reading ``max_length`` tokens; raise :class:`RagError` otherwise."""
+        if not MIN_CHUNK_TOKENS <= self.chunk_tokens < max_length:
+            raise RagError(
+                f"--chunk-tokens must be from {MIN_CHUNK_TOKENS} to {max_length - 1} (the embedding model reads "
+                f"{max_length} tokens with its end token), got {self.chunk_tokens}"
+            )
+        if not 0 <= self.overlap_tokens < self.chunk_tokens // 2:
+            raise RagError(
+                f"--overlap-tokens must be from 0 to less than half of --chunk-tokens, got {self.overlap_tokens}"
+            )
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as recorded in the collection."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
 class Passage:
-    """One indexable piece of a file."""
+    """One indexable piece of a file: its text (heading path first), heading path, and place in the file."""
 
     text: str
-    source: str
     heading: str
+    location: str = ""
+    """Where in the file, for the citation: ``"page 3"`` for PDFs, empty otherwise."""
 
 
-def find_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Return the Markdown and text files named by ``paths`` (folders are searched recursively), sorted."""
-    found: set[Path] = set()
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise RagError(f"no such file or folder: {raw}")
-        if path.is_dir():
-            found.update(p.resolve() for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-        elif path.suffix.lower() in SUFFIXES:
-            found.add(path.resolve())
-        else:
-            raise RagError(f"{raw} is not a Markdown or text file ({', '.join(SUFFIXES)})")
-    if not found:
-        raise RagError(f"no Markdown or text files ({', '.join(SUFFIXES)}) under {', '.join(map(str, paths))}")
-    return sorted(found)
+class PassageSplitter:
+    """Splits Markdown with one tokenizer and one :class:`Splitting`."""
 
+    def __init__(self, tokenizer: Any, splitting: Splitting) -> None:
+        splitters = require("langchain_text_splitters", "rag", "splitting documents into passages")
+        self.tokenizer, self.splitting = tokenizer, splitting
+        self._headings = splitters.MarkdownHeaderTextSplitter(_LEVELS, strip_headers=True)
+        self._factory = splitters.RecursiveCharacterTextSplitter.from_huggingface_tokenizer
 
-def file_fingerprint(data: bytes, chunk_size: int) -> str:
-    """Return a hash that changes when the file's bytes or the splitting change."""
-    return hashlib.sha256(data + f"|chunk_size={chunk_size}".encode()).hexdigest()[:32]
+    def tokens(self, text: str) -> int:
+        """How many tokens of the embedding model ``text`` is."""
+        return len(self.tokenizer.tokenize(text))
 
-
-def split_passages(text: str, source: str, chunk_size: int) -> list[Passage]:
-    """Split ``text`` on Markdown headings, then pack paragraphs into passages of at most ``chunk_size`` chars.
-
-    Each passage starts with its section's heading (when there is one), so the heading's words help retrieval.
-    """
-    if chunk_size < 100:
-        raise RagError(f"--chunk-size must be at least 100 characters, got {chunk_size}")
-    sections: list[tuple[str, list[str]]] = [("", [])]
-    for line in text.splitlines():
-        match = _HEADING.match(line)
-        if match:
-            sections.append((match.group(2), []))
-        else:
-            sections[-1][1].append(line)
-    passages: list[Passage] = []
-    for heading, lines in sections:
-        body = "\n".join(lines).strip()
-        if not body and not heading:
-            continue
-        title = f"{heading}\n\n" if heading else ""
-        for piece in _pack(body, chunk_size - len(title)):
-            passages.append(Passage(text=f"{title}{piece}".strip(), source=source, heading=heading))
-    return passages
-
-
-def _pack(body: str, limit: int) -> list[str]:
-    limit = max(limit, 50)
-    pieces: list[str] = []
-    current = ""
-    for paragraph in (p.strip() for p in re.split(r"\n\s*\n", body) if p.strip()):
-        while len(paragraph) > limit:  # a paragraph longer than a passage is cut at a space
-            cut = paragraph.rfind(" ", 0, limit)
-            cut = cut if cut > limit // 2 else limit
-            if current:
-                pieces.append(current)
-                current = ""
-            pieces.append(paragraph[:cut].strip())
-            paragraph = paragraph[cut:].strip()
-        if current and len(current) + 2 + len(paragraph) > limit:
-            pieces.append(current)
-            current = ""
-        current = f"{current}\n\n{paragraph}" if current else paragraph
-    if current or not pieces:
-        pieces.append(current)
-    return pieces
+    def split(self, markdown: str) -> list[Passage]:
+        """Return the passages of ``markdown``, in order."""
+        passages: list[Passage] = []
+        for section in self._headings.split_text(markdown):
+            body = section.page_content.strip()
+            if not body:
+                continue
+            titles = [section.metadata[key] for _, key in _LEVELS if key in section.metadata]
+            heading = " > ".join(titles)[:300]  # a runaway "heading" must not crowd out its passage
+            location = titles[0].lower() if titles and titles[0].startswith("Page ") else ""
+            title = f"{heading}\n\n" if heading else ""
+            # The heading path is part of every passage, so it counts against the passage's size.
+            room = max(self.splitting.chunk_tokens - self.tokens(title), MIN_CHUNK_TOKENS // 2)
+            splitter = self._factory(
+                self.tokenizer,
+                chunk_size=room,
+                chunk_overlap=min(self.splitting.overlap_tokens, room // 2),
+            )
+            passages += [Passage(f"{title}{piece}", heading, location) for piece in splitter.split_text(body)]
+        return passages

@@ -1,4 +1,10 @@
-"""The Milvus collection the command indexes into: dense vectors plus text, source and heading.
+"""The Milvus collection ``qwen3-rag`` indexes into: a faithful mirror of the indexed folders.
+
+A passage row holds its dense vector, its text (also analysed by Milvus' built-in BM25 function into a sparse
+vector, on Milvus Lite and on a server alike), the id of the folder ("root") it came from, its path relative to
+that root, its heading path and the file's content hash. A second, small collection (``<name>_meta``) records
+the settings the passages were built with (embedding model, dimensions, splitting) and where each root was last
+seen, so a moved or renamed folder keeps its id and its passages.
 
 A local path as URI runs embedded Milvus Lite; ``http(s)://…`` reaches a Milvus server or Zilliz Cloud.
 """
@@ -7,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,15 +21,38 @@ import numpy as np
 
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.passages import Passage
+from qwen3_retrieval.rag.readers import require
+
+SCHEMA_VERSION = 2
+TEXT_BYTES = 65535  # Milvus' VARCHAR limits count UTF-8 bytes, not characters
+PATH_BYTES = 4096
+# Upserts go out in pieces well under gRPC's message limit (64 MB on Milvus Lite and default servers).
+UPSERT_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
 class Hit:
-    """A passage found by search."""
+    """A passage found by search, with the file it came from."""
 
     text: str
-    source: str
+    root: str
+    path: str
     heading: str
+    location: str
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file the collection holds completely: its key and content hash."""
+
+    key: str
+    file_hash: str
+
+
+def fit_bytes(text: str, limit: int) -> str:
+    """Return ``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
+    data = text.encode()
+    return text if len(data) <= limit else data[:limit].decode(errors="ignore")
 
 
 def _literal(value: str) -> str:
@@ -31,103 +60,202 @@ def _literal(value: str) -> str:
     return json.dumps(value)
 
 
+def _file_key(root: str, path: str) -> str:
+    return hashlib.sha1(f"{root}\0{path}".encode()).hexdigest()[:40]
+
+
 class PassageStore:
-    """A Milvus collection of passages; see the module docstring."""
+    """A Milvus collection of passages and its settings; see the module docstring."""
 
     def __init__(self, uri: str, collection: str, *, token: str | None = None, timeout: float = 10.0) -> None:
-        from pymilvus import MilvusClient
-        from pymilvus.exceptions import MilvusException
-
-        self.collection = collection
+        pymilvus = require("pymilvus", "rag", "qwen3-rag's Milvus collection")
+        self.collection, self.meta = collection, f"{collection}_meta"
+        self.uri = uri
         is_server = uri.startswith(("http://", "https://", "tcp://", "grpc://"))
         try:
-            self.client = MilvusClient(uri=uri, token=token or "", timeout=timeout)
-        except MilvusException as err:
+            self.client = pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout)
+        except pymilvus.exceptions.MilvusException as err:
             where = "the Milvus server at " + uri if is_server else "Milvus Lite at " + uri
             raise RagError(f"cannot reach {where}: {err.message}") from err
         except Exception as err:  # grpc and OS errors from an unreachable server or a bad path
             raise RagError(f"cannot open Milvus at {uri}: {type(err).__name__}: {err}") from err
 
+    # --- the collection and its settings ---------------------------------------------------------------------
+
     def exists(self) -> bool:
         """Whether the collection exists; if it does, it is loaded for search."""
         if not self.client.has_collection(self.collection):
             return False
+        fields = {f["name"] for f in self.client.describe_collection(self.collection)["fields"]}
+        if "sparse" not in fields or not self.client.has_collection(self.meta):
+            raise RagError(
+                f"collection {self.collection!r} was built by an older qwen3-rag (no BM25 index, no settings); "
+                "index again with --recreate to rebuild it"
+            )
         # A collection created by an earlier process starts released; queries need it loaded.
         self.client.load_collection(self.collection)
+        self.client.load_collection(self.meta)
         return True
 
-    def dimension(self) -> int:
-        """The vector size the collection was created with."""
-        fields = self.client.describe_collection(self.collection)["fields"]
-        return int(next(f for f in fields if f["name"] == "vector")["params"]["dim"])
+    def settings(self) -> dict[str, Any]:
+        """The settings the collection was built with (embedding model, dimensions, splitting)."""
+        return self._meta_get("settings") or {}
 
-    def ensure(self, dimension: int) -> None:
-        """Create the collection for ``dimension``-sized vectors, or check an existing one has that size."""
-        if self.exists():
-            found = self.dimension()
-            if found != dimension:
-                raise RagError(
-                    f"collection {self.collection!r} holds {found}-dimensional vectors but the embedding model "
-                    f"gives {dimension}; use --dimensions {found} or another --collection"
-                )
-            return
-        from pymilvus import DataType
+    def create(self, settings: dict[str, Any]) -> None:
+        """Create the collection for ``settings["dimensions"]``-sized vectors and record ``settings``."""
+        from pymilvus import DataType, Function, FunctionType
 
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
-        schema.add_field("text", DataType.VARCHAR, max_length=65535)
-        schema.add_field("source", DataType.VARCHAR, max_length=4096)
-        schema.add_field("heading", DataType.VARCHAR, max_length=4096)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(settings["dimensions"]))
+        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_BYTES, enable_analyzer=True)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_field("root", DataType.VARCHAR, max_length=64)
+        schema.add_field("path", DataType.VARCHAR, max_length=PATH_BYTES)
+        schema.add_field("file_key", DataType.VARCHAR, max_length=64)
+        schema.add_field("heading", DataType.VARCHAR, max_length=1024)
+        schema.add_field("location", DataType.VARCHAR, max_length=64)
         schema.add_field("file_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("parts", DataType.INT64)
+        schema.add_function(
+            Function(
+                name="bm25", input_field_names=["text"], output_field_names=["sparse"], function_type=FunctionType.BM25
+            )
+        )
         index = self.client.prepare_index_params()
         index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
+        index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
 
-    def is_current(self, source: str, file_hash: str, n_passages: int) -> bool:
-        """Whether ``source`` is stored completely with this content hash (then re-indexing it is skipped)."""
-        rows = self.client.query(self.collection, filter=f"source == {_literal(source)}", output_fields=["file_hash"])
-        return len(rows) == n_passages and all(r["file_hash"] == file_hash for r in rows)
+        meta = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        meta.add_field("key", DataType.VARCHAR, is_primary=True, max_length=256)
+        meta.add_field("value", DataType.VARCHAR, max_length=TEXT_BYTES)
+        meta.add_field("unused", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field in every collection
+        meta_index = self.client.prepare_index_params()
+        meta_index.add_index("unused", index_type="AUTOINDEX", metric_type="L2")
+        self.client.create_collection(self.meta, schema=meta, index_params=meta_index, consistency_level="Strong")
+        self._meta_set("settings", {**settings, "schema": SCHEMA_VERSION})
 
-    def replace(self, passages: Sequence[Passage], vectors: np.ndarray, file_hash: str) -> None:
-        """Store a file's passages, then drop what an older version of the file left.
+    def drop(self) -> None:
+        """Remove the collection and its settings (``--recreate``)."""
+        for name in (self.collection, self.meta):
+            if self.client.has_collection(name):
+                self.client.drop_collection(name)
 
-        Ids are stable (source and position), so an interrupted run leaves a usable collection and running
-        again overwrites instead of duplicating.
+    def _meta_get(self, key: str) -> Any:
+        rows = self.client.query(self.meta, filter=f"key == {_literal(key)}", output_fields=["value"])
+        return json.loads(rows[0]["value"]) if rows else None
+
+    def _meta_set(self, key: str, value: Any) -> None:
+        self.client.upsert(self.meta, [{"key": key, "value": json.dumps(value), "unused": [0.0, 0.0]}])
+
+    # --- roots: the indexed folders ----------------------------------------------------------------------------
+
+    def roots(self) -> dict[str, str]:
+        """Every root id with the folder it was last indexed from."""
+        rows = self.client.query(self.meta, filter='key like "root:%"', output_fields=["key", "value"])
+        return {row["key"].removeprefix("root:"): json.loads(row["value"])["path"] for row in rows}
+
+    def set_root(self, root: str, folder: str) -> None:
+        """Record that ``root`` was last indexed from ``folder``."""
+        self._meta_set(f"root:{root}", {"path": folder})
+
+    # --- files and passages ------------------------------------------------------------------------------------
+
+    def files(self, root: str) -> dict[str, StoredFile]:
+        """Every file completely stored under ``root``, by path relative to the root.
+
+        A file counts as stored once all its passages are in and its record is written, which happens last:
+        a run interrupted in between leaves the file to be indexed again.
         """
-        if not passages:
-            return
-        source = passages[0].source
-        prefix = hashlib.sha1(source.encode()).hexdigest()[:24]
-        rows: list[dict[str, Any]] = [
+        found: dict[str, StoredFile] = {}
+        # Queries return at most 16384 rows; file keys are hex, so one query per first digit.
+        for digit in "0123456789abcdef":
+            rows = self.client.query(
+                self.meta, filter=f'key like "file:{root}:{digit}%"', output_fields=["key", "value"], limit=16384
+            )
+            for row in rows:
+                record = json.loads(row["value"])
+                found[record["path"]] = StoredFile(row["key"].rsplit(":", 1)[1], record["hash"])
+        return found
+
+    def put_file(self, root: str, path: str, passages: Sequence[Passage], vectors: np.ndarray, file_hash: str) -> None:
+        """Store one file's passages, drop whatever an older version of the file left, then record the file.
+
+        Ids are stable (root, path, position), so an interrupted run leaves a usable collection and running it
+        again overwrites instead of duplicating. Upserts are cut to stay under Milvus' message size.
+        """
+        key = _file_key(root, path)
+        rows = [
             {
-                "id": f"{prefix}-{i}",
+                "id": f"{key}-{i}",
                 "vector": vector.tolist(),
-                "text": p.text[:65535],
-                "source": source,
-                "heading": p.heading[:4096],
+                "text": fit_bytes(p.text, TEXT_BYTES),
+                "root": root,
+                "path": fit_bytes(path, PATH_BYTES),
+                "file_key": key,
+                "heading": fit_bytes(p.heading, 1024),
+                "location": fit_bytes(p.location, 64),
                 "file_hash": file_hash,
+                "parts": len(passages),
             }
-            for i, (p, vector) in enumerate(zip(passages, vectors))
+            for i, (p, vector) in enumerate(zip(passages, vectors, strict=True))
         ]
-        self.client.upsert(self.collection, rows)
-        self.client.delete(
-            self.collection, filter=f"source == {_literal(source)} and file_hash != {_literal(file_hash)}"
-        )
+        for piece in _pieces(rows, vectors.shape[1] * 4 if len(vectors) else 0):
+            self.client.upsert(self.collection, piece)
+        stale = f"file_key == {_literal(key)} and (file_hash != {_literal(file_hash)} or parts != {len(passages)})"
+        self.client.delete(self.collection, filter=stale)
+        self._meta_set(f"file:{root}:{key}", {"path": path, "hash": file_hash, "parts": len(passages)})
+
+    def remove_files(self, root: str, keys: Sequence[str]) -> None:
+        """Remove every passage and the record of the files under ``root`` with these keys."""
+        for start in range(0, len(keys), 512):
+            batch = list(keys[start : start + 512])
+            self.client.delete(self.collection, filter=f"file_key in {json.dumps(batch)}")
+            self.client.delete(self.meta, filter=f"key in {json.dumps([f'file:{root}:{k}' for k in batch])}")
 
     def count(self) -> int:
         """How many passages the collection holds."""
         rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
-    def search(self, vector: np.ndarray, limit: int) -> list[Hit]:
-        """Return the ``limit`` passages nearest to ``vector`` (cosine)."""
-        result = self.client.search(
-            self.collection,
-            data=[vector.tolist()],
-            anns_field="vector",
-            limit=limit,
-            output_fields=["text", "source", "heading"],
-            search_params={"metric_type": "COSINE"},
-        )
-        return [Hit(h["entity"]["text"], h["entity"]["source"], h["entity"]["heading"]) for h in result[0]]
+    # --- search ------------------------------------------------------------------------------------------------
+
+    def search(self, vector: np.ndarray, question: str, limit: int, *, mode: str) -> list[Hit]:
+        """Return the ``limit`` best passages: dense cosine alone, or fused with BM25 by reciprocal rank."""
+        from pymilvus import AnnSearchRequest, RRFRanker
+
+        fields = ["text", "root", "path", "heading", "location"]
+        dense = {"data": [vector.tolist()], "anns_field": "vector", "param": {"metric_type": "COSINE"}, "limit": limit}
+        if mode == "dense":
+            result = self.client.search(
+                self.collection,
+                data=dense["data"],
+                anns_field="vector",
+                limit=limit,
+                output_fields=fields,
+                search_params=dense["param"],
+            )
+        else:
+            requests = [
+                AnnSearchRequest(**dense),
+                AnnSearchRequest(data=[question], anns_field="sparse", param={"metric_type": "BM25"}, limit=limit),
+            ]
+            result = self.client.hybrid_search(
+                self.collection, reqs=requests, ranker=RRFRanker(60), limit=limit, output_fields=fields
+            )
+        return [Hit(*(h["entity"][f] for f in fields)) for h in result[0]]
+
+
+def _pieces(rows: list[dict[str, Any]], vector_bytes: int) -> Iterator[list[dict[str, Any]]]:
+    piece: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        row_bytes = vector_bytes + len(row["text"].encode()) + len(row["path"]) + len(row["heading"]) + 256
+        if piece and size + row_bytes > UPSERT_BYTES:
+            yield piece
+            piece, size = [], 0
+        piece.append(row)
+        size += row_bytes
+    if piece:
+        yield piece

@@ -1,0 +1,343 @@
+"""The RAG pipeline as library functions: :func:`index` a folder, :func:`retrieve` and :func:`stream_answer`.
+
+``qwen3-rag`` only parses arguments and prints what these return; a program can call them directly::
+
+    from qwen3_retrieval.rag.pipeline import Index, index, retrieve, stream_answer
+
+    where = Index(uri="./docs.db")
+    report = index(["./docs"], where)
+    sources = retrieve("How do I create an index?", where)
+    answer = "".join(stream_answer("How do I create an index?", sources))
+
+Problems a user can fix raise :class:`~qwen3_retrieval.rag.errors.RagError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
+from qwen3_retrieval.rag.errors import RagError
+from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
+from qwen3_retrieval.rag.readers import FORMATS, find_files, read_file, supported
+from qwen3_retrieval.rag.store import Hit, PassageStore
+
+MODES = ("hybrid", "dense")
+# A moved or renamed folder is recognised when at least this share of its files are stored, unchanged, under
+# a root whose folder no longer exists.
+SAME_ROOT_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Index:
+    """Where the passages live and how they are embedded and cut; the collection records and enforces it."""
+
+    uri: str = "./qwen3_rag.db"
+    collection: str = "qwen3_rag"
+    token: str | None = field(default=None, repr=False)
+    milvus_timeout: float = 10.0
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    embedding_url: str | None = None
+    embedding_api_key: str | None = field(default=None, repr=False)
+    dimensions: int | None = None
+    device: str | None = None
+    splitting: Splitting | None = None
+    """How to cut files into passages; None: the collection's, or the default for a new one."""
+
+    def store(self) -> PassageStore:
+        """Open the collection (one-line error if Milvus cannot be reached)."""
+        return PassageStore(self.uri, self.collection, token=self.token, timeout=self.milvus_timeout)
+
+    def model_id(self) -> str:
+        """The embedding model as recorded: a local folder's absolute path, or the hub id."""
+        path = Path(self.embedding_model).expanduser()
+        return str(path.resolve()) if path.is_dir() else self.embedding_model
+
+    def embedder(self, dimensions: int | None) -> Any:
+        """The embedding model, cut to ``dimensions`` (None: full size)."""
+        from qwen3_retrieval import Qwen3Embedder
+
+        return Qwen3Embedder(
+            self.embedding_model,
+            dimensions=dimensions,
+            **_engine(self.embedding_url, self.embedding_api_key, self.device),
+        )
+
+
+@dataclass
+class IndexReport:
+    """What :func:`index` did."""
+
+    files_indexed: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    passages_added: int = 0
+    passages_total: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A reranked passage with where it came from."""
+
+    text: str
+    path: str
+    heading: str
+    location: str
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form ``qwen3-rag ask --json`` prints."""
+        return {
+            "text": self.text,
+            "source": self.path,
+            "heading": self.heading,
+            "location": self.location,
+            "score": self.score,
+        }
+
+
+def index(
+    paths: Sequence[str | os.PathLike[str]],
+    where: Index,
+    *,
+    include_hidden: bool = False,
+    recreate: bool = False,
+    warn: Callable[[str], None] = lambda message: None,
+    progress: bool = False,
+) -> IndexReport:
+    """Make the collection mirror ``paths``: new and changed files indexed, deleted ones removed.
+
+    A folder is a root: its files are stored by path relative to it, so moving or renaming the folder and
+    indexing it again changes nothing stored, and files gone from it are removed. A file given alone is added
+    (or updated) under its folder's root and removes nothing. Unreadable files are skipped with a warning.
+    """
+    groups = _roots(paths, include_hidden)
+    store = where.store()
+    if recreate:
+        store.drop()
+    settings = _checked_settings(store, where)
+    embedder = where.embedder(settings["dimensions"] if settings else where.dimensions)
+    splitting = (where.splitting or Splitting(**settings.get("splitting", {}))).check(embedder.max_length)
+    if not settings:
+        settings = {
+            "embedding_model": where.model_id(),
+            "dimensions": embedder.dimension,
+            "splitting": splitting.as_dict(),
+        }
+        store.create(settings)
+    splitter = PassageSplitter(_tokenizer(where.embedding_model), splitting)
+    report = IndexReport()
+    for folder, files, whole in groups:
+        hashes: dict[str, str] = {}
+        present = {_relative(file, folder) for file in files}  # unreadable ones too: their passages stay
+        for file in list(files):
+            try:
+                hashes[_relative(file, folder)] = hashlib.sha256(file.read_bytes()).hexdigest()[:32]
+            except OSError as err:  # unreadable (permissions, vanished): skipped, and what is stored stays
+                files.remove(file)
+                _warn(report, warn, f"skipped {file}: {err.strerror or err}")
+        root = _root_id(store, folder, hashes)
+        store.set_root(root, str(folder))  # first, so an interrupted run finds this root again
+        stored = store.files(root)
+        if whole:
+            gone = [entry.key for path, entry in stored.items() if path not in present]
+            store.remove_files(root, gone)
+            report.files_removed += len(gone)
+        todo = [
+            (f, rel)
+            for f in files
+            if not ((s := stored.get(rel := _relative(f, folder))) and s.file_hash == hashes[rel])
+        ]
+        report.files_unchanged += len(files) - len(todo)
+        for file, rel in _progress(todo, progress):
+            try:
+                document = read_file(file)
+            except RagError:
+                raise  # a missing extra: the user must install it, skipping every PDF would hide that
+            except Exception as err:  # a broken or unreadable file must not stop the others
+                _warn(report, warn, f"skipped {file}: {type(err).__name__}: {' '.join(str(err).split())[:200]}")
+                continue
+            for message in document.warnings:
+                _warn(report, warn, message)
+            passages = splitter.split(document.markdown)
+            if not passages:
+                if rel in stored:
+                    store.remove_files(root, [stored[rel].key])
+                continue
+            vectors = embedder.embed_documents([p.text for p in passages])
+            store.put_file(root, rel, passages, vectors, hashes[rel])
+            report.files_indexed += 1
+            report.passages_added += len(passages)
+    report.passages_total = store.count()
+    return report
+
+
+def retrieve(
+    question: str,
+    where: Index,
+    *,
+    reranker_model: str = DEFAULT_RERANKER_MODEL,
+    reranker_url: str | None = None,
+    reranker_api_key: str | None = None,
+    candidates: int = 10,
+    top_n: int = 3,
+    mode: str = "hybrid",
+) -> list[Source]:
+    """Return the ``top_n`` passages for ``question``, best first.
+
+    ``candidates`` passages are retrieved (``mode="hybrid"``: dense and BM25 fused by reciprocal rank;
+    ``"dense"``: dense alone), then reranked with Qwen3-Reranker.
+    """
+    from qwen3_retrieval import Qwen3Reranker
+
+    if not question.strip():
+        raise RagError("the question is empty")
+    for name, value in (("candidates", candidates), ("top_n", top_n)):
+        if value < 1:
+            raise RagError(f"--{name.replace('_', '-')} must be at least 1")
+    if mode not in MODES:
+        raise RagError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    store = where.store()
+    settings = _checked_settings(store, where)
+    if not settings:
+        raise RagError(f"collection {where.collection!r} does not exist at {where.uri}; run `qwen3-rag index` first")
+    # One embedder at the collection's size: the model loads once, Matryoshka cut or not.
+    embedder = where.embedder(settings["dimensions"])
+    hits = store.search(embedder.embed_query(question), question, candidates, mode=mode)
+    reranker = Qwen3Reranker(reranker_model, **_engine(reranker_url, reranker_api_key, where.device))
+    ranked = reranker.rank(question, [h.text for h in hits], top_n=top_n)
+    roots = store.roots()
+    return [_source(hits[i], roots, score) for i, score in ranked]
+
+
+def stream_answer(
+    question: str, sources: Sequence[Source], *, model: str = "gpt-4o-mini", timeout: float = 60.0
+) -> Iterator[str]:
+    """Yield the chat model's answer as it streams (OpenAI ``stream=True``), citing sources as ``[n]``.
+
+    Uses ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` from the environment. Errors, before or during the stream,
+    raise :class:`RagError` with one line.
+    """
+    from qwen3_retrieval.rag.answer import stream_chat
+
+    yield from stream_chat(question, sources, model=model, timeout=timeout)
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _engine(url: str | None, api_key: str | None, device: str | None) -> dict[str, Any]:
+    return {"device": device} if url is None else {"base_url": url, "api_key": api_key}
+
+
+def _checked_settings(store: PassageStore, where: Index) -> dict[str, Any]:
+    """The collection's settings ({} if there is none yet), refused if they disagree with ``where``."""
+    if not store.exists():
+        return {}
+    settings = store.settings()
+    recorded, wanted = settings.get("embedding_model"), where.model_id()
+    if recorded != wanted:
+        raise RagError(
+            f"collection {where.collection!r} was built with embedding model {recorded} but this run uses {wanted}; "
+            f"pass --embedding-model {recorded}, or index again with --recreate to rebuild it"
+        )
+    if where.dimensions is not None and where.dimensions != settings["dimensions"]:
+        raise RagError(
+            f"collection {where.collection!r} holds {settings['dimensions']}-dimensional vectors, not "
+            f"{where.dimensions}; use --dimensions {settings['dimensions']}, or --recreate to rebuild it"
+        )
+    splitting = Splitting(**settings["splitting"])
+    if where.splitting is not None and where.splitting != splitting:
+        raise RagError(
+            f"collection {where.collection!r} was split with --chunk-tokens {splitting.chunk_tokens} "
+            f"--overlap-tokens {splitting.overlap_tokens}; use those, or --recreate to rebuild it"
+        )
+    return settings
+
+
+def _roots(paths: Sequence[str | os.PathLike[str]], include_hidden: bool) -> list[tuple[Path, list[Path], bool]]:
+    """Each root folder with its files, and whether it was given whole (then files gone from it are removed)."""
+    if not paths:
+        raise RagError("no files or folders to index")
+    groups: list[tuple[Path, list[Path], bool]] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise RagError(f"no such file or folder: {raw}")
+        path = path.resolve()
+        if path.is_dir():
+            groups.append((path, find_files(path, include_hidden=include_hidden), True))
+        elif supported([path]):
+            groups.append((path.parent, [path], False))
+        else:
+            raise RagError(f"{raw} is not a file qwen3-rag reads ({FORMATS})")
+    if not any(files for _, files, _ in groups):
+        names = ", ".join(map(str, paths))
+        raise RagError(
+            f"no files to index ({FORMATS}) under {names}; hidden folders are skipped without --include-hidden"
+        )
+    return groups
+
+
+def _root_id(store: PassageStore, folder: Path, hashes: dict[str, str]) -> str:
+    """The id of the root at ``folder``: known by its path, or a moved/renamed root recognised by its files."""
+    roots = store.roots()
+    for root, path in roots.items():
+        if path == str(folder):
+            return root
+    best, best_share = None, 0.0
+    for root, path in roots.items():
+        if Path(path).exists():
+            continue  # that folder is still there: this one is a copy, not a move
+        stored = store.files(root)
+        same = sum(1 for rel, h in hashes.items() if rel in stored and stored[rel].file_hash == h)
+        share = same / max(len(hashes), 1)
+        if share > best_share:
+            best, best_share = root, share
+    if best is not None and best_share >= SAME_ROOT_SHARE:
+        return best
+    root = hashlib.sha1(str(folder).encode()).hexdigest()[:16]
+    while root in roots:  # a new folder where an older, moved one used to be
+        root = hashlib.sha1(root.encode()).hexdigest()[:16]
+    return root
+
+
+def _warn(report: IndexReport, warn: Callable[[str], None], message: str) -> None:
+    report.warnings.append(message)
+    warn(message)
+
+
+def _relative(file: Path, folder: Path) -> str:
+    return file.relative_to(folder).as_posix()
+
+
+def _tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as err:
+        from qwen3_retrieval.loading import load_error
+
+        raise RagError(str(load_error(model, err))) from err
+
+
+def _source(hit: Hit, roots: dict[str, str], score: float) -> Source:
+    path = Path(roots.get(hit.root, "")) / hit.path
+    try:
+        shown = str(path.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(path)
+    return Source(hit.text, shown, hit.heading, hit.location, score)
+
+
+def _progress(items: list[Any], enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="Indexing", unit="file", disable=not enabled or not items)

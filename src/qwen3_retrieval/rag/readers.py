@@ -1,0 +1,148 @@
+"""Finding the files under a folder and reading each format into Markdown, headings kept.
+
+Every reader returns Markdown, so one splitter serves all formats and a heading is a heading wherever it came
+from. The libraries (each behind an extra, all of them in ``[all]``):
+
+* PDF: `pypdf <https://pypdf.readthedocs.io>`_ (``[pdf]``): pure Python, no system libraries, actively kept; it
+  reads a page's text layer. PDF keeps no headings, so each page becomes a ``Page N`` section (cited by page).
+  A page with no text layer (a scan) is a warning, not a failure.
+* HTML: `markdownify <https://github.com/matthewwithanm/python-markdownify>`_ over Beautiful Soup (``[html]``):
+  ``<h1>``-``<h6>`` become Markdown headings; scripts, styles and navigation are dropped.
+* DOCX: `python-docx <https://python-docx.readthedocs.io>`_ (``[docx]``): paragraphs styled ``Heading N`` or
+  ``Title`` become headings; tables become one line per row.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from qwen3_retrieval.rag.errors import RagError
+
+# Folders a documentation folder or a project root holds that are never documents.
+SKIPPED_FOLDERS = frozenset({"node_modules", "__pycache__", "site-packages"})
+
+
+@dataclass
+class Document:
+    """A file read into Markdown, with what the reader noticed (e.g. pages without text)."""
+
+    markdown: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """Import ``module`` or raise a one-line :class:`RagError` naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise RagError(f"{what} needs the '{extra}' extra: pip install 'qwen3-retrieval[{extra}]' (or [all])") from None
+
+
+def read_markdown(path: Path) -> Document:
+    """Markdown and plain text, as they are (undecodable bytes replaced)."""
+    return Document(path.read_bytes().decode("utf-8", errors="replace"))
+
+
+def read_pdf(path: Path) -> Document:
+    """Each page with text as a ``Page N`` section; pages without text are a warning."""
+    pypdf = require("pypdf", "pdf", f"reading {path.name}")
+    reader = pypdf.PdfReader(str(path))
+    sections, empty = [], []
+    for number, page in enumerate(reader.pages, start=1):
+        text = (page.extract_text() or "").strip()
+        if text:
+            sections.append(f"# Page {number}\n\n{text}")
+        else:
+            empty.append(number)
+    warnings = []
+    if empty:
+        pages = ", ".join(map(str, empty))
+        warnings.append(f"{path.name}: no text on page(s) {pages} (scanned images?); they are not indexed")
+    return Document("\n\n".join(sections), warnings)
+
+
+def read_html(path: Path) -> Document:
+    """HTML converted to Markdown, headings kept."""
+    markdownify = require("markdownify", "html", f"reading {path.name}")
+    html = path.read_bytes().decode("utf-8", errors="replace")
+    markdown = markdownify.markdownify(
+        html, heading_style="ATX", strip=["script", "style", "nav", "img"], escape_asterisks=False
+    )
+    return Document(markdown)
+
+
+def read_docx(path: Path) -> Document:
+    """Paragraphs (heading styles as headings), then tables one row a line."""
+    docx = require("docx", "docx", f"reading {path.name}")
+    document = docx.Document(str(path))
+    blocks = []
+    for paragraph in document.paragraphs:
+        text = paragraph.text.strip()
+        if not text:
+            continue
+        style = paragraph.style.name if paragraph.style is not None else ""
+        level = 1 if style == "Title" else _heading_level(style)
+        blocks.append(f"{'#' * level} {text}" if level else text)
+    for table in document.tables:
+        blocks += [" | ".join(cell.text.strip() for cell in row.cells) for row in table.rows]
+    return Document("\n\n".join(blocks))
+
+
+def _heading_level(style: str) -> int:
+    name, _, number = style.partition(" ")
+    return min(int(number), 6) if name == "Heading" and number.isdigit() else 0
+
+
+READERS: dict[str, Callable[[Path], Document]] = {
+    ".md": read_markdown,
+    ".markdown": read_markdown,
+    ".txt": read_markdown,
+    ".pdf": read_pdf,
+    ".html": read_html,
+    ".htm": read_html,
+    ".docx": read_docx,
+}
+
+
+def read_file(path: Path) -> Document:
+    """Read ``path`` with its format's reader; a missing extra raises :class:`RagError`, a broken file others."""
+    return READERS[path.suffix.lower()](path)
+
+
+def find_files(folder: Path, *, include_hidden: bool = False) -> list[Path]:
+    """Return the readable files under ``folder``, sorted, skipping hidden folders and virtualenvs by default.
+
+    Hidden means a name starting with ``.`` (``.git``, ``.venv``); ``node_modules``, ``__pycache__`` and any
+    folder holding a ``pyvenv.cfg`` (a virtualenv under any name) are skipped too. ``include_hidden`` keeps them.
+    """
+    found: list[Path] = []
+
+    def walk(current: Path) -> None:
+        for entry in sorted(current.iterdir()):
+            if not include_hidden and _skipped(entry):
+                continue
+            if entry.is_dir():
+                walk(entry)
+            elif entry.is_file() and entry.suffix.lower() in READERS:
+                found.append(entry)
+
+    walk(folder)
+    return found
+
+
+def _skipped(entry: Path) -> bool:
+    if entry.name.startswith("."):
+        return True
+    return entry.is_dir() and (entry.name in SKIPPED_FOLDERS or (entry / "pyvenv.cfg").exists())
+
+
+def supported(paths: Iterable[Path]) -> list[Path]:
+    """Return the paths whose format has a reader."""
+    return [p for p in paths if p.suffix.lower() in READERS]
+
+
+FORMATS = ", ".join(sorted(READERS))
