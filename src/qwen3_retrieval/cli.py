@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("paths", nargs="+", metavar="PATH", help="folders (mirrored) or files (added)")
     common(index)
     index.add_argument("--chunk-tokens", type=int, default=None, help="passage size in tokens (default 512)")
-    index.add_argument("--overlap-tokens", type=int, default=None, help="tokens shared by neighbours (default 64)")
+    index.add_argument("--overlap-tokens", type=int, default=None, help="tokens neighbours share (default: chunk/8)")
     index.add_argument(
         "--include-hidden", action="store_true", help="also read hidden folders, virtualenvs and node_modules"
     )
@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status."""
     args = build_parser().parse_args(argv)
     # pymilvus logs every failed call with a traceback; the command reports errors in one line instead.
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    for name in ("pymilvus", "milvus_lite"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         if args.command == "index":
             return run_index(args)
@@ -104,11 +105,9 @@ def _where(args: argparse.Namespace) -> Any:
 
     splitting = None
     if getattr(args, "chunk_tokens", None) is not None or getattr(args, "overlap_tokens", None) is not None:
-        defaults = Splitting()
-        splitting = Splitting(
-            args.chunk_tokens if args.chunk_tokens is not None else defaults.chunk_tokens,
-            args.overlap_tokens if args.overlap_tokens is not None else defaults.overlap_tokens,
-        )
+        chunk = args.chunk_tokens if args.chunk_tokens is not None else Splitting().chunk_tokens
+        overlap = args.overlap_tokens if args.overlap_tokens is not None else chunk // 8  # 64 for 512
+        splitting = Splitting(chunk, overlap)
     return Index(
         uri=args.uri,
         collection=args.collection,

@@ -67,6 +67,10 @@ class PassageSplitter:
         """How many tokens of the embedding model ``text`` is."""
         return len(self.tokenizer.tokenize(text))
 
+    def _pieces(self, body: str, room: int) -> list[str]:
+        overlap = min(self.splitting.overlap_tokens, room // 2)
+        return list(self._factory(self.tokenizer, chunk_size=room, chunk_overlap=overlap).split_text(body))
+
     def split(self, markdown: str) -> list[Passage]:
         """Return the passages of ``markdown``, in order."""
         passages: list[Passage] = []
@@ -78,12 +82,14 @@ class PassageSplitter:
             heading = " > ".join(titles)[:300]  # a runaway "heading" must not crowd out its passage
             location = titles[0].lower() if titles and titles[0].startswith("Page ") else ""
             title = f"{heading}\n\n" if heading else ""
-            # The heading path is part of every passage, so it counts against the passage's size.
-            room = max(self.splitting.chunk_tokens - self.tokens(title), MIN_CHUNK_TOKENS // 2)
-            splitter = self._factory(
-                self.tokenizer,
-                chunk_size=room,
-                chunk_overlap=min(self.splitting.overlap_tokens, room // 2),
-            )
-            passages += [Passage(f"{title}{piece}", heading, location) for piece in splitter.split_text(body)]
+            # The heading path is part of every passage, so it counts against the passage's size; tokens can merge
+            # across the join, so a passage that still comes out too long is split again with less room.
+            room = self.splitting.chunk_tokens - self.tokens(title)
+            while True:
+                pieces = self._pieces(body, max(room, MIN_CHUNK_TOKENS // 2))
+                excess = max(self.tokens(f"{title}{piece}") for piece in pieces) - self.splitting.chunk_tokens
+                if excess <= 0 or room <= MIN_CHUNK_TOKENS // 2:
+                    break
+                room -= excess
+            passages += [Passage(f"{title}{piece}", heading, location) for piece in pieces]
         return passages

@@ -118,7 +118,19 @@ def index(
     (or updated) under its folder's root and removes nothing. Unreadable files are skipped with a warning.
     """
     groups = _roots(paths, include_hidden)
-    store = where.store()
+    with where.store() as store:
+        return _index(store, groups, where, recreate=recreate, warn=warn, progress=progress)
+
+
+def _index(
+    store: PassageStore,
+    groups: list[tuple[Path, list[Path], bool]],
+    where: Index,
+    *,
+    recreate: bool,
+    warn: Callable[[str], None],
+    progress: bool,
+) -> IndexReport:
     if recreate:
         store.drop()
     settings = _checked_settings(store, where)
@@ -203,16 +215,18 @@ def retrieve(
             raise RagError(f"--{name.replace('_', '-')} must be at least 1")
     if mode not in MODES:
         raise RagError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    store = where.store()
-    settings = _checked_settings(store, where)
-    if not settings:
-        raise RagError(f"collection {where.collection!r} does not exist at {where.uri}; run `qwen3-rag index` first")
-    # One embedder at the collection's size: the model loads once, Matryoshka cut or not.
-    embedder = where.embedder(settings["dimensions"])
-    hits = store.search(embedder.embed_query(question), question, candidates, mode=mode)
+    with where.store() as store:
+        settings = _checked_settings(store, where)
+        if not settings:
+            raise RagError(
+                f"collection {where.collection!r} does not exist at {where.uri}; run `qwen3-rag index` first"
+            )
+        # One embedder at the collection's size: the model loads once, Matryoshka cut or not.
+        embedder = where.embedder(settings["dimensions"])
+        hits = store.search(embedder.embed_query(question), question, candidates, mode=mode)
+        roots = store.roots()
     reranker = Qwen3Reranker(reranker_model, **_engine(reranker_url, reranker_api_key, where.device))
     ranked = reranker.rank(question, [h.text for h in hits], top_n=top_n)
-    roots = store.roots()
     return [_source(hits[i], roots, score) for i, score in ranked]
 
 

@@ -66,13 +66,13 @@ def read_pdf(path: Path) -> Document:
 
 
 def read_html(path: Path) -> Document:
-    """HTML converted to Markdown, headings kept."""
+    """HTML converted to Markdown, headings kept; scripts, styles and page chrome dropped."""
     markdownify = require("markdownify", "html", f"reading {path.name}")
-    html = path.read_bytes().decode("utf-8", errors="replace")
-    markdown = markdownify.markdownify(
-        html, heading_style="ATX", strip=["script", "style", "nav", "img"], escape_asterisks=False
-    )
-    return Document(markdown)
+    bs4 = require("bs4", "html", f"reading {path.name}")
+    soup = bs4.BeautifulSoup(path.read_bytes().decode("utf-8", errors="replace"), "html.parser")
+    for tag in soup(["script", "style", "noscript", "template", "nav", "header", "footer", "aside"]):
+        tag.decompose()  # not the page's content: menus, banners, code
+    return Document(markdownify.MarkdownConverter(heading_style="ATX", escape_asterisks=False).convert_soup(soup))
 
 
 def read_docx(path: Path) -> Document:

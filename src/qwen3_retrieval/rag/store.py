@@ -71,7 +71,7 @@ class PassageStore:
         pymilvus = require("pymilvus", "rag", "qwen3-rag's Milvus collection")
         self.collection, self.meta = collection, f"{collection}_meta"
         self.uri = uri
-        is_server = uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+        self.is_server = is_server = uri.startswith(("http://", "https://", "tcp://", "grpc://"))
         try:
             self.client = pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout)
         except pymilvus.exceptions.MilvusException as err:
@@ -79,6 +79,24 @@ class PassageStore:
             raise RagError(f"cannot reach {where}: {err.message}") from err
         except Exception as err:  # grpc and OS errors from an unreachable server or a bad path
             raise RagError(f"cannot open Milvus at {uri}: {type(err).__name__}: {err}") from err
+
+    def close(self) -> None:
+        """Let go of the collection, and of a Milvus Lite file, which stays locked while this process serves it.
+
+        pymilvus never stops the embedded server it starts for a ``.db`` file, so another process could not
+        open the file while this one lives; other clients of the same file in this process reconnect.
+        """
+        self.client.close()
+        if not self.is_server:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
+
+    def __enter__(self) -> PassageStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- the collection and its settings ---------------------------------------------------------------------
 
