@@ -21,7 +21,8 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     embeddings = Qwen3Embeddings(model=args.embedding_model, **where(args, args.embedding_url))
     store = langchain_store(embeddings, uri=args.uri, collection_name="qwen3_hybrid", hybrid=True, drop_old=True)
-    store.add_documents([Document(page_content=t, metadata={"source": s}) for t, s in load_passages(args.docs)])
+    passages = load_passages(args.docs, args.embedding_model)
+    store.add_documents([Document(page_content=t, metadata={"source": s}) for t, s in passages])
 
     candidates = store.similarity_search(args.question, k=10, ranker_type="rrf", ranker_params={"k": 60})
     reranker = Qwen3Rerank(model=args.reranker_model, top_n=3, **where(args, args.reranker_url))

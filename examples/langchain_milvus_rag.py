@@ -36,7 +36,8 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     embeddings = Qwen3Embeddings(model=args.embedding_model, **where(args, args.embedding_url))
     store = langchain_store(embeddings, uri=args.uri, drop_old=True)
-    store.add_documents([Document(page_content=t, metadata={"source": s}) for t, s in load_passages(args.docs)])
+    passages = load_passages(args.docs, args.embedding_model)
+    store.add_documents([Document(page_content=t, metadata={"source": s}) for t, s in passages])
 
     retriever = ContextualCompressionRetriever(
         base_retriever=store.as_retriever(search_kwargs={"k": 10}),

@@ -24,7 +24,7 @@ def main() -> None:
     store = llama_index_store(embed_model.embedder.dimension, uri=args.uri, overwrite=True)
     documents = [
         Document(text=t, metadata={"source": s}, excluded_embed_metadata_keys=["source"])
-        for t, s in load_passages(args.docs)
+        for t, s in load_passages(args.docs, args.embedding_model)
     ]
     index = VectorStoreIndex.from_documents(
         documents, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed_model

@@ -44,10 +44,13 @@ def expected_sources(docs: Path, question: str, checkpoints: dict[str, Path]) ->
     The folder has fewer passages than the examples retrieve (10), so every passage is a candidate whatever the
     random-weight retrieval ranks first, and the reranker alone decides the order.
     """
-    from qwen3_retrieval import Qwen3Reranker
-    from qwen3_retrieval.rag.passages import find_files, split_passages
+    from transformers import AutoTokenizer
 
-    texts = [p.text for f in find_files([str(docs)]) for p in split_passages(f.read_text(), str(f), 1500)]
+    from qwen3_retrieval import Qwen3Reranker
+    from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
+
+    splitter = PassageSplitter(AutoTokenizer.from_pretrained(checkpoints["embedding"]), Splitting())
+    texts = [p.text for f in sorted(docs.rglob("*.[mt][dx]*")) for p in splitter.split(f.read_text())]
     assert len(texts) < 10
     ranked = Qwen3Reranker(checkpoints["reranker"], device="cpu").rank(question, texts, top_n=3)
     return [(texts[i], score) for i, score in ranked]
