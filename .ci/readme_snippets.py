@@ -53,7 +53,35 @@ def main() -> None:
     for example in sorted((ROOT / "examples").glob("[!_]*.py")):
         print(f"--- {example.name} --help", flush=True)
         subprocess.run([sys.executable, str(example), "--help"], check=True, stdout=subprocess.DEVNULL)
-    print("README snippets and examples ran with the [all] extras only")
+    rag_on_every_format(work, hub_ids)
+    print("README snippets, examples and qwen3-rag on every format ran with the [all] extras only")
+
+
+def rag_on_every_format(work: Path, hub_ids: dict[str, str]) -> None:
+    """`qwen3-rag index` + `ask` over Markdown, HTML, DOCX and PDF files: every format's extra is in [all]."""
+    import docx  # python-docx, from [docx]
+    from pypdf import PdfWriter  # from [pdf]: a PDF without a text layer, which must be a warning
+
+    folder = work / "docs"
+    folder.mkdir()
+    (folder / "a.md").write_text("# Milvus\n\nMilvus is a vector database.\n")
+    (folder / "b.html").write_text("<h1>Capitals</h1><p>Beijing is the capital of China.</p>")
+    document = docx.Document()
+    document.add_heading("Physics", 1)
+    document.add_paragraph("Gravity attracts two bodies.")
+    document.save(str(folder / "c.docx"))
+    writer = PdfWriter()
+    writer.add_blank_page(width=200, height=200)
+    with open(folder / "d.pdf", "wb") as pdf:
+        writer.write(pdf)
+    models = ["--embedding-model", hub_ids["Qwen/Qwen3-Embedding-0.6B"], "--device", "cpu"]
+    command = str(Path(sys.executable).parent / "qwen3-rag")  # the console script the install put there
+    print("--- qwen3-rag index / ask", flush=True)
+    done = subprocess.run([command, "index", str(folder), *models], capture_output=True, text=True)
+    if done.returncode != 0 or "from 3 files" not in done.stdout or "d.pdf: no text on page(s) 1" not in done.stderr:
+        raise SystemExit(f"qwen3-rag index failed:\n{done.stdout}\n{done.stderr}")
+    ask = [command, "ask", "capital", *models, "--reranker-model", hub_ids["Qwen/Qwen3-Reranker-0.6B"]]
+    subprocess.run([*ask, "--no-llm"], check=True, stdout=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

@@ -84,9 +84,10 @@ class BatchPolicy:
 def batch_policy(device: torch.device, *, packed: bool = True) -> BatchPolicy:
     """Return the batching policy for ``device``: packed, or padded for a caller-named attention kernel.
 
-    CPU, packed (2 threads, real 0.6B shape, the benchmark's 16 texts of 72 to 371 tokens): see the README's
-    benchmark section for the budgets measured; matrix multiplies stop gaining from longer rows early, while
-    cache-sized batches keep the activations hot. GPUs need large batches to fill the device.
+    Packed batches hold no padding, so their budget only bounds memory and how much work one call shares.
+    CPU (2 threads, real 0.6B shape, the benchmark's 16 texts, interleaved runs): budgets of 512 to 4096 tokens
+    all timed within this machine's run-to-run noise (about 13-15 s); 1024 keeps activations small. GPUs need
+    large batches to fill the device.
     """
     if device.type in ("cuda", "mps"):
         budget = 16384 if device.type == "cuda" else 8192
