@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status."""
     args = build_parser().parse_args(argv)
-    # pymilvus logs every failed call with a traceback; the command reports errors in one line instead.
-    for name in ("pymilvus", "milvus_lite"):
+    # pymilvus logs every failed call with a traceback, pypdf every repaired file: the command reports in one line.
+    for name in ("pymilvus", "milvus_lite", "pypdf"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         if args.command == "index":
