@@ -234,3 +234,20 @@ def test_real_process_exit_codes_and_no_traceback(
     assert json.loads(done.stdout)["answer"] is None
     done = subprocess.run([*command, "ask"], capture_output=True, text=True, env=env)
     assert done.returncode == 2 and "QUESTION" in done.stderr
+
+
+def test_chat_model_refusing_connections_is_one_line(
+    tmp_path: Path,
+    docs_folder: Path,
+    models: list[str],
+    reranker_args: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uri = str(tmp_path / "rag.db")
+    run(capsys, "index", str(docs_folder), "--uri", uri, *models)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{closed_port()}/v1")
+    status, out, err = run(capsys, "ask", "What is Milvus?", "--uri", uri, *models, *reranker_args)
+    assert status == 1 and "Sources (reranked, best first):" in out
+    assert "cannot reach the chat model at http://127.0.0.1:" in err and err.count("\n") == 1
