@@ -114,6 +114,17 @@ def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
+def models(checkpoints: dict[str, Path]) -> list[str]:
+    """The command's arguments for the tiny embedding checkpoint, on CPU."""
+    return ["--embedding-model", str(checkpoints["embedding"]), "--device", "cpu"]
+
+
+@pytest.fixture
+def reranker_args(checkpoints: dict[str, Path]) -> list[str]:
+    return ["--reranker-model", str(checkpoints["reranker"])]
+
+
+@pytest.fixture
 def docs_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "docs"
     (folder / "faq").mkdir(parents=True)

@@ -17,16 +17,6 @@ from qwen3_retrieval.cli import main
 from qwen3_retrieval.rag.store import PassageStore
 
 
-@pytest.fixture
-def models(checkpoints: dict[str, Path]) -> list[str]:
-    return ["--embedding-model", str(checkpoints["embedding"]), "--device", "cpu"]
-
-
-@pytest.fixture
-def reranker_args(checkpoints: dict[str, Path]) -> list[str]:
-    return ["--reranker-model", str(checkpoints["reranker"])]
-
-
 def count(uri: Path) -> int:
     store = PassageStore(str(uri), "qwen3_rag")
     store.exists()

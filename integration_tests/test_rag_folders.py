@@ -20,16 +20,6 @@ from qwen3_retrieval.rag.pipeline import Index, index, retrieve
 from qwen3_retrieval.rag.store import PassageStore
 
 
-@pytest.fixture
-def models(checkpoints: dict[str, Path]) -> list[str]:
-    return ["--embedding-model", str(checkpoints["embedding"]), "--device", "cpu"]
-
-
-@pytest.fixture
-def reranker_args(checkpoints: dict[str, Path]) -> list[str]:
-    return ["--reranker-model", str(checkpoints["reranker"])]
-
-
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     status = main(list(argv))
     out, err = capsys.readouterr()

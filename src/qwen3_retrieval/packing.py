@@ -131,17 +131,13 @@ def last_hidden_packed(
             # A sequence longer than the whole budget would need a (sequence x prompt) attention mask against
             # its prefix: run the whole prompt as one plain causal sequence instead, as the embedder would.
             g, i = members[0]
-            hidden = _forward(backbone, [[*groups[g][0], *groups[g][1][i]]], [0], [None], [0], device)
+            hidden = _forward(backbone, [[*groups[g][0], *groups[g][1][i]]], [g], {g: (0, None)}, device)
         else:
             for g in {g for g, _ in members} - states.keys():
                 states[g] = _prefix_states(backbone, groups[g][0], device) if groups[g][0] else None
+            prefixes = {g: (len(groups[g][0]), states[g]) for g, _ in members}
             hidden = _forward(
-                backbone,
-                [groups[g][1][i] for g, i in members],
-                [len(groups[g][0]) for g, _ in members],
-                [states.get(g) for g, _ in members],
-                [g for g, _ in members],
-                device,
+                backbone, [groups[g][1][i] for g, i in members], [g for g, _ in members], prefixes, device
             )
         remaining.subtract(g for g, _ in members)
         for g in [g for g in states if remaining[g] == 0]:
@@ -157,22 +153,27 @@ def last_hidden_packed(
 def _forward(
     backbone: torch.nn.Module,
     sequences: list[Sequence[int]],
-    offsets: list[int],
-    prefixes: list[list[tuple[torch.Tensor, torch.Tensor]] | None],
-    prefix_ids: list[int],
+    groups: list[int],
+    prefixes: dict[int, tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]],
     device: torch.device,
 ) -> torch.Tensor:
-    """Run ``sequences`` as one packed row, each after its prefix; return each one's last-token state."""
+    """Run ``sequences`` as one packed row; return each one's last-token state.
+
+    ``groups`` names each sequence's group; ``prefixes`` gives a group's prefix length (where its positions
+    start) and the prefix's per-layer keys and values (None: no prefix).
+    """
     lengths = [len(s) for s in sequences]
+    order = list(prefixes)  # the prefix number a run refers to
     runs, first = [], 0
-    by_prefix = {g: n for n, g in enumerate(dict.fromkeys(prefix_ids))}
-    for (length, g), group in groupby(zip(lengths, prefix_ids, strict=True)):
-        count = len(list(group))
-        runs.append((first, length, count, by_prefix[g]))
+    for (length, g), same in groupby(zip(lengths, groups, strict=True)):
+        count = len(list(same))
+        runs.append((first, length, count, order.index(g)))
         first += length * count
-    layers = [prefixes[prefix_ids.index(g)] for g in by_prefix]
+    layers = [prefixes[g][1] for g in order]
     input_ids = torch.tensor([[token for s in sequences for token in s]], device=device)
-    positions = torch.cat([torch.arange(o, o + n) for o, n in zip(offsets, lengths, strict=True)])
+    positions = torch.cat(
+        [torch.arange(prefixes[g][0], prefixes[g][0] + n) for g, n in zip(groups, lengths, strict=True)]
+    )
     hidden = backbone(
         input_ids=input_ids,
         position_ids=positions.unsqueeze(0).to(device),
