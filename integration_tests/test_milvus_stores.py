@@ -65,3 +65,52 @@ def test_llama_index_store(tmp_path: Path, embedding_path: Path, hybrid: bool) -
             assert found.nodes is not None and found.nodes[0].get_content() == text
     if hybrid:
         assert nodes[0].node.get_content() == TEXTS[1]  # BM25 took part (see the LangChain test)
+
+
+def contents(found: list) -> list[str]:
+    return sorted(getattr(d, "page_content", None) or d.node.get_content() for d in found)
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_langchain_store_reopens_an_existing_collection_or_replaces_it(
+    tmp_path: Path, embedding_path: Path, hybrid: bool, recwarn: pytest.WarningsRecorder
+) -> None:
+    from qwen3_retrieval.langchain import Qwen3Embeddings
+
+    embeddings = Qwen3Embeddings(model=str(embedding_path), device="cpu")
+    uri = str(tmp_path / "lc.db")
+    langchain_store(embeddings, uri=uri, hybrid=hybrid).add_texts(TEXTS[:2])
+    # A second store on the same collection (a script run again) opens it: it used to fail with "should create
+    # connection first", since langchain-milvus opens the collection before the ORM connection was registered.
+    reopened = langchain_store(embeddings, uri=uri, hybrid=hybrid)
+    reopened.add_texts(TEXTS[2:])
+    assert contents(reopened.similarity_search("capital", k=10)) == sorted(TEXTS)
+    replaced = langchain_store(embeddings, uri=uri, hybrid=hybrid, drop_old=True)
+    replaced.add_texts(TEXTS[:1])
+    assert contents(replaced.similarity_search("capital", k=10)) == TEXTS[:1]
+    # pymilvus' notices about the ORM that langchain-milvus (and the connection above) use are not the user's.
+    assert not [str(w.message) for w in recwarn if "ORM-style" in str(w.message)]
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_llama_index_store_reopens_an_existing_collection_or_replaces_it(
+    tmp_path: Path, embedding_path: Path, hybrid: bool
+) -> None:
+    from llama_index.core import Document, StorageContext, VectorStoreIndex
+
+    from qwen3_retrieval.llama_index import Qwen3Embedding
+
+    embed_model = Qwen3Embedding(model=str(embedding_path), device="cpu")
+    uri = str(tmp_path / "li.db")
+
+    def add(texts: list[str], overwrite: bool) -> VectorStoreIndex:
+        store = llama_index_store(64, uri=uri, hybrid=hybrid, overwrite=overwrite)
+        return VectorStoreIndex.from_documents(
+            [Document(text=t) for t in texts],
+            storage_context=StorageContext.from_defaults(vector_store=store),
+            embed_model=embed_model,
+        )
+
+    add(TEXTS[:2], overwrite=True)
+    assert contents(add(TEXTS[2:], overwrite=False).as_retriever(similarity_top_k=10).retrieve("x")) == sorted(TEXTS)
+    assert contents(add(TEXTS[:1], overwrite=True).as_retriever(similarity_top_k=10).retrieve("x")) == TEXTS[:1]

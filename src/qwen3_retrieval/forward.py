@@ -16,6 +16,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from qwen3_retrieval.batching import run_in_batches, token_budget_batches
 from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.kv_cache import cache_argument, prefix_states
 from qwen3_retrieval.pooling import last_token_pool, left_pad, right_pad, take_positions
 
 
@@ -111,9 +112,7 @@ def _after_prefix(
     device: torch.device,
 ) -> torch.Tensor:
     n_prefix = len(prefix)
-    cached = backbone(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True).past_key_values
-    layers = [(layer.keys, layer.values) for layer in cached.layers]
-    del cached
+    layers = prefix_states(backbone, prefix, device)
 
     def run(batch: list[int]) -> torch.Tensor:
         rows = [tails[i] for i in batch]
@@ -128,8 +127,8 @@ def _after_prefix(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask,
             position_ids=positions.to(device),
-            past_key_values=cache,
             use_cache=True,
+            **cache_argument(backbone, cache),
         ).last_hidden_state
         return take_positions(hidden, last)
 

@@ -2,13 +2,18 @@
 
 ``pip install "qwen3-retrieval[all]"`` resolves to langchain-milvus 0.3.x with pymilvus 2.6.x (llama-index's
 Milvus store caps pymilvus below 3). That langchain-milvus reaches the collection through pymilvus' ORM, which
-pymilvus >= 2.6.11 no longer registers for its ``MilvusClient``; the first insert then fails with
-"should create connection first". :func:`langchain_store` registers the connection. For hybrid search it also
-spells out the sparse index and search parameters that Milvus Lite 3 accepts.
+pymilvus >= 2.6.11 no longer registers for its ``MilvusClient``. The store opens an existing collection while it
+is being constructed, so the connection must be registered before that (else a second run in the same folder
+fails with "should create connection first"): :func:`langchain_store` builds a subclass that registers it first.
+pymilvus 2.6 marks the ORM deprecated; the warnings that this use of it causes are ours to silence, since the
+user can do nothing about them. For hybrid search it also spells out the sparse index and search parameters that
+Milvus Lite 3 accepts.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any
 
 DENSE_INDEX = {"index_type": "FLAT", "metric_type": "COSINE"}
@@ -36,7 +41,7 @@ def langchain_store(
         drop_old: Drop an existing collection of that name first.
         **kwargs: Passed on to ``langchain_milvus.Milvus``.
     """
-    from langchain_milvus import BM25BuiltInFunction, Milvus
+    from langchain_milvus import BM25BuiltInFunction
 
     connection = {"uri": uri, **({"token": token} if token else {})}
     options: dict[str, Any] = {
@@ -56,13 +61,26 @@ def langchain_store(
     else:
         options["index_params"] = DENSE_INDEX
     options.update(kwargs)
-    store = Milvus(embedding_function=embeddings, **options)
-    _register_orm_connection(store, connection)
-    return store
+    _quiet_orm_deprecations()
+    return _langchain_milvus_class()(embedding_function=embeddings, **options)
 
 
-def _register_orm_connection(store: Any, connection: dict[str, Any]) -> None:
-    alias = getattr(store, "alias", None)
+@functools.cache
+def _langchain_milvus_class() -> type:
+    """``langchain_milvus.Milvus`` with pymilvus' ORM connection registered before the collection is opened."""
+    from langchain_milvus import Milvus
+
+    class Qwen3Milvus(Milvus):  # type: ignore[misc]
+        """``langchain_milvus.Milvus`` that also opens an existing collection (see the module docstring)."""
+
+        def _init(self, *args: Any, **kwargs: Any) -> Any:
+            _register_orm_connection(getattr(self, "alias", None), self._connection_args)
+            return super()._init(*args, **kwargs)
+
+    return Qwen3Milvus
+
+
+def _register_orm_connection(alias: str | None, connection: dict[str, Any]) -> None:
     if alias is None:
         return  # newer langchain-milvus no longer uses the ORM
     try:
@@ -71,6 +89,16 @@ def _register_orm_connection(store: Any, connection: dict[str, Any]) -> None:
         return
     if not connections.has_connection(alias):
         connections.connect(alias=alias, **connection)
+
+
+def _quiet_orm_deprecations() -> None:
+    # Only the ORM notices raised from langchain-milvus and this module: any other warning still shows.
+    warnings.filterwarnings(
+        "ignore",
+        message=r".*ORM-style PyMilvus API",
+        category=FutureWarning,
+        module=r"(langchain_milvus|qwen3_retrieval)\.",
+    )
 
 
 def llama_index_store(

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import run_in_batches, token_budget_batches
+from qwen3_retrieval.kv_cache import prefix_states
 
 PACKED_ATTENTION = "qwen3_retrieval_packed"
 
@@ -134,7 +135,7 @@ def last_hidden_packed(
             hidden = _forward(backbone, [[*groups[g][0], *groups[g][1][i]]], [g], {g: (0, None)}, device)
         else:
             for g in {g for g, _ in members} - states.keys():
-                states[g] = _prefix_states(backbone, groups[g][0], device) if groups[g][0] else None
+                states[g] = prefix_states(backbone, groups[g][0], device) if groups[g][0] else None
             prefixes = {g: (len(groups[g][0]), states[g]) for g, _ in members}
             hidden = _forward(
                 backbone, [groups[g][1][i] for g, i in members], [g for g, _ in members], prefixes, device
@@ -184,10 +185,3 @@ def _forward(
     last = torch.tensor(lengths, device=device).cumsum(0) - 1
     return hidden[0, last]
 
-
-def _prefix_states(
-    backbone: torch.nn.Module, prefix: Sequence[int], device: torch.device
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Return each layer's keys and values of ``prefix`` run alone (one row)."""
-    cache = backbone(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True).past_key_values
-    return [(layer.keys, layer.values) for layer in cache.layers]
