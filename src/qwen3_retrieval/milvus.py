@@ -70,7 +70,7 @@ def _langchain_milvus_class() -> type:
     """``langchain_milvus.Milvus`` with pymilvus' ORM connection registered before the collection is opened."""
     from langchain_milvus import Milvus
 
-    class Qwen3Milvus(Milvus):  # type: ignore[misc]
+    class Qwen3Milvus(Milvus):
         """``langchain_milvus.Milvus`` that also opens an existing collection (see the module docstring)."""
 
         def _init(self, *args: Any, **kwargs: Any) -> Any:
