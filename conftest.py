@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,18 @@ def embedding_path(checkpoints: dict[str, Path]) -> Path:
 @pytest.fixture(scope="session")
 def reranker_path(checkpoints: dict[str, Path]) -> Path:
     return checkpoints["reranker"]
+
+
+@pytest.fixture
+def progress(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Callable[[str], None]:
+    """Print a line past pytest's capture, so a test that runs for minutes shows what it is doing."""
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+
+    def say(message: str) -> None:
+        if reporter is None or capture is None:
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"    [{request.node.name}] {message}")
+
+    return say

@@ -433,9 +433,17 @@ def main() -> None:
     if args.only:
         jobs = [(t, n, w, [c for c in cs if c in args.only]) for t, n, w, cs in jobs]
         jobs = [job for job in jobs if job[3]]
-    rates = {dtype: matmul_gflops(args.threads, args.device, dtype) for dtype in ("float32", "bfloat16")}
+    cpu = cpu_info() if args.device == "cpu" else {"native_bf16": True, "note": ""}
+    dtypes = ["float32"]
+    if cpu["native_bf16"]:
+        dtypes.append("bfloat16")
+    else:  # the bfloat16 GEMM probe and rows: oneDNN refuses them, or they would time an emulation
+        print(cpu["note"], flush=True)
+        jobs = [(t, n, w, [c for c in cs if c not in OWN_VARIANTS]) for t, n, w, cs in jobs]
+    rates = {dtype: matmul_gflops(args.threads, args.device, dtype) for dtype in dtypes}
     peaks = {dtype: max(by_method.values()) for dtype, by_method in rates.items()}
     report: dict[str, Any] = {"machine": machine(args), "matmul_gflops": peaks["float32"], "results": []}
+    report["cpu"] = cpu
     report["matmul_gflops_by_dtype"] = peaks
     report["matmul_gflops_by_method"] = rates
     for task, name, work, contenders in jobs:
@@ -610,15 +618,58 @@ def checkpoints(args: argparse.Namespace) -> dict[str, str]:
     return found
 
 
+# The instruction sets that decide our kernels' speed, as /proc/cpuinfo names them.
+INSTRUCTION_SETS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx_ne_convert")
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16", "avx_ne_convert")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model, the instruction sets that matter, what torch may use of them, and whether bf16 is native.
+
+    bfloat16 counts as native where the CPU has one of :data:`NATIVE_BF16` and oneDNN may use bf16 at all
+    (``ONEDNN_MAX_CPU_ISA``, as an emulated narrower CPU sets it, can forbid it; oneDNN then refuses bf16 weight
+    packing outright, which is how an AVX2-only CPU crashed the benchmark).
+    """
+    import torch
+
+    model, flags = "unknown CPU", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    present = {name: name in flags for name in INSTRUCTION_SETS}
+    onednn_bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native = onednn_bf16 and any(present[name] for name in NATIVE_BF16)
+    missing = " or ".join(NATIVE_BF16)
+    if native:
+        note = ""
+    elif any(present[name] for name in NATIVE_BF16):
+        cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+        note = f"bfloat16 rows skipped: oneDNN may not use this CPU's bf16 instructions (ONEDNN_MAX_CPU_ISA={cap})"
+    else:
+        note = f"bfloat16 rows skipped: this CPU has no native bfloat16 ({missing})"
+    return {
+        "model": model,
+        "instruction_sets": present,
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "native_bf16": native,
+        "note": note,
+    }
+
+
 def machine(args: argparse.Namespace) -> str:
     import platform
 
     import torch
 
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError, StopIteration):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    info = cpu_info()
+    sets = ", ".join(name for name, present in info["instruction_sets"].items() if present) or "none of " + ", ".join(
+        INSTRUCTION_SETS
+    )
+    cpu = f"{info['model']} ({sets}; torch kernels {info['aten_capability']})"
     versions = f"torch {torch.__version__}, Python {platform.python_version()}"
     return f"{cpu}, {args.threads} threads, {args.device}, float32, {versions}"
 
@@ -629,9 +680,11 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
         f"{dtype}: " + ", ".join(f"{name} {rate:.0f}" for name, rate in by_method.items())
         for dtype, by_method in report["matmul_gflops_by_method"].items()
     )
+    bf16 = f", {peaks['bfloat16']:.1f} in bfloat16" if "bfloat16" in peaks else ""
     lines = [
-        f"Machine: {report['machine']}; matrix-multiply limit {peaks['float32']:.1f} GFLOP/s in float32, "
-        f"{peaks['bfloat16']:.1f} in bfloat16 (the best GEMM rate measured here, GFLOP/s: {methods}).",
+        f"Machine: {report['machine']}; matrix-multiply limit {peaks['float32']:.1f} GFLOP/s in float32{bf16} "
+        f"(the best GEMM rate measured here, GFLOP/s: {methods}).",
+        *([f"{report['cpu']['note']}."] if report.get("cpu", {}).get("note") else []),
         "",
         "| task | contender | median s | tokens/s | our speed-up | peak RSS MB | matmul limit used |",
         "|---|---|---|---|---|---|---|",

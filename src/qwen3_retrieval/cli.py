@@ -1,7 +1,8 @@
 """``qwen3-rag``: index a folder into Milvus with Qwen3 embeddings; ask a question, get a cited answer.
 
 The work is done by :mod:`qwen3_retrieval.rag.pipeline`; this module parses arguments, prints, and maps errors
-to exit codes: a problem prints one line (``qwen3-rag: error: …``) and exits with 1; usage errors exit with 2.
+to exit codes: a problem prints one line (``qwen3-rag: error: …``) and exits with 1; usage errors, including any
+value the arguments alone show to be out of range, exit with 2 before anything is opened or loaded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from qwen3_retrieval.embedder import MIN_DIMENSIONS
 from qwen3_retrieval.errors import ServerError
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.rag.errors import RagError
@@ -24,19 +26,58 @@ NO_LLM_HINT = (
 )
 
 
+ENVIRONMENT = """environment variables:
+  OPENAI_API_KEY    the chat model's key (ask); without it, ask shows the passages only
+  OPENAI_BASE_URL   an OpenAI-compatible server for the chat model (vLLM, Ollama, ...)
+  VLLM_API_KEY      the key of the vLLM servers named by --embedding-url / --reranker-url
+  MILVUS_TOKEN      the Milvus server's or Zilliz Cloud's token, when --token is not given
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option, and the environment list kept as written."""
+
+
+def _at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command's argument parser."""
+    from qwen3_retrieval.rag.passages import MIN_CHUNK_TOKENS
+
     parser = argparse.ArgumentParser(
         prog="qwen3-rag",
         description="Index Markdown, text, PDF, HTML and DOCX files into Milvus with Qwen3-Embedding (dense + BM25); "
         "answer questions with Qwen3-Reranker and an OpenAI-compatible chat model, citing sources.",
+        epilog=ENVIRONMENT,
+        formatter_class=_HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--uri", default="./qwen3_rag.db", help="Milvus Lite path, or http(s)://host:19530")
-        sub.add_argument("--token", default=None, help="Milvus/Zilliz token (default: $MILVUS_TOKEN)")
-        sub.add_argument("--collection", default="qwen3_rag", help="collection name (default: qwen3_rag)")
+        sub.add_argument("--token", default=None, help="Milvus/Zilliz token; None: $MILVUS_TOKEN")
+        sub.add_argument("--collection", default="qwen3_rag", help="collection name")
         sub.add_argument("--embedding-model", default=DEFAULT_EMBEDDING_MODEL, help="hub id or local folder")
         sub.add_argument(
             "--embedding-url",
@@ -44,30 +85,47 @@ def build_parser() -> argparse.ArgumentParser:
             help="a vLLM embedding server (http://host:8000/v1) instead of the model in this process; "
             "its key, if any, from $VLLM_API_KEY",
         )
-        sub.add_argument("--dimensions", type=int, default=None, help="Matryoshka size (32..hidden size)")
-        sub.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-        sub.add_argument("--milvus-timeout", type=float, default=10.0, help="seconds to wait for Milvus")
+        sub.add_argument(
+            "--dimensions",
+            type=_at_least(MIN_DIMENSIONS),
+            default=None,
+            help=f"Matryoshka size ({MIN_DIMENSIONS}..hidden size); None: the collection's, or the full size",
+        )
+        sub.add_argument("--device", default=None, help="cpu, cuda, mps; None: the best available")
+        sub.add_argument("--milvus-timeout", type=_seconds, default=10.0, help="seconds to wait for Milvus")
 
-    index = commands.add_parser("index", help="make the collection mirror files and folders")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help, description=help, epilog=ENVIRONMENT, formatter_class=_HelpFormatter
+        )
+
+    index = command("index", "make the collection mirror files and folders")
     index.add_argument("paths", nargs="+", metavar="PATH", help="folders (mirrored) or files (added)")
     common(index)
-    index.add_argument("--chunk-tokens", type=int, default=None, help="passage size in tokens (default 512)")
-    index.add_argument("--overlap-tokens", type=int, default=None, help="tokens neighbours share (default: chunk/8)")
+    index.add_argument(
+        "--chunk-tokens",
+        type=_at_least(MIN_CHUNK_TOKENS),
+        default=None,
+        help="passage size in tokens; None: the collection's, or 512",
+    )
+    index.add_argument(
+        "--overlap-tokens", type=_at_least(0), default=None, help="tokens neighbours share; None: chunk/8"
+    )
     index.add_argument(
         "--include-hidden", action="store_true", help="also read hidden folders, virtualenvs and node_modules"
     )
     index.add_argument("--recreate", action="store_true", help="drop the collection first and rebuild it")
 
-    ask = commands.add_parser("ask", help="answer a question from the index")
+    ask = command("ask", "answer a question from the index")
     ask.add_argument("question", metavar="QUESTION")
     common(ask)
     ask.add_argument("--reranker-model", default=DEFAULT_RERANKER_MODEL, help="hub id or local folder")
     ask.add_argument("--reranker-url", default=None, help="a vLLM reranker server (http://host:8001/v1)")
     ask.add_argument("--mode", choices=["hybrid", "dense"], default="hybrid", help="retrieval before reranking")
-    ask.add_argument("--candidates", type=int, default=10, help="passages retrieved before reranking")
-    ask.add_argument("--top-n", type=int, default=3, help="passages kept after reranking")
+    ask.add_argument("--candidates", type=_at_least(1), default=10, help="passages retrieved before reranking")
+    ask.add_argument("--top-n", type=_at_least(1), default=3, help="passages kept after reranking")
     ask.add_argument("--llm-model", default="gpt-4o-mini", help="chat model name")
-    ask.add_argument("--llm-timeout", type=float, default=60.0, help="seconds to wait for the chat model")
+    ask.add_argument("--llm-timeout", type=_seconds, default=60.0, help="seconds to wait for the chat model")
     ask.add_argument("--no-llm", action="store_true", help="only show the reranked passages")
     ask.add_argument("--json", action="store_true", help="print {answer, sources} as one JSON object")
     return parser
@@ -76,9 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status."""
     args = build_parser().parse_args(argv)
-    # pymilvus logs every failed call with a traceback, pypdf every repaired file: the command reports in one line.
-    for name in ("pymilvus", "milvus_lite", "pypdf"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    _quiet_libraries()
     try:
         if args.command == "index":
             return run_index(args)
@@ -92,6 +148,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if type(err).__module__.startswith("pymilvus"):  # no import: pymilvus may not be installed
             return _fail(f"Milvus at {args.uri} failed: {getattr(err, 'message', err)}")
         raise
+
+
+def _quiet_libraries() -> None:
+    """Keep third-party chatter off stderr: every problem reaches the user as the command's own one line."""
+    # pymilvus logs every failed call with a traceback, pypdf every repaired file, huggingface_hub every retry of
+    # an unreachable hub (22 lines before the one error that says what to do).
+    for name in ("pymilvus", "milvus_lite", "pypdf", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # transformers' logger does not propagate; set its own level too
 
 
 def _fail(message: str) -> int:
@@ -139,6 +206,10 @@ def run_index(args: argparse.Namespace) -> int:
         f"({report.files_unchanged} unchanged, {report.files_removed} removed) into "
         f"{args.collection!r} at {args.uri}; the collection holds {report.passages_total} passages."
     )
+    if report.files_without_text:
+        shown = ", ".join(report.files_without_text[:10])
+        more = f" and {len(report.files_without_text) - 10} more" if len(report.files_without_text) > 10 else ""
+        print(f"{len(report.files_without_text)} files gave no passages (no text in them): {shown}{more}.")
     return 0
 
 
@@ -160,17 +231,18 @@ def run_ask(args: argparse.Namespace) -> int:
     pieces: list[str] = []
     error: RagError | None = None
     if use_llm:
-        if not args.json:
-            print("Answer:", flush=True)
         try:
             for piece in stream_answer(args.question, sources, model=args.llm_model, timeout=args.llm_timeout):
-                pieces.append(piece)
                 if not args.json:
-                    print(piece, end="", flush=True)
+                    # The header waits for the first words: a chat model that cannot be reached leaves none behind.
+                    print(piece if pieces else f"Answer:\n{piece}", end="", flush=True)
+                pieces.append(piece)
         except RagError as err:
             error = err  # what was printed stays; the passages are still worth showing
-        if not args.json:
-            print("\n" if pieces else "", flush=True)
+        if not args.json and pieces:
+            print("\n", flush=True)
+        elif not args.json and error is None:
+            print("Answer: (the chat model returned no text)\n", flush=True)
     answer = "".join(pieces) if use_llm and (pieces or error is None) else None
     if args.json:
         payload: dict[str, Any] = {"answer": answer, "sources": [s.as_dict() for s in sources]}

@@ -184,4 +184,3 @@ def _forward(
     ).last_hidden_state
     last = torch.tensor(lengths, device=device).cumsum(0) - 1
     return hidden[0, last]
-

@@ -55,7 +55,10 @@ def stream_chat(question: str, passages: Sequence[Source], *, model: str, timeou
     except (openai.APIConnectionError, httpx.HTTPError, openai.APIError) as err:
         if started:
             raise RagError(f"the chat model's answer broke off: {type(err).__name__}: {err}") from err
-        raise RagError(f"cannot reach the chat model at {client.base_url}: {err}") from err
+        raise RagError(
+            f"cannot reach the chat model at {client.base_url}: {str(err).rstrip('.')}; start that server, or point "
+            "OPENAI_BASE_URL at a running one (pass --no-llm to show the passages alone)"
+        ) from err
 
 
 def _reason(err: object) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MO
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
 from qwen3_retrieval.rag.readers import FORMATS, find_files, read_file, supported
-from qwen3_retrieval.rag.store import Hit, PassageStore
+from qwen3_retrieval.rag.store import Hit, PassageStore, is_server_uri
 
 MODES = ("hybrid", "dense")
 # A moved or renamed folder is recognised when at least this share of its files are stored, unchanged, under
@@ -78,6 +79,8 @@ class IndexReport:
     files_removed: int = 0
     passages_added: int = 0
     passages_total: int = 0
+    files_without_text: list[str] = field(default_factory=list)
+    """Files read without error that gave no passages (empty, or headings alone), as given (root-relative)."""
     warnings: list[str] = field(default_factory=list)
 
 
@@ -118,19 +121,30 @@ def index(
     (or updated) under its folder's root and removes nothing. Unreadable files are skipped with a warning.
     """
     groups = _roots(paths, include_hidden)
-    with where.store() as store:
-        return _index(store, groups, where, recreate=recreate, warn=warn, progress=progress)
+    new_file = _new_local_file(where.uri)
+    report = IndexReport()
+    try:
+        with where.store() as store:
+            _index(store, groups, where, report, recreate=recreate, warn=warn, progress=progress)
+    except BaseException:
+        # A run that fails before storing anything (a model that does not load, a bad --dimensions) leaves no
+        # empty Milvus Lite file behind; once a file is stored, what is there is kept for the re-run to finish.
+        if new_file is not None and report.files_indexed == 0:
+            shutil.rmtree(new_file, ignore_errors=True)
+        raise
+    return report
 
 
 def _index(
     store: PassageStore,
     groups: list[tuple[Path, list[Path], bool]],
     where: Index,
+    report: IndexReport,
     *,
     recreate: bool,
     warn: Callable[[str], None],
     progress: bool,
-) -> IndexReport:
+) -> None:
     if recreate:
         store.drop()
     settings = _checked_settings(store, where)
@@ -144,7 +158,6 @@ def _index(
         }
         store.create(settings)
     splitter = PassageSplitter(_tokenizer(where.embedding_model), splitting)
-    report = IndexReport()
     for folder, files, whole in groups:
         hashes: dict[str, str] = {}
         present = {_relative(file, folder) for file in files}  # unreadable ones too: their passages stay
@@ -179,6 +192,7 @@ def _index(
                 _warn(report, warn, message)
             passages = splitter.split(document.markdown)
             if not passages:
+                report.files_without_text.append(rel)
                 if rel in stored:
                     store.remove_files(root, [stored[rel].key])
                 continue
@@ -187,7 +201,6 @@ def _index(
             report.files_indexed += 1
             report.passages_added += len(passages)
     report.passages_total = store.count()
-    return report
 
 
 def retrieve(
@@ -215,12 +228,12 @@ def retrieve(
             raise RagError(f"--{name.replace('_', '-')} must be at least 1")
     if mode not in MODES:
         raise RagError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if _new_local_file(where.uri) is not None:  # opening it would create an empty one: asking changes nothing
+        raise RagError(f"there is no index at {where.uri}; {_index_first(where)}")
     with where.store() as store:
         settings = _checked_settings(store, where)
         if not settings:
-            raise RagError(
-                f"collection {where.collection!r} does not exist at {where.uri}; run `qwen3-rag index` first"
-            )
+            raise RagError(f"collection {where.collection!r} does not exist at {where.uri}; {_index_first(where)}")
         # One embedder at the collection's size: the model loads once, Matryoshka cut or not.
         embedder = where.embedder(settings["dimensions"])
         hits = store.search(embedder.embed_query(question), question, candidates, mode=mode)
@@ -244,6 +257,28 @@ def stream_answer(
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _new_local_file(uri: str) -> Path | None:
+    """The Milvus Lite file ``uri`` names if it does not exist yet (opening it would create it), else None."""
+    if is_server_uri(uri):
+        return None
+    path = Path(uri).expanduser()
+    return None if path.exists() else path
+
+
+def _index_first(where: Index) -> str:
+    """The command that builds the collection ``where`` names, with the options that differ from the defaults."""
+    default = Index()
+    options = "".join(
+        f" --{name} {value}"
+        for name, value, usual in (
+            ("uri", where.uri, default.uri),
+            ("collection", where.collection, default.collection),
+        )
+        if value != usual
+    )
+    return f"run `qwen3-rag index FOLDER{options}` first"
 
 
 def _engine(url: str | None, api_key: str | None, device: str | None) -> dict[str, Any]:

@@ -60,6 +60,11 @@ def _literal(value: str) -> str:
     return json.dumps(value)
 
 
+def is_server_uri(uri: str) -> bool:
+    """Whether ``uri`` names a Milvus server (or Zilliz Cloud) rather than a Milvus Lite file."""
+    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
 def _file_key(root: str, path: str) -> str:
     return hashlib.sha1(f"{root}\0{path}".encode()).hexdigest()[:40]
 
@@ -71,7 +76,7 @@ class PassageStore:
         pymilvus = require("pymilvus", "rag", "qwen3-rag's Milvus collection")
         self.collection, self.meta = collection, f"{collection}_meta"
         self.uri = uri
-        self.is_server = is_server = uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+        self.is_server = is_server = is_server_uri(uri)
         try:
             self.client = pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout)
         except pymilvus.exceptions.MilvusException as err:
