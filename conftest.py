@@ -1,8 +1,14 @@
-"""Shared fixtures: small random-weight Qwen3 checkpoints built offline once per test session."""
+"""Shared fixtures: small random-weight Qwen3 checkpoints built offline once per test session.
+
+Everything a test run writes (pytest's temporary folders, the checkpoints, what subprocesses and libraries put in
+the temporary folder) lands in one scratch folder, removed when the run ends: the tests leave nothing in /tmp.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +18,32 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_scratch: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _scratch
+    if config.option.basetemp is not None:
+        return  # the user chose where pytest's folders go; keep out of the way
+    _scratch = Path(tempfile.mkdtemp(prefix="qwen3-retrieval-tests-"))
+    config.option.basetemp = str(_scratch / "pytest")
+    temporary = _scratch / "tmp"
+    temporary.mkdir()
+    os.environ["TMPDIR"] = str(temporary)  # subprocesses (benchmark, probes, the command) write here too
+    tempfile.tempdir = str(temporary)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _scratch is None:
+        return
+    try:  # Milvus Lite's servers write their files until they stop; stop them before the folder goes
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        pass
+    else:
+        server_manager_instance.release_all()
+    shutil.rmtree(_scratch, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

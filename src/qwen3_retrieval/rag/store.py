@@ -79,6 +79,8 @@ class PassageStore:
         self.is_server = is_server = is_server_uri(uri)
         try:
             self.client = pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout)
+            # pymilvus 2.6.17 connects on first use: ask once here, so an unreachable server is reported as such.
+            self.client.list_collections()
         except pymilvus.exceptions.MilvusException as err:
             where = "the Milvus server at " + uri if is_server else "Milvus Lite at " + uri
             raise RagError(f"cannot reach {where}: {err.message}") from err
