@@ -1,8 +1,11 @@
-"""Run the README's Python snippets and the examples' imports as a new user would, after `pip install ".[all]"`.
+"""Run the README's snippets and the examples as a new user would, after `pip install "qwen3-retrieval[all]"`.
 
-CI runs this in a fresh virtual environment holding only the package and the extras the README names (no test
-extra), so an import that only the test extra provides fails here. The snippets are read from README.md itself
-(never copied); only the hub ids are swapped for small local checkpoints, since CI has no model hub.
+CI runs this in a fresh virtual environment holding the built wheel and the extras the README names (no test
+extra), so an import that only the test extra provides, or a file missing from the wheel, fails here. The
+snippets are read from README.md itself (never copied). The "To try it" block runs first, as written: it builds
+the README's own test checkpoints, which then stand in for the hub ids of the Python snippets (CI has no model
+hub). Every snippet runs twice in the same folder, as a user who runs it again would: the second run meets the
+collections and files the first one left.
 
     python .ci/readme_snippets.py
 """
@@ -11,50 +14,64 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("## LangChain", "## LlamaIndex")
+SECTIONS = ("## LangChain", "## LlamaIndex", "## The core")
+TRY_IT = "To try it with no model download"
+CHECKPOINTS = {"Qwen/Qwen3-Embedding-0.6B": "test-models/emb", "Qwen/Qwen3-Reranker-0.6B": "test-models/rr"}
 
 
-def snippets(readme: str) -> dict[str, str]:
-    """Return the first ```python block of each README section named in SECTIONS."""
-    found: dict[str, str] = {}
-    for section in SECTIONS:
-        start = readme.index(f"\n{section}\n")
-        end = readme.find("\n## ", start + 1)
-        block = re.search(r"```python\n(.*?)```", readme[start : end if end != -1 else None], re.S)
-        if block is None:
-            raise SystemExit(f"README section {section!r} has no python snippet")
-        found[section] = block.group(1)
-    return found
+def section(readme: str, heading: str) -> str:
+    """Return the README's section under ``heading``, up to the next top-level section."""
+    start = readme.index(f"\n{heading}\n")
+    end = readme.find("\n## ", start + 1)
+    return readme[start : end if end != -1 else None]
+
+
+def first_block(text: str, language: str, where: str) -> str:
+    """Return the first fenced ``language`` block in ``text``."""
+    block = re.search(rf"```{language}\n(.*?)```", text, re.S)
+    if block is None:
+        raise SystemExit(f"README: no {language} block in {where}")
+    return block.group(1)
 
 
 def main() -> None:
-    """Build small checkpoints, then run each snippet and each example's --help."""
+    """Run the "To try it" block, each Python snippet and each example, twice; then qwen3-rag on every format."""
+    import qwen3_retrieval
+
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    from qwen3_retrieval.testing import make_embedding_checkpoint, make_reranker_checkpoint
-
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # qwen3-rag
+    print(f"qwen3_retrieval from {Path(qwen3_retrieval.__file__).parent}", flush=True)
+    readme = (ROOT / "README.md").read_text()
     work = Path(tempfile.mkdtemp(prefix="readme-"))
-    hub_ids = {
-        "Qwen/Qwen3-Embedding-0.6B": str(make_embedding_checkpoint(work / "embedding")),
-        "Qwen/Qwen3-Reranker-0.6B": str(make_reranker_checkpoint(work / "reranker")),
-    }
-    os.chdir(work)  # the snippets write their Milvus Lite files next to them
-    for section, code in snippets((ROOT / "README.md").read_text()).items():
-        for hub_id, folder in hub_ids.items():
-            code = code.replace(hub_id, folder)
-        print(f"--- {section}", flush=True)
-        exec(compile(code, f"README.md ({section})", "exec"), {"__name__": "__readme__"})
-    for example in sorted((ROOT / "examples").glob("[!_]*.py")):
-        print(f"--- {example.name} --help", flush=True)
-        subprocess.run([sys.executable, str(example), "--help"], check=True, stdout=subprocess.DEVNULL)
-    rag_on_every_format(work, hub_ids)
-    print("README snippets, examples and qwen3-rag on every format ran with the [all] extras only")
+    try:
+        os.chdir(work)  # the snippets write their Milvus Lite files and checkpoints next to them
+        try_it = first_block(readme[readme.index(TRY_IT) :], "bash", TRY_IT)
+        for run in (1, 2):
+            print(f"--- README: {TRY_IT} (run {run})", flush=True)
+            subprocess.run(["bash", "-euo", "pipefail", "-c", try_it], check=True)
+        for heading in SECTIONS:
+            code = first_block(section(readme, heading), "python", heading)
+            for hub_id, folder in CHECKPOINTS.items():
+                code = code.replace(hub_id, folder)
+            for run in (1, 2):
+                print(f"--- README: {heading} (run {run})", flush=True)
+                exec(compile(code, f"README.md ({heading})", "exec"), {"__name__": "__readme__"})
+        for example in sorted((ROOT / "examples").glob("[!_]*.py")):
+            print(f"--- {example.name} --help", flush=True)
+            subprocess.run([sys.executable, str(example), "--help"], check=True, stdout=subprocess.DEVNULL)
+        rag_on_every_format(work, {hub_id: str(work / folder) for hub_id, folder in CHECKPOINTS.items()})
+    finally:
+        os.chdir(ROOT)
+        shutil.rmtree(work, ignore_errors=True)
+    print("README snippets (each twice), examples and qwen3-rag on every format ran with the [all] extras only")
 
 
 def rag_on_every_format(work: Path, hub_ids: dict[str, str]) -> None:
@@ -62,7 +79,7 @@ def rag_on_every_format(work: Path, hub_ids: dict[str, str]) -> None:
     import docx  # python-docx, from [docx]
     from pypdf import PdfWriter  # from [pdf]: a PDF without a text layer, which must be a warning
 
-    folder = work / "docs"
+    folder = work / "formats"
     folder.mkdir()
     (folder / "a.md").write_text("# Milvus\n\nMilvus is a vector database.\n")
     (folder / "b.html").write_text("<h1>Capitals</h1><p>Beijing is the capital of China.</p>")
@@ -77,10 +94,11 @@ def rag_on_every_format(work: Path, hub_ids: dict[str, str]) -> None:
     models = ["--embedding-model", hub_ids["Qwen/Qwen3-Embedding-0.6B"], "--device", "cpu"]
     command = str(Path(sys.executable).parent / "qwen3-rag")  # the console script the install put there
     print("--- qwen3-rag index / ask", flush=True)
-    done = subprocess.run([command, "index", str(folder), *models], capture_output=True, text=True)
+    uri = ["--uri", str(work / "formats.db")]
+    done = subprocess.run([command, "index", str(folder), *uri, *models], capture_output=True, text=True)
     if done.returncode != 0 or "from 3 files" not in done.stdout or "d.pdf: no text on page(s) 1" not in done.stderr:
         raise SystemExit(f"qwen3-rag index failed:\n{done.stdout}\n{done.stderr}")
-    ask = [command, "ask", "capital", *models, "--reranker-model", hub_ids["Qwen/Qwen3-Reranker-0.6B"]]
+    ask = [command, "ask", "capital", *uri, *models, "--reranker-model", hub_ids["Qwen/Qwen3-Reranker-0.6B"]]
     subprocess.run([*ask, "--no-llm"], check=True, stdout=subprocess.DEVNULL)
 
 

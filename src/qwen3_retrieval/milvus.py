@@ -61,7 +61,7 @@ def langchain_store(
     else:
         options["index_params"] = DENSE_INDEX
     options.update(kwargs)
-    _quiet_orm_deprecations()
+    _quiet_pymilvus_notices()
     return _langchain_milvus_class()(embedding_function=embeddings, **options)
 
 
@@ -91,41 +91,16 @@ def _register_orm_connection(alias: str | None, connection: dict[str, Any]) -> N
         connections.connect(alias=alias, **connection)
 
 
-def _quiet_orm_deprecations() -> None:
-    # Only the ORM notices raised from langchain-milvus and this module: any other warning still shows.
+def _quiet_pymilvus_notices() -> None:
+    # Only what langchain-milvus (and the connection above) cause and the user cannot act on: pymilvus' notices
+    # about its ORM, and the connection coroutine that langchain-milvus' drop() creates and never awaits.
+    # Any other warning still shows.
     warnings.filterwarnings(
         "ignore",
         message=r".*ORM-style PyMilvus API",
         category=FutureWarning,
         module=r"(langchain_milvus|qwen3_retrieval)\.",
     )
-
-
-def llama_index_store(
-    dim: int,
-    *,
-    uri: str = "./milvus_llamaindex.db",
-    collection_name: str = "qwen3_llamaindex",
-    token: str | None = None,
-    hybrid: bool = False,
-    overwrite: bool = False,
-    **kwargs: Any,
-) -> Any:
-    """Return a ``MilvusVectorStore`` for ``dim``-sized vectors with the cosine metric.
-
-    With ``hybrid=True`` it adds Milvus' built-in BM25 full-text field; query with
-    ``vector_store_query_mode="hybrid"`` (results fused by reciprocal rank, the store's default).
-    """
-    from llama_index.vector_stores.milvus import MilvusVectorStore
-
-    return MilvusVectorStore(
-        uri=uri,
-        token=token or "",
-        collection_name=collection_name,
-        dim=dim,
-        overwrite=overwrite,
-        similarity_metric="COSINE",
-        consistency_level="Strong",
-        enable_sparse=hybrid,
-        **kwargs,
+    warnings.filterwarnings(
+        "ignore", message=r"coroutine 'AsyncMilvusClient\.", category=RuntimeWarning, module=r"langchain_milvus\."
     )
