@@ -22,6 +22,17 @@ def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_twice(name: str, *args: str) -> dict[str, object]:
+    """Run an example twice on the same --uri, as a user runs it again; both runs must print the same result."""
+    results = []
+    for _ in range(2):
+        done = run_example(name, *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append(json.loads(done.stdout))
+    assert results[1] == results[0]  # the second run met the first one's collection: nothing added twice
+    return results[1]
+
+
 def pipeline_args(docs: Path, question: str, uri: Path, checkpoints: dict[str, Path]) -> list[str]:
     return [
         str(docs),
@@ -71,9 +82,7 @@ def test_help(name: str) -> None:
 def test_rag_examples_answer_from_the_reranked_passages(
     name: str, tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path], fake_openai: FakeOpenAI
 ) -> None:
-    done = run_example(name, *pipeline_args(docs_folder, "What is Milvus?", tmp_path / "example.db", checkpoints))
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    result = run_twice(name, *pipeline_args(docs_folder, "What is Milvus?", tmp_path / "example.db", checkpoints))
     assert result["answer"] == fake_openai.answer
     sources = result["sources"]
     assert_sources(sources, expected_sources(docs_folder, "What is Milvus?", checkpoints))
@@ -85,10 +94,8 @@ def test_rag_examples_answer_from_the_reranked_passages(
 
 
 def test_hybrid_example(tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path]) -> None:
-    done = run_example(
+    result = run_twice(
         "hybrid_search.py", *pipeline_args(docs_folder, "capital of China", tmp_path / "hybrid.db", checkpoints)
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
     assert result["candidates"] == 4
     assert_sources(result["sources"], expected_sources(docs_folder, "capital of China", checkpoints))

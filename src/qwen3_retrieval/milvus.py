@@ -104,3 +104,33 @@ def _quiet_pymilvus_notices() -> None:
     warnings.filterwarnings(
         "ignore", message=r"coroutine 'AsyncMilvusClient\.", category=RuntimeWarning, module=r"langchain_milvus\."
     )
+
+
+def llama_index_store(
+    dim: int,
+    *,
+    uri: str = "./milvus_llamaindex.db",
+    collection_name: str = "qwen3_llamaindex",
+    token: str | None = None,
+    hybrid: bool = False,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Return a ``MilvusVectorStore`` for ``dim``-sized vectors with the cosine metric.
+
+    With ``hybrid=True`` it adds Milvus' built-in BM25 full-text field; query with
+    ``vector_store_query_mode="hybrid"`` (results fused by reciprocal rank, the store's default).
+    """
+    from llama_index.vector_stores.milvus import MilvusVectorStore
+
+    return MilvusVectorStore(
+        uri=uri,
+        token=token or "",
+        collection_name=collection_name,
+        dim=dim,
+        overwrite=overwrite,
+        similarity_metric="COSINE",
+        consistency_level="Strong",
+        enable_sparse=hybrid,
+        **kwargs,
+    )
