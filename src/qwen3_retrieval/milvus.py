@@ -61,6 +61,7 @@ def langchain_store(
     else:
         options["index_params"] = DENSE_INDEX
     options.update(kwargs)
+    # Every call, not once: warnings.catch_warnings blocks (pytest wraps each test in one) reset the filter list.
     _quiet_pymilvus_notices()
     return _langchain_milvus_class()(embedding_function=embeddings, **options)
 
