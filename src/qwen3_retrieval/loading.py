@@ -17,21 +17,25 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _cache: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
-_key_locks: dict[Hashable, threading.Lock] = {}
 _cache_lock = threading.Lock()
+# One load at a time in the whole process, whatever the model: transformers' loading is not thread-safe across
+# models (its lazy imports and meta-device initialisation race, giving "cannot import name 'AutoTokenizer'" or
+# "Cannot copy out of meta tensor" when an embedder and a reranker load together). Loads are rare and mostly
+# disk- and CPU-bound, so running them one after the other costs about what running them together would.
+_load_lock = threading.RLock()
 
 
 def load_shared(key: Hashable, loader: Callable[[], T]) -> T:
     """Return the object cached under ``key``, calling ``loader`` once if no live copy exists.
 
-    Concurrent callers asking for the same key wait for one load instead of loading twice.
+    Concurrent callers asking for the same key wait for one load instead of loading twice; loads of different
+    keys run one after the other (see :func:`loading_lock`).
     """
     with _cache_lock:
         found = _cache.get(key)
-        if found is not None:
-            return found
-        lock = _key_locks.setdefault(key, threading.Lock())
-    with lock:
+    if found is not None:
+        return found
+    with _load_lock:
         with _cache_lock:
             found = _cache.get(key)
         if found is not None:
@@ -40,6 +44,21 @@ def load_shared(key: Hashable, loader: Callable[[], T]) -> T:
         with _cache_lock:
             _cache[key] = loaded
         return loaded
+
+
+def loading_lock() -> threading.RLock:
+    """The process-wide lock every model, tokenizer and config load holds (re-entrant)."""
+    return _load_lock
+
+
+def _reset_after_fork() -> None:
+    # A fork copies a lock held by another thread in its locked state, with no thread left to release it.
+    global _cache_lock, _load_lock
+    _cache_lock = threading.Lock()
+    _load_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def cached_keys() -> list[Hashable]:

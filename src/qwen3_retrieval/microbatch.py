@@ -16,8 +16,10 @@ other callers are unaffected. The worker exits when the queue is empty, so it ho
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -57,10 +59,14 @@ class MicroBatcher(Generic[Job, Result]):
         max_waiting: int = 1024,
     ) -> None:
         self._run, self._key, self._wait_s, self.max_waiting = run, key, wait_s, max_waiting
+        self._last_run_end = float("-inf")
+        self._start_empty()
+        _batchers.add(self)
+
+    def _start_empty(self) -> None:
         self._waiting: list[_Entry[Job, Result]] = []
         self._cond = threading.Condition()
         self._working = False
-        self._last_run_end = float("-inf")
 
     def submit(self, job: Job) -> Result:
         """Run ``job`` (merged with whatever else is waiting) and return its result."""
@@ -119,3 +125,17 @@ class MicroBatcher(Generic[Job, Result]):
             return
         for entry, result in zip(entries, results, strict=True):
             entry.future.set_result(result)
+
+
+# After os.fork (gunicorn, Celery, multiprocessing's "fork"), the child holds only the forking thread: a worker
+# that was running in the parent does not exist there, its queue belongs to callers that do not exist either, and
+# its lock may be held for ever. Each batcher starts empty in the child, so the child's first call starts a worker.
+_batchers: weakref.WeakSet[MicroBatcher[object, object]] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for batcher in list(_batchers):
+        batcher._start_empty()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

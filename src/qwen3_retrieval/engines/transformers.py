@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from qwen3_retrieval.devices import BatchPolicy
 from qwen3_retrieval.engines import finish_progress
+from qwen3_retrieval.forking import compute_section
 from qwen3_retrieval.forward import last_hidden_after_prefix, last_hidden_batched
 from qwen3_retrieval.microbatch import MicroBatcher
 from qwen3_retrieval.packing import PromptGroup, last_hidden_packed
@@ -51,6 +52,10 @@ class _Runner:
 
     def _run(self, calls: list[_Call]) -> list[torch.Tensor]:
         """Run ``calls`` (one policy) together; return each call's last-token states."""
+        with compute_section():  # a fork meanwhile leaves the child on one thread (see qwen3_retrieval.forking)
+            return self._run_calls(calls)
+
+    def _run_calls(self, calls: list[_Call]) -> list[torch.Tensor]:
         policy = calls[0].policy
         # A lone call keeps its progress bar; merged calls finish theirs when their rows are done.
         progress = calls[0].progress if len(calls) == 1 else None

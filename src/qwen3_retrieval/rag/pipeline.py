@@ -367,13 +367,14 @@ def _relative(file: Path, folder: Path) -> str:
 
 
 def _tokenizer(model: str) -> Any:
-    from transformers import AutoTokenizer
+    from qwen3_retrieval.loading import load_error, loading_lock
 
     try:
-        return AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as err:
-        from qwen3_retrieval.loading import load_error
+        with loading_lock():  # another thread may be loading a model: transformers' loading is not thread-safe
+            from transformers import AutoTokenizer
 
+            return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as err:
         raise RagError(str(load_error(model, err))) from err
 
 
