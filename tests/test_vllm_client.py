@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ class Script:
     """What the fake server answers, request by request, and what it received."""
 
     def __init__(self) -> None:
-        self.plan: list[str] = []  # "503", "429", "500", "slow", "drop"; then "ok" for ever
+        # "503", "429", "500", "slow", "drop", or a hostile answer (see HOSTILE); then "ok" for ever
+        self.plan: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.most_in_flight = 0
@@ -56,15 +58,49 @@ def fake() -> Iterator[tuple[Script, str]]:
                 if step in ("503", "429", "500"):
                     self._send(int(step), {"error": {"message": f"status {step}", "code": int(step)}})
                     return
+                if step.startswith("echo-"):  # a proxy or debug server repeating the request's headers
+                    echoed = f"bad request; headers: Authorization: {self.headers.get('Authorization')}"
+                    self._send(int(step[5:]), {"error": {"message": echoed}})
+                    return
                 rows = [{"index": i, "embedding": [float(len(ids)), 1.0], "probs": [len(ids) / 100]}
                         for i, ids in enumerate(body["input"])]  # fmt: skip
+                if step in HOSTILE:
+                    self._hostile(step, rows)
+                    return
                 self._send(200, {"data": rows})
             finally:
                 with script.lock:
                     script.in_flight -= 1
 
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
+        def _hostile(self, step: str, rows: list[dict[str, Any]]) -> None:
+            if step in ("huge", "drip"):
+                self._raw(step)
+                return
+            if step == "not-json":
+                self._send(200, None, b"<html>502 Bad Gateway</html>")
+                return
+            for row in rows:
+                row.update(HOSTILE[step])
+            if step == "dup-index":
+                rows[-1]["index"] = 0
+            self._send(200, {"data": rows} if step != "no-data" else {"object": "list"})
+
+        def _raw(self, step: str) -> None:
+            try:
+                if step == "huge":  # 150 MB, no Content-Length: the body ends when the connection closes
+                    self.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
+                    for _ in range(150):
+                        self.wfile.write(b"[" + b"1.0," * 262_000 + b"]")
+                else:  # one byte every 0.5 s, status line included: every read gets a byte before its timeout
+                    for byte in b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"data": []}':
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.5)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def _send(self, status: int, payload: dict[str, Any] | None, raw: bytes = b"") -> None:
+            data = json.dumps(payload).encode() if payload is not None else raw
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -83,6 +119,18 @@ def fake() -> Iterator[tuple[Script, str]]:
 
 
 SEQUENCES = [[1] * n for n in range(1, 11)]
+HOSTILE: dict[str, dict[str, Any]] = {
+    "not-json": {},
+    "no-data": {},
+    "huge": {},
+    "drip": {},
+    "dup-index": {},
+    "short-vector": {"embedding": [1.0]},
+    "nan-vector": {"embedding": [float("nan"), 1.0]},
+    "nan-score": {"probs": [float("nan")]},
+    "score-7.5": {"probs": [7.5]},
+    "string-score": {"probs": ["0.9"]},
+}
 
 
 def client(url: str, **kwargs: Any) -> VLLMServer:
@@ -137,14 +185,105 @@ def test_timeout_names_the_option(fake: tuple[Script, str]) -> None:
     assert "\n" not in str(caught.value) and "sk-fake-secret" not in str(caught.value)
 
 
-def test_key_never_in_repr_or_pickle_state(fake: tuple[Script, str]) -> None:
+def test_key_never_in_repr_or_pickle(fake: tuple[Script, str], monkeypatch: pytest.MonkeyPatch) -> None:
     import pickle
 
-    _, url = fake
+    script, url = fake
     server = client(url)
     assert "sk-fake-secret" not in repr(server)
-    copy = pickle.loads(pickle.dumps(server))
-    assert copy.embed([[1, 2, 3]]) == [[3.0, 1.0]]
+    data = pickle.dumps(server)
+    assert b"sk-fake-secret" not in data
+    monkeypatch.setenv("VLLM_API_KEY", "sk-from-the-environment")  # where the copy runs
+    assert pickle.loads(data).embed([[1, 2, 3]]) == [[3.0, 1.0]]
+    assert script.requests[-1]["auth"] == "Bearer sk-from-the-environment"
+
+
+@pytest.mark.parametrize("status", ["400", "404", "500", "503"])
+def test_server_error_bodies_are_shown_with_secrets_masked(fake: tuple[Script, str], status: str) -> None:
+    script, url = fake
+    host = url.removeprefix("http://")
+    for server, sent in [
+        (VLLMServer(url, "m", api_key="sk-fake-secret", retries=0), "Bearer ***"),
+        (VLLMServer(f"http://ann:pw-url-secret@{host}", "m", retries=0), "Basic ***"),
+    ]:
+        script.plan = [f"echo-{status}"]
+        with pytest.raises((ServerError, ValueError)) as caught:
+            server.embed([[1]])
+        message = str(caught.value)
+        assert "sk-fake-secret" not in message and "pw-url-secret" not in message and "\n" not in message
+        assert f"Authorization: {sent}" in message  # what the server said is still shown
+    assert script.requests[0]["auth"] == "Bearer sk-fake-secret"
+
+
+def test_a_password_in_the_url_is_sent_and_never_shown(fake: tuple[Script, str]) -> None:
+    import base64
+    import pickle
+
+    from qwen3_retrieval import Qwen3Embedder
+
+    script, url = fake
+    host = url.removeprefix("http://")
+    server = VLLMServer(f"http://ann:pw-url-secret@{host}", "m")
+    assert server.embed([[1, 2]]) == [[2.0, 1.0]]
+    assert script.requests[-1]["auth"] == "Basic " + base64.b64encode(b"ann:pw-url-secret").decode()
+    script.plan = ["500"]
+    with pytest.raises(ServerError) as caught:
+        server.embed([[1]])
+    embedder = Qwen3Embedder("m", base_url=f"http://ann:pw-url-secret@{host}")
+    shown = [str(caught.value), repr(server), repr(embedder), str(embedder.base_url)]
+    assert not [s for s in shown if "pw-url-secret" in s or "sk-fake-secret" in s], shown
+    assert b"pw-url-secret" not in pickle.dumps(embedder)
+    with pytest.raises(ValueError, match="one Authorization header cannot carry both"):
+        VLLMServer(f"http://ann:pw-url-secret@{host}", "m", api_key="sk-fake-secret")
+
+
+@pytest.mark.parametrize("key", ["sk-fake-secret\n", " sk-fake-secret", "sk-fake\rsecret", "sk-fäke"])
+def test_a_key_that_no_header_can_carry_is_refused_up_front(fake: tuple[Script, str], key: str) -> None:
+    from qwen3_retrieval import Qwen3Reranker
+
+    script, url = fake
+    for make in (lambda: VLLMServer(url, "m", api_key=key), lambda: Qwen3Reranker("m", base_url=url, api_key=key)):
+        with pytest.raises(ValueError, match=r"api_key contains .* at position \d+.*strip it") as caught:
+            make()
+        assert "fake" not in str(caught.value)  # the message names the problem, never the key
+    assert not script.requests  # nothing was sent, nothing retried
+
+
+@pytest.mark.parametrize(
+    ("step", "problem"),
+    [
+        ("not-json", "it is not JSON"),
+        ("no-data", "no 'data' list"),
+        ("dup-index", "row indexes must be 0 to 2, each once"),
+        ("short-vector", "a vector of 1 numbers where the model gives 2"),
+        ("nan-vector", "expected a finite number, got 'nan'"),
+        ("nan-score", "expected a finite number, got 'nan'"),
+        ("score-7.5", "a probability of 7.5, outside 0 to 1"),
+        ("string-score", "expected a finite number, got '0.9'"),
+        ("huge", "an answer of more than 851968 bytes"),
+    ],
+)
+def test_a_bad_answer_is_a_one_line_error_naming_the_url(fake: tuple[Script, str], step: str, problem: str) -> None:
+    script, url = fake
+    server = VLLMServer(url, "m", api_key="sk-fake-secret", retries=0)
+    call = server.classify if "score" in step else lambda seqs: server.embed(seqs, width=2)
+    for run in (call, lambda seqs: asyncio.run(server.aclassify(seqs) if "score" in step else server.aembed(seqs, 2))):
+        script.plan = [step]
+        with pytest.raises(
+            ServerError, match=rf"^the vLLM server at {url.removesuffix('/v1')}/\S+ sent .*{re.escape(problem)}"
+        ) as caught:
+            run([[1], [1, 2], [1, 2, 3]])
+        assert "\n" not in str(caught.value)
+
+
+def test_the_timeout_is_a_deadline_for_the_whole_answer(fake: tuple[Script, str]) -> None:
+    script, url = fake
+    script.plan = ["drip"]
+    started = time.monotonic()
+    with pytest.raises(ServerError, match=r"did not answer within 1 s"):
+        VLLMServer(url, "m", timeout=1.0, retries=0).embed([[1]])
+    # Before, each byte restarted httpx's read timeout: this answer held the call for about 40 s.
+    assert time.monotonic() - started < 10
 
 
 def test_bad_url_is_rejected_at_construction() -> None:

@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from qwen3_retrieval._validation import check_base_url, check_non_negative, check_positive_int
+from qwen3_retrieval._validation import check_base_url, check_non_negative, check_positive_int, check_positive_number
 from qwen3_retrieval.devices import (
     batch_policy,
     resolve_device,
@@ -18,6 +18,7 @@ from qwen3_retrieval.devices import (
 )
 from qwen3_retrieval.loading import load_error, load_shared, model_source, quiet_transformers
 from qwen3_retrieval.packing import register_packed_attention
+from qwen3_retrieval.redaction import check_secret, redact_url, split_credentials
 
 L = TypeVar("L")
 
@@ -60,9 +61,11 @@ class LazyModel(Generic[L]):
     ) -> None:
         self.engine = resolve_engine(engine, base_url)
         self.engine_options = dict(engine_options or {})
-        self.base_url = base_url
-        self._api_key = api_key
-        self.timeout = float(timeout)
+        # The URL as given may hold a password (http://user:pass@host): it is kept private, and shown redacted.
+        self._base_url = base_url
+        self.base_url = redact_url(base_url) if base_url is not None else None
+        self._api_key = check_secret(api_key, "api_key") if api_key is not None else None
+        self.timeout = check_positive_number(timeout, "timeout")
         # A hub id or folder names the tokenizer (and, in process, the weights); a server needs no local folder.
         self.model = model_source(model) if self.engine != "http" else str(model)
         self.device = resolve_device(device)
@@ -91,14 +94,18 @@ class LazyModel(Generic[L]):
     def __getstate__(self) -> dict[str, Any]:
         # Pickling (e.g. LlamaIndex's IngestionPipeline with num_workers > 1) copies the options, never the
         # weights: the copy loads lazily, and shares the process-wide model if one is loaded there.
+        # Secrets never travel in a pickle: a copy reads VLLM_API_KEY where it runs, and has no URL password.
         state = dict(self.__dict__)
         state["_loaded"] = None
+        state["_api_key"] = None
+        if self._base_url is not None:
+            state["_base_url"] = split_credentials(self._base_url)[0]
         return state
 
     @property
     def cache_key(self) -> Hashable:
         """The key under which the loaded model is shared with other objects in this process."""
-        where = (self.engine, self.base_url, hash(self._api_key))
+        where = (self.engine, self.base_url, hash((self._base_url, self._api_key)))
         return (self._kind, self.model, str(self.device), str(self.dtype), self.attn_implementation, *where)
 
     def _state(self) -> L:
@@ -136,8 +143,8 @@ class LazyModel(Generic[L]):
     def _server(self) -> Any:
         from qwen3_retrieval.engines.vllm_http import VLLMServer
 
-        assert self.base_url is not None
-        return VLLMServer(self.base_url, self.model, api_key=self._api_key, timeout=self.timeout)
+        assert self._base_url is not None
+        return VLLMServer(self._base_url, self.model, api_key=self._api_key, timeout=self.timeout)
 
     def _vllm_options(self, config: Any) -> dict[str, Any]:
         from qwen3_retrieval.engines.vllm_local import kv_cache_bytes
@@ -180,7 +187,7 @@ class RuntimeProperties:
 
     @property
     def base_url(self) -> str | None:
-        """The vLLM server's URL, or None in process."""
+        """The vLLM server's URL (a password in it shown as ``***``), or None in process."""
         return self._runtime.base_url
 
     @property

@@ -13,6 +13,7 @@ from pydantic import BaseModel, SecretStr, field_validator
 
 from qwen3_retrieval._validation import check_score_threshold, check_top_n
 from qwen3_retrieval.embedder import Qwen3Embedder
+from qwen3_retrieval.redaction import redact_url, split_credentials
 from qwen3_retrieval.reranker import Qwen3Reranker
 
 
@@ -43,6 +44,19 @@ class CoreOptions(BaseModel):
     """Seconds to wait for one server request."""
     engine_options: dict[str, Any] | None = None
     """Extra arguments for ``vllm.LLM`` with ``engine="vllm"``."""
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # Secrets never travel in a pickle (LlamaIndex's workers, multiprocessing): a copy reads VLLM_API_KEY.
+        state = super().__getstate__()
+        fields = dict(state["__dict__"])
+        fields["api_key"] = None
+        if fields.get("base_url"):
+            fields["base_url"] = split_credentials(fields["base_url"])[0]
+        return {**state, "__dict__": fields}
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "base_url" and isinstance(value, str) else value
 
     def core_kwargs(self) -> dict[str, Any]:
         """Return the constructor arguments for a core object built from these fields."""
@@ -168,6 +182,8 @@ def _same(name: str, ours: Any, theirs: Any, core: Qwen3Embedder | Qwen3Reranker
         return resolve_device(ours) == core.device
     if name == "dtype":
         return resolve_dtype(ours, core.device) == core.dtype
+    if name == "base_url":
+        return bool(redact_url(ours) == theirs)
     if name in ("model", "model_name"):
         return bool(model_source(ours) == core.model)
     return bool(ours == theirs)

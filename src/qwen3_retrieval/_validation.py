@@ -53,6 +53,15 @@ def check_non_negative(value: object, name: str) -> float:
     return float(value)
 
 
+def check_positive_number(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number > 0 (e.g. seconds); raise ``ValueError``/``TypeError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive number of seconds, got {type(value).__name__}")
+    if not 0.0 < float(value) < float("inf"):  # NaN fails this too
+        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+    return float(value)
+
+
 def check_top_n(top_n: int | None) -> int | None:
     """Return ``top_n`` if it is None or an int >= 1; raise otherwise."""
     if top_n is None:
@@ -63,7 +72,10 @@ def check_top_n(top_n: int | None) -> int | None:
 def check_base_url(url: object) -> str:
     """Return ``url`` if it is an http(s) URL; raise ``ValueError`` naming the expected form otherwise."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ValueError(f"base_url must be an http(s) URL such as 'http://127.0.0.1:8000/v1', got {url!r}")
+        from qwen3_retrieval.redaction import redact_url
+
+        shown = redact_url(url) if isinstance(url, str) else url
+        raise ValueError(f"base_url must be an http(s) URL such as 'http://127.0.0.1:8000/v1', got {shown!r}")
     return url
 
 

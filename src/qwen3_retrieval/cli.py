@@ -19,6 +19,7 @@ from qwen3_retrieval.embedder import MIN_DIMENSIONS
 from qwen3_retrieval.errors import ServerError
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.rag.errors import RagError
+from qwen3_retrieval.redaction import mask, redact_url, url_secrets
 
 NO_LLM_HINT = (
     "No answer generated: set OPENAI_API_KEY (and OPENAI_BASE_URL for vLLM, Ollama or another "
@@ -135,19 +136,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status."""
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    secrets = _secrets(args)
     try:
         if args.command == "index":
             return run_index(args)
         return run_ask(args)
     except (RagError, ValueError, TypeError, ServerError) as err:
-        return _fail(str(err))
+        return _fail(mask(str(err), secrets))
     except KeyboardInterrupt:
         print("qwen3-rag: interrupted; run the same command again to finish", file=sys.stderr)
         return 130
     except Exception as err:
         if type(err).__module__.startswith("pymilvus"):  # no import: pymilvus may not be installed
-            return _fail(f"Milvus at {args.uri} failed: {getattr(err, 'message', err)}")
+            return _fail(mask(f"Milvus at {redact_url(args.uri)} failed: {getattr(err, 'message', err)}", secrets))
         raise
+
+
+def _secrets(args: argparse.Namespace) -> list[str]:
+    """Every secret this run may hold, masked in whatever it prints (the libraries mask theirs too)."""
+    keys = [os.environ.get(name) for name in ("OPENAI_API_KEY", "VLLM_API_KEY", "MILVUS_TOKEN")]
+    urls = [args.uri, getattr(args, "embedding_url", None), getattr(args, "reranker_url", None)]
+    urls.append(os.environ.get("OPENAI_BASE_URL"))
+    return [s for s in (*keys, args.token) if s] + [s for url in urls for s in url_secrets(url)]
 
 
 def _quiet_libraries() -> None:
@@ -204,7 +214,7 @@ def run_index(args: argparse.Namespace) -> int:
     print(
         f"Indexed {report.passages_added} passages from {report.files_indexed} files "
         f"({report.files_unchanged} unchanged, {report.files_removed} removed) into "
-        f"{args.collection!r} at {args.uri}; the collection holds {report.passages_total} passages."
+        f"{args.collection!r} at {redact_url(args.uri)}; the collection holds {report.passages_total} passages."
     )
     if report.files_without_text:
         shown = ", ".join(report.files_without_text[:10])

@@ -63,8 +63,9 @@ class Qwen3Embedder(RuntimeProperties):
         engine: ``"transformers"`` (default) or ``"vllm"`` (``vllm.LLM`` in this process, when installed).
         base_url: A vLLM server's OpenAI-compatible URL (``"http://host:8000/v1"``); only the tokenizer is loaded
             here. Start it with ``vllm serve MODEL --runner pooling``.
-        api_key: The server's key (``--api-key``), if any. Never shown in a message or ``repr``.
-        timeout: Seconds to wait for one server request.
+        api_key: The server's key (``--api-key``); None reads ``VLLM_API_KEY`` from the environment, if set.
+            Never shown in a message or ``repr``, and never pickled (a pickled copy reads ``VLLM_API_KEY``).
+        timeout: Seconds one server request may take in all, answer included (a deadline, not an idle limit).
         engine_options: Extra arguments for ``vllm.LLM`` with ``engine="vllm"`` (``tensor_parallel_size``,
             ``enforce_eager``, ``kv_cache_memory_bytes``…); by default the KV cache holds two ``max_length``
             prompts instead of most of the machine's memory.
@@ -227,7 +228,7 @@ class _EmbeddingRuntime(LazyModel[_LoadedEmbedding]):
             from qwen3_retrieval.engines.vllm_http import HttpEmbedding
 
             hidden_size = self._load_config().hidden_size
-            engine = HttpEmbedding(self._server())
+            engine = HttpEmbedding(self._server(), hidden_size)
         else:
             from qwen3_retrieval.engines.vllm_local import VLLMEmbedding
 

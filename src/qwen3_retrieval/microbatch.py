@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -130,7 +130,7 @@ class MicroBatcher(Generic[Job, Result]):
 # After os.fork (gunicorn, Celery, multiprocessing's "fork"), the child holds only the forking thread: a worker
 # that was running in the parent does not exist there, its queue belongs to callers that do not exist either, and
 # its lock may be held for ever. Each batcher starts empty in the child, so the child's first call starts a worker.
-_batchers: weakref.WeakSet[MicroBatcher[object, object]] = weakref.WeakSet()
+_batchers: weakref.WeakSet[MicroBatcher[Any, Any]] = weakref.WeakSet()
 
 
 def _reset_after_fork() -> None:

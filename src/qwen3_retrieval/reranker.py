@@ -72,8 +72,9 @@ class Qwen3Reranker(RuntimeProperties):
         engine: ``"transformers"`` (default) or ``"vllm"`` (``vllm.LLM`` in this process, when installed).
         base_url: A vLLM server's URL (``"http://host:8001/v1"``) started as the README shows; only the
             tokenizer is loaded here and the exact prompt ids are sent to its ``/classify``.
-        api_key: The server's key (``--api-key``), if any. Never shown in a message or ``repr``.
-        timeout: Seconds to wait for one server request.
+        api_key: The server's key (``--api-key``); None reads ``VLLM_API_KEY`` from the environment, if set.
+            Never shown in a message or ``repr``, and never pickled (a pickled copy reads ``VLLM_API_KEY``).
+        timeout: Seconds one server request may take in all, answer included (a deadline, not an idle limit).
         engine_options: Extra arguments for ``vllm.LLM`` with ``engine="vllm"`` (see :class:`Qwen3Embedder`).
     """
 

@@ -6,40 +6,59 @@ our prompt code built. Nothing about Qwen3's formats is decided here.
 
 Requests are batched (at most ``max_batch`` sequences each) and sent with at most ``max_concurrency`` in flight;
 429, 503 and dropped connections are retried with exponential backoff; every other failure is one line naming
-the URL and the fix. The API key is sent as a bearer token and appears in no message and no ``repr``.
+the URL and the fix. A server is not trusted: each request has a deadline for its whole exchange, its answer a
+size cap, and every row is checked (one per input, finite numbers of the right length, probabilities in [0, 1])
+before anything is returned. The API key is sent as a bearer token, a password in the URL as basic
+authentication; neither appears in a message (server error bodies are masked), a ``repr`` or a pickle.
+
+One async implementation serves both APIs: a sync call runs it on a private event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from collections.abc import Awaitable, Callable, Sequence
+import json
+import math
+import os
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import torch
 from tqdm.auto import tqdm
 
-from qwen3_retrieval._validation import check_base_url
+from qwen3_retrieval._validation import check_base_url, check_positive_number
 from qwen3_retrieval.devices import BatchPolicy
 from qwen3_retrieval.engines import finish_progress
 from qwen3_retrieval.errors import ServerError
+from qwen3_retrieval.redaction import check_secret, mask, split_credentials
 
 RETRY_STATUS = (429, 503)
+# The largest answer accepted per input row: a 4096-wide float vector in JSON is about 100 kB.
+MAX_ROW_BYTES = 256 * 1024
+MAX_ERROR_BYTES = 64 * 1024
+
+T = TypeVar("T")
+
+
+class _BadAnswer(Exception):
+    """A server's answer that cannot be used; the message says why (no URL: the caller adds it)."""
 
 
 class VLLMServer:
     """Client of one vLLM server (or a balancer in front of many) for one served model.
 
     Args:
-        base_url: The OpenAI-compatible root, e.g. ``"http://127.0.0.1:8000/v1"``.
+        base_url: The OpenAI-compatible root, e.g. ``"http://127.0.0.1:8000/v1"``. A ``user:password@`` in it
+            (a proxy's) is sent as basic authentication instead of a key, and never shown.
         model: The served model name sent with each request.
-        api_key: Bearer token, if the server was started with ``--api-key``.
-        timeout: Seconds to wait for one request.
+        api_key: Bearer token, if the server was started with ``--api-key``; None reads ``VLLM_API_KEY`` from
+            the environment, if set.
+        timeout: Seconds one request may take in all: connecting, sending and receiving the whole answer. A
+            retry gets a fresh deadline.
         max_batch: Sequences per request.
-        max_concurrency: Requests in flight at once, per call and per client.
+        max_concurrency: Requests in flight at once, per call.
         retries: Retries of one request after 429, 503 or a dropped connection.
     """
 
@@ -54,138 +73,161 @@ class VLLMServer:
         max_concurrency: int = 4,
         retries: int = 3,
     ) -> None:
-        self.base_url = check_base_url(base_url).rstrip("/")
+        self.base_url, self._credentials = split_credentials(check_base_url(base_url).rstrip("/"))
         self.root = self.base_url.removesuffix("/v1")
         self.model = model
-        self.timeout = float(timeout)
+        self.timeout = check_positive_number(timeout, "timeout")
         self.max_batch = max_batch
         self.max_concurrency = max_concurrency
         self.retries = retries
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._local = threading.local()
+        if api_key is not None and self._credentials is not None:
+            raise ValueError(
+                "base_url holds a user:password and api_key= is set, but one Authorization header cannot carry "
+                "both; pass the key alone (vLLM's --api-key) or the URL's password alone (a proxy's)"
+            )
+        if api_key is None and self._credentials is None:
+            api_key = os.environ.get("VLLM_API_KEY") or None
+        self._api_key = check_secret(api_key, "api_key") if api_key is not None else None
 
     def __repr__(self) -> str:
         return f"VLLMServer(base_url={self.base_url!r}, model={self.model!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        del state["_local"]  # clients hold sockets; each process (and thread) opens its own
-        return state
+        # Secrets never travel in a pickle: a copy in another process reads VLLM_API_KEY from its environment.
+        return {**self.__dict__, "_api_key": None, "_credentials": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._local = threading.local()
+        if self._api_key is None and self._credentials is None and os.environ.get("VLLM_API_KEY"):
+            self._api_key = check_secret(os.environ["VLLM_API_KEY"], "VLLM_API_KEY")
 
     # --- the two exact endpoints ------------------------------------------------------------------------------
 
-    def embed(self, sequences: list[list[int]]) -> list[list[float]]:
-        """Return the server's raw (unnormalised) pooled vector for each token-id sequence, in order."""
-        return self._batched(sequences, lambda batch: self._post_sync(*self._embed_request(batch)))
+    def embed(self, sequences: list[list[int]], width: int | None = None) -> list[list[float]]:
+        """Return the server's raw (unnormalised) pooled vector for each token-id sequence, in order.
 
-    async def aembed(self, sequences: list[list[int]]) -> list[list[float]]:
+        Args:
+            sequences: Token ids, one list per text.
+            width: The vector length the model gives (its hidden size); any other length is a bad answer.
+        """
+        return _run_sync(lambda: self.aembed(sequences, width))
+
+    async def aembed(self, sequences: list[list[int]], width: int | None = None) -> list[list[float]]:
         """Async :meth:`embed`: requests run concurrently on the event loop, no thread per call."""
-        return await self._abatched(sequences, lambda batch: self._post_async(*self._embed_request(batch)))
+        url = f"{self.base_url}/embeddings"
+        # use_activation=false: the raw last-token state, which the core cuts (Matryoshka) and normalises itself.
+        return await self._batched(
+            sequences, url, lambda batch: {"model": self.model, "input": batch, "use_activation": False},
+            lambda row: _vector(row.get("embedding"), width),
+        )  # fmt: skip
 
     def classify(self, sequences: list[list[int]]) -> list[float]:
         """Return the server's single-label probability (P(yes) for a Qwen3 reranker) for each sequence."""
-        return [p[0] for p in self._batched(sequences, lambda batch: self._post_sync(*self._classify_request(batch)))]
+        return _run_sync(lambda: self.aclassify(sequences))
 
     async def aclassify(self, sequences: list[list[int]]) -> list[float]:
         """Async :meth:`classify`."""
-        rows = await self._abatched(sequences, lambda batch: self._post_async(*self._classify_request(batch)))
-        return [p[0] for p in rows]
+        url = f"{self.root}/classify"
+        return await self._batched(
+            sequences, url, lambda batch: {"model": self.model, "input": batch}, lambda row: _probability(row)
+        )
 
-    def _embed_request(self, batch: list[list[int]]) -> tuple[str, dict[str, Any], str]:
-        # use_activation=false: the raw last-token state, which the core cuts (Matryoshka) and normalises itself.
-        body = {"model": self.model, "input": batch, "use_activation": False}
-        return f"{self.base_url}/embeddings", body, "embedding"
+    # --- batching, concurrency, retries ---------------------------------------------------------------------
 
-    def _classify_request(self, batch: list[list[int]]) -> tuple[str, dict[str, Any], str]:
-        return f"{self.root}/classify", {"model": self.model, "input": batch}, "probs"
-
-    # --- batching and concurrency -----------------------------------------------------------------------------
-
-    def _batches(self, sequences: list[list[int]]) -> list[list[list[int]]]:
-        return [sequences[i : i + self.max_batch] for i in range(0, len(sequences), self.max_batch)]
-
-    def _batched(self, sequences: list[list[int]], send: Callable[[list[list[int]]], list[Any]]) -> list[Any]:
-        batches = self._batches(sequences)
-        if len(batches) == 1:
-            return send(batches[0])
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(batches))) as pool:
-            return [row for rows in pool.map(send, batches) for row in rows]
-
-    async def _abatched(
-        self, sequences: list[list[int]], send: Callable[[list[list[int]]], Awaitable[list[Any]]]
-    ) -> list[Any]:
+    async def _batched(
+        self,
+        sequences: list[list[int]],
+        url: str,
+        body: Callable[[list[list[int]]], dict[str, Any]],
+        read_row: Callable[[dict[str, Any]], T],
+    ) -> list[T]:
+        batches = [sequences[i : i + self.max_batch] for i in range(0, len(sequences), self.max_batch)]
         gate = asyncio.Semaphore(self.max_concurrency)
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        async with httpx.AsyncClient(timeout=self.timeout, headers=headers, auth=self._credentials) as client:
 
-        async def one(batch: list[list[int]]) -> list[Any]:
-            async with gate:
-                return await send(batch)
+            async def one(batch: list[list[int]]) -> list[T]:
+                async with gate:
+                    return await self._post(client, url, body(batch), len(batch), read_row)
 
-        results = await asyncio.gather(*(one(b) for b in self._batches(sequences)))
+            results = await asyncio.gather(*(one(b) for b in batches))
         return [row for rows in results for row in rows]
 
-    # --- HTTP with retries and one-line errors ----------------------------------------------------------------
-
-    def _sync_client(self) -> httpx.Client:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = httpx.Client(timeout=self.timeout, headers=self._headers)
-        return client
-
-    def _post_sync(self, url: str, body: dict[str, Any], field: str) -> list[Any]:
+    async def _post(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        body: dict[str, Any],
+        expected: int,
+        read_row: Callable[[dict[str, Any]], T],
+    ) -> list[T]:
         for attempt in range(self.retries + 1):
             try:
-                response = self._sync_client().post(url, json=body)
-            except httpx.TimeoutException:
-                raise self._timeout_error(url) from None
+                # A deadline for the whole exchange: httpx's timeouts restart with every byte received, so a
+                # server that drips its answer would hold the call for ever.
+                status, raw = await asyncio.wait_for(
+                    self._exchange(client, url, body, expected * MAX_ROW_BYTES + MAX_ERROR_BYTES), self.timeout
+                )
+            except (asyncio.TimeoutError, httpx.TimeoutException):
+                raise self._error(
+                    url, f"did not answer within {self.timeout:g} s; raise timeout= or check the server"
+                ) from None
             except httpx.TransportError as err:
                 if attempt == self.retries:
-                    raise self._unreachable_error(url, err) from None
-                time.sleep(_backoff(attempt))
+                    raise ServerError(
+                        self._mask(
+                            f"cannot reach the vLLM server at {url} ({type(err).__name__}: {err}); start it or fix "
+                            "base_url"
+                        )
+                    ) from None
+                await asyncio.sleep(_backoff(attempt))
                 continue
-            if response.status_code in RETRY_STATUS and attempt < self.retries:
-                time.sleep(_backoff(attempt))
+            if status in RETRY_STATUS and attempt < self.retries:
+                await asyncio.sleep(_backoff(attempt))
                 continue
-            return self._rows(url, response, field, len(body["input"]))
+            if status != 200:
+                raise self._http_error(url, status, raw)
+            try:
+                return _rows(raw, expected, read_row)
+            except _BadAnswer as bad:
+                raise self._error(url, f"sent an answer that cannot be used: {bad}") from None
         raise AssertionError("unreachable")
 
-    async def _post_async(self, url: str, body: dict[str, Any], field: str) -> list[Any]:
-        async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers) as client:
-            for attempt in range(self.retries + 1):
-                try:
-                    response = await client.post(url, json=body)
-                except httpx.TimeoutException:
-                    raise self._timeout_error(url) from None
-                except httpx.TransportError as err:
-                    if attempt == self.retries:
-                        raise self._unreachable_error(url, err) from None
-                    await asyncio.sleep(_backoff(attempt))
-                    continue
-                if response.status_code in RETRY_STATUS and attempt < self.retries:
-                    await asyncio.sleep(_backoff(attempt))
-                    continue
-                return self._rows(url, response, field, len(body["input"]))
-        raise AssertionError("unreachable")
+    async def _exchange(self, client: httpx.AsyncClient, url: str, body: dict[str, Any], cap: int) -> tuple[int, bytes]:
+        async with client.stream("POST", url, json=body) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise self._too_large(url, int(declared), cap)
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise self._too_large(url, size, cap)
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
 
-    def _rows(self, url: str, response: httpx.Response, field: str, expected: int) -> list[Any]:
-        if response.status_code != 200:
-            raise self._http_error(url, response)
-        data = sorted(response.json()["data"], key=lambda row: row["index"])
-        if len(data) != expected:
-            raise ServerError(f"the vLLM server at {url} answered {len(data)} rows for {expected} inputs")
-        return [row[field] for row in data]
+    # --- one-line errors, secrets masked ----------------------------------------------------------------------
 
-    def _http_error(self, url: str, response: httpx.Response) -> Exception:
-        message = _server_message(response)
-        status = response.status_code
+    def _mask(self, text: str) -> str:
+        secrets = [self._api_key, *(self._credentials or ())]
+        return mask(text, secrets)
+
+    def _error(self, url: str, problem: str) -> ServerError:
+        return ServerError(self._mask(f"the vLLM server at {url} {problem}"))
+
+    def _too_large(self, url: str, size: int, cap: int) -> ServerError:
+        return self._error(url, f"sent an answer of more than {cap} bytes ({size} so far), too large for the request")
+
+    def _http_error(self, url: str, status: int, raw: bytes) -> Exception:
+        message = self._mask(_server_message(raw))
         lowered = message.lower()
         where = f"the vLLM server at {url}"
         if status == 401:
-            return ValueError(f"{where} refused the API key (HTTP 401); pass the key it was started with as api_key=")
-        if status == 404 and lowered == "not found":  # no such route: the server runs another kind of model
+            return ValueError(
+                f"{where} refused the API key (HTTP 401); pass the key it was started with as api_key= or set "
+                "VLLM_API_KEY (keys are not carried by pickled copies: set VLLM_API_KEY where they run)"
+            )
+        if status == 404 and lowered in ("not found", ""):  # no such route: the server runs another kind of model
             kind, fix = (
                 ("an embedding", "`vllm serve MODEL --runner pooling`")
                 if url.endswith("/embeddings")
@@ -207,26 +249,71 @@ class VLLMServer:
             )
         return ServerError(f"{where} answered HTTP {status}: {message}")
 
-    def _unreachable_error(self, url: str, err: Exception) -> ServerError:
-        return ServerError(
-            f"cannot reach the vLLM server at {url} ({type(err).__name__}: {err}); start it or fix base_url"
-        )
 
-    def _timeout_error(self, url: str) -> ServerError:
-        return ServerError(
-            f"the vLLM server at {url} did not answer within {self.timeout:g} s; raise timeout= or check the server"
-        )
+def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, also from a thread that runs an event loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen3-retrieval-http") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 def _backoff(attempt: int) -> float:
     return 0.5 * 2**attempt
 
 
-def _server_message(response: httpx.Response) -> str:
+def _rows(raw: bytes, expected: int, read_row: Callable[[dict[str, Any]], T]) -> list[T]:
+    """The rows of a ``{"data": [{"index": i, ...}]}`` answer in index order, each checked by ``read_row``."""
     try:
-        body = response.json()
+        payload = json.loads(raw)
     except ValueError:
-        return " ".join(response.text.split())[:300] or response.reason_phrase
+        raise _BadAnswer("it is not JSON") from None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise _BadAnswer("it has no 'data' list")
+    if len(data) != expected:
+        raise _BadAnswer(f"{len(data)} rows for {expected} inputs")
+    rows: list[T | None] = [None] * expected
+    for row in data:
+        index = row.get("index") if isinstance(row, dict) else None
+        if type(index) is not int or not 0 <= index < expected or rows[index] is not None:
+            raise _BadAnswer(f"row indexes must be 0 to {expected - 1}, each once; got {str(index)[:20]!r}")
+        rows[index] = read_row(row)
+    return rows  # type: ignore[return-value]  # every index was filled exactly once
+
+
+def _number(value: object) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):  # type: ignore[arg-type]
+        raise _BadAnswer(f"expected a finite number, got {str(value)[:20]!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _vector(value: object, width: int | None) -> list[float]:
+    if not isinstance(value, list) or not value:
+        raise _BadAnswer("a row has no 'embedding' list")
+    if width is not None and len(value) != width:
+        raise _BadAnswer(f"a vector of {len(value)} numbers where the model gives {width}; is it the same model?")
+    return [_number(v) for v in value]
+
+
+def _probability(row: dict[str, Any]) -> float:
+    probs = row.get("probs")
+    if not isinstance(probs, list) or len(probs) != 1:
+        raise _BadAnswer("a row has no one-label 'probs' list; is the server a reranker started as the README shows?")
+    p = _number(probs[0])
+    if not 0.0 <= p <= 1.0:
+        raise _BadAnswer(f"a probability of {p!r}, outside 0 to 1")
+    return p
+
+
+def _server_message(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return " ".join(text.split())[:300]
     error = body.get("error", body) if isinstance(body, dict) else body
     message = error.get("message", error.get("detail", error)) if isinstance(error, dict) else error
     return " ".join(str(message).split())[:300]
@@ -235,18 +322,18 @@ def _server_message(response: httpx.Response) -> str:
 class HttpEmbedding:
     """:class:`~qwen3_retrieval.engines.EmbeddingEngine` over a vLLM embedding server's ``/v1/embeddings``."""
 
-    def __init__(self, server: VLLMServer) -> None:
-        self.server = server
+    def __init__(self, server: VLLMServer, width: int) -> None:
+        self.server, self.width = server, width
 
     def embed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy, progress: tqdm | None) -> torch.Tensor:
         """Return the server's vector for each sequence."""
-        rows = self.server.embed([list(s) for s in sequences])
+        rows = self.server.embed([list(s) for s in sequences], self.width)
         finish_progress(progress, len(rows))
         return torch.tensor(rows, dtype=torch.float32)
 
     async def aembed(self, sequences: Sequence[Sequence[int]], policy: BatchPolicy) -> torch.Tensor:
         """Async :meth:`embed`."""
-        return torch.tensor(await self.server.aembed([list(s) for s in sequences]), dtype=torch.float32)
+        return torch.tensor(await self.server.aembed([list(s) for s in sequences], self.width), dtype=torch.float32)
 
 
 class HttpScoring:

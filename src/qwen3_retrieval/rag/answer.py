@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.readers import require
+from qwen3_retrieval.redaction import check_secret, mask, redact_url, url_secrets
 
 if TYPE_CHECKING:
     from qwen3_retrieval.rag.pipeline import Source
@@ -39,7 +41,17 @@ def stream_chat(question: str, passages: Sequence[Source], *, model: str, timeou
     openai = require("openai", "rag", "the chat model")
     import httpx
 
-    client = openai.OpenAI(timeout=timeout, max_retries=0)
+    key = os.environ.get("OPENAI_API_KEY")
+    try:
+        check_secret(key, "OPENAI_API_KEY")
+    except (TypeError, ValueError) as err:
+        raise RagError(str(err)) from None
+    secrets = [key, *url_secrets(os.environ.get("OPENAI_BASE_URL"))]
+    try:
+        client = openai.OpenAI(timeout=timeout, max_retries=0)
+    except openai.OpenAIError as err:
+        raise RagError(mask(f"the chat model cannot be used: {err}", secrets)) from None
+    shown_url = redact_url(str(client.base_url))
     messages: Any = build_messages(question, passages)  # plain dicts are what the wire format takes
     started = False
     try:
@@ -48,17 +60,22 @@ def stream_chat(question: str, passages: Sequence[Source], *, model: str, timeou
             started = True
             if chunk.choices and chunk.choices[0].delta.content:
                 yield chunk.choices[0].delta.content
-    except (openai.APITimeoutError, httpx.TimeoutException) as err:
-        raise RagError(f"the chat model did not answer within {timeout:g}s (--llm-timeout)") from err
+    # "from None": the chained errors would carry the request, its headers and the server's words to a traceback.
+    except (openai.APITimeoutError, httpx.TimeoutException):
+        raise RagError(f"the chat model did not answer within {timeout:g}s (--llm-timeout)") from None
     except openai.APIStatusError as err:
-        raise RagError(f"the chat model refused the request: HTTP {err.status_code}: {_reason(err)}") from err
+        reason = mask(_reason(err), secrets)
+        raise RagError(f"the chat model refused the request: HTTP {err.status_code}: {reason}") from None
     except (openai.APIConnectionError, httpx.HTTPError, openai.APIError) as err:
         if started:
-            raise RagError(f"the chat model's answer broke off: {type(err).__name__}: {err}") from err
+            raise RagError(mask(f"the chat model's answer broke off: {type(err).__name__}: {err}", secrets)) from None
         raise RagError(
-            f"cannot reach the chat model at {client.base_url}: {str(err).rstrip('.')}; start that server, or point "
-            "OPENAI_BASE_URL at a running one (pass --no-llm to show the passages alone)"
-        ) from err
+            mask(
+                f"cannot reach the chat model at {shown_url}: {str(err).rstrip('.')}; start that server, or point "
+                "OPENAI_BASE_URL at a running one (pass --no-llm to show the passages alone)",
+                secrets,
+            )
+        ) from None
 
 
 def _reason(err: object) -> str:

@@ -27,6 +27,7 @@ from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
 from qwen3_retrieval.rag.readers import FORMATS, find_files, read_file, supported
 from qwen3_retrieval.rag.store import Hit, PassageStore, is_server_uri
+from qwen3_retrieval.redaction import redact_url
 
 MODES = ("hybrid", "dense")
 # A moved or renamed folder is recognised when at least this share of its files are stored, unchanged, under
@@ -233,7 +234,9 @@ def retrieve(
     with where.store() as store:
         settings = _checked_settings(store, where)
         if not settings:
-            raise RagError(f"collection {where.collection!r} does not exist at {where.uri}; {_index_first(where)}")
+            raise RagError(
+                f"collection {where.collection!r} does not exist at {redact_url(where.uri)}; {_index_first(where)}"
+            )
         # One embedder at the collection's size: the model loads once, Matryoshka cut or not.
         embedder = where.embedder(settings["dimensions"])
         hits = store.search(embedder.embed_query(question), question, candidates, mode=mode)
@@ -273,7 +276,7 @@ def _index_first(where: Index) -> str:
     options = "".join(
         f" --{name} {value}"
         for name, value, usual in (
-            ("uri", where.uri, default.uri),
+            ("uri", redact_url(where.uri), default.uri),
             ("collection", where.collection, default.collection),
         )
         if value != usual

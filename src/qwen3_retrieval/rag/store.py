@@ -22,6 +22,7 @@ import numpy as np
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.passages import Passage
 from qwen3_retrieval.rag.readers import require
+from qwen3_retrieval.redaction import mask, redact_url, url_secrets
 
 SCHEMA_VERSION = 2
 TEXT_BYTES = 65535  # Milvus' VARCHAR limits count UTF-8 bytes, not characters
@@ -77,15 +78,17 @@ class PassageStore:
         self.collection, self.meta = collection, f"{collection}_meta"
         self.uri = uri
         self.is_server = is_server = is_server_uri(uri)
+        secrets = [token, *url_secrets(uri)]
         try:
             self.client = pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout)
             # pymilvus 2.6.17 connects on first use: ask once here, so an unreachable server is reported as such.
             self.client.list_collections()
         except pymilvus.exceptions.MilvusException as err:
-            where = "the Milvus server at " + uri if is_server else "Milvus Lite at " + uri
-            raise RagError(f"cannot reach {where}: {err.message}") from err
+            where = "the Milvus server at " if is_server else "Milvus Lite at "
+            raise RagError(mask(f"cannot reach {where}{redact_url(uri)}: {err.message}", secrets)) from None
         except Exception as err:  # grpc and OS errors from an unreachable server or a bad path
-            raise RagError(f"cannot open Milvus at {uri}: {type(err).__name__}: {err}") from err
+            message = f"cannot open Milvus at {redact_url(uri)}: {type(err).__name__}: {err}"
+            raise RagError(mask(message, secrets)) from None
 
     def close(self) -> None:
         """Let go of the collection, and of a Milvus Lite file, which stays locked while this process serves it.
