@@ -4,6 +4,7 @@ Jobs:
     rerank CHECKPOINT QUERY_WORDS CANDIDATES [MAX_LENGTH]   one query against N short candidates
     rerank-long CHECKPOINT DOC_WORDS                        one long document against a short query
     embed-long CHECKPOINT DOC_WORDS                         the same long document embedded
+    huge EMBEDDING MEGABYTES RERANKER                        one string of that size embedded, then reranked
 
 Prints the growth of the peak resident set (MB) caused by the measured call alone: the model is loaded and run
 once on a tiny input first, so loading and first-call allocations are not counted.
@@ -46,6 +47,15 @@ def main() -> None:
             embedder.embed_documents(["tiny"])
             before = peak_mb()
             embedder.embed_documents([text])
+    elif job == "huge":
+        text = "lorem ipsum dolor sit amet, " * (size * 2**20 // 28)  # built without a peak of its own
+        embedder = Qwen3Embedder(path, device="cpu")
+        reranker = Qwen3Reranker(sys.argv[4], device="cpu")
+        embedder.embed_documents(["tiny"])
+        reranker.score("warm up", ["tiny"])
+        before = peak_mb()
+        embedder.embed_documents([text])
+        reranker.score("what is this about?", [text])
     else:
         raise SystemExit(f"unknown job {job!r}")
     print(f"{peak_mb() - before:.1f}")

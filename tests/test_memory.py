@@ -62,3 +62,11 @@ def test_scoring_a_long_document_costs_no_more_than_embedding_it(
     embedding = extra_peak_mb("embed-long", wide["embedding"], 800)  # about 4,000 tokens
     scoring = extra_peak_mb("rerank-long", wide["reranker"], 800)
     assert scoring <= 1.1 * embedding, (embedding, scoring)
+
+
+def test_a_50_mb_string_costs_what_its_kept_tokens_cost(
+    checkpoints: dict[str, Path], extra_peak_mb: Callable[..., float]
+) -> None:
+    # Before, the string was tokenized whole and cut afterwards: 8.2 GB and 202 s for the 8,191 tokens kept.
+    extra = extra_peak_mb("huge", checkpoints["embedding"], 50, checkpoints["reranker"])
+    assert extra < 200, extra

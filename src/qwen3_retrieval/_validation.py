@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Set
+
+
+def check_unicode(text: str, what: str) -> str:
+    """Return ``text`` if it is valid Unicode; raise ``ValueError`` naming where a lone surrogate sits.
+
+    Python strings may hold lone surrogates (a shell argument or file name in another encoding arrives as
+    ``'caf\\udce9'``); no tokenizer can read them.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{what} is not valid Unicode: it holds a lone surrogate (U+{ord(text[err.start]):04X}) at character "
+            f"{err.start}, as bytes decoded with errors='surrogateescape' do; decode the bytes with their real "
+            "encoding, or with errors='replace'"
+        ) from None
+    return text
 
 
 def check_texts(texts: Iterable[str], what: str = "texts") -> list[str]:
     """Return ``texts`` as a list, raising ``TypeError`` that names the first item that is not a string."""
     if isinstance(texts, (str, bytes)):
         raise TypeError(f"{what} must be a list of strings, not a single {type(texts).__name__}; wrap it: [text]")
+    if isinstance(texts, (Mapping, Set)):  # iterating would take a dict's keys, or a set's items in no set order
+        raise TypeError(f"{what} must be a list of strings, got a {type(texts).__name__}; pass a list (list(...))")
     try:
         items = list(texts)
     except TypeError:
@@ -16,6 +37,7 @@ def check_texts(texts: Iterable[str], what: str = "texts") -> list[str]:
     for i, item in enumerate(items):
         if not isinstance(item, str):
             raise TypeError(f"{what}[{i}] is a {type(item).__name__}, expected str")
+        check_unicode(item, f"{what}[{i}]")
     return items
 
 
@@ -23,6 +45,7 @@ def check_query(query: object, what: str = "query") -> str:
     """Return ``query`` if it is a non-blank string; raise ``TypeError`` or ``ValueError`` otherwise."""
     if not isinstance(query, str):
         raise TypeError(f"{what} must be a str, got {type(query).__name__}")
+    check_unicode(query, what)
     if not query.strip():
         raise ValueError(f"{what} is empty; pass the question or search text to rank the documents against")
     return query
@@ -32,7 +55,7 @@ def check_instruction(instruction: object) -> str:
     """Return ``instruction`` if it is a string; raise ``TypeError`` otherwise."""
     if not isinstance(instruction, str):
         raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
-    return instruction
+    return check_unicode(instruction, "instruction")
 
 
 def check_positive_int(value: object, name: str, minimum: int = 1) -> int:

@@ -246,4 +246,4 @@ class _EmbeddingRuntime(LazyModel[_LoadedEmbedding]):
         (QwenLM/Qwen3-Embedding#54). Both give the same ids as the model card's ``truncation=True``.
         """
         state = self.state()
-        return [[*ids[: self.max_length - 1], state.eos_id] for ids in state.tokenizer.plain(texts)]
+        return [[*ids, state.eos_id] for ids in state.tokenizer.plain(texts, limit=self.max_length - 1)]

@@ -273,16 +273,20 @@ class _RerankerRuntime(LazyModel[_LoadedReranker]):
     def encode_parts(self, instruction: str, query: str, documents: list[str]) -> tuple[list[int], list[list[int]]]:
         """Return the ids every pair starts with, and each pair's own ids (document and suffix)."""
         state = self.state()
-        head = state.tokenizer.plain([rerank_head(instruction, query)])[0]
+        # Read no more of a huge query than can fit: if the head alone fills max_length, there is no room anyway.
+        cut = state.tokenizer.chars_needed(self.max_length)
+        head = state.tokenizer.plain([rerank_head(instruction, query[:cut])], limit=self.max_length)[0]
         fixed = len(state.prefix_ids) + len(head) + len(state.suffix_ids)
         room = self.max_length - fixed
         if room < 1:
             raise ValueError(
-                f"the instruction and query take {fixed} tokens with the prompt template, leaving no room for "
-                f"a document within max_length={self.max_length}; shorten them or raise max_length"
+                f"the instruction and query take {'at least ' if len(head) == self.max_length else ''}{fixed} "
+                f"tokens with the prompt template, leaving no room for a document within "
+                f"max_length={self.max_length}; shorten them or raise max_length"
             )
-        docs = state.tokenizer.plain([rerank_document(d) for d in documents])
-        return state.prefix_ids + head, [doc[:room] + state.suffix_ids for doc in docs]
+        cut = state.tokenizer.chars_needed(room)  # before the template's f-string copies a 50 MB document whole
+        docs = state.tokenizer.plain([rerank_document(d[:cut]) for d in documents], limit=room)
+        return state.prefix_ids + head, [doc + state.suffix_ids for doc in docs]
 
 
 def _single_token_id(tokenizer: TextTokenizer, token: str, model: str) -> int:
