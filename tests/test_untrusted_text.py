@@ -152,3 +152,36 @@ def test_reranker_markers_in_instruction_and_query_are_text(reranker_path: Path)
     ours = reranker.score(query, docs, instruction=task)
     reference = reference_scores(reranker_path, [card_prompt_ids(reranker_path, task, query, d) for d in docs])
     assert max(abs(a - b) for a, b in zip(ours, reference)) < TOL
+
+
+def test_invalid_unicode_is_a_clear_error_naming_the_text(embedding_path: Path, reranker_path: Path) -> None:
+    # A lone surrogate is what Python makes of undecodable bytes (a shell argument "caf\xe9" in Latin-1).
+    embedder = Qwen3Embedder(embedding_path, device="cpu")
+    reranker = Qwen3Reranker(reranker_path, device="cpu")
+    bad = "caf\udce9"
+    surrogate = r"is not valid Unicode: it holds a lone surrogate \(U\+DCE9\) at character 3"
+    with pytest.raises(ValueError, match=rf"^texts\[1\] {surrogate}"):
+        embedder.embed_documents(["fine", bad])
+    with pytest.raises(ValueError, match=rf"^text\[0\] {surrogate}"):
+        embedder.embed_query(bad)
+    with pytest.raises(ValueError, match=rf"^documents\[2\] {surrogate}"):
+        reranker.score("fine", ["a", "b", bad])
+    with pytest.raises(ValueError, match=rf"^query {surrogate}"):
+        reranker.score(bad, ["a"])
+    assert embedder.embed_documents(["fine", "café"]).shape[0] == 2  # and the model still works
+
+
+@pytest.mark.parametrize("texts", [{"a": "first text", "b": "second"}, {"first text"}, frozenset({"x"})])
+def test_mappings_and_sets_are_not_lists_of_texts(embedding_path: Path, reranker_path: Path, texts: object) -> None:
+    # Before, a dict embedded its keys.
+    with pytest.raises(TypeError, match=r"texts must be a list of strings, got a (dict|set|frozenset); pass a list"):
+        Qwen3Embedder(embedding_path, device="cpu").embed_documents(texts)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"documents must be a list of strings, got a"):
+        Qwen3Reranker(reranker_path, device="cpu").score("q", texts)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("timeout", [None, "10", 0, -1.0, float("nan"), float("inf")])
+def test_a_timeout_must_be_a_positive_number_of_seconds(timeout: object) -> None:
+    for make in (Qwen3Embedder, Qwen3Reranker):
+        with pytest.raises((TypeError, ValueError), match=r"^timeout must be a positive"):
+            make("m", base_url="http://127.0.0.1:9/v1", timeout=timeout)  # type: ignore[arg-type]
