@@ -49,7 +49,8 @@ def test_long_documents_score_as_the_model_card_scores_them(reranker_path: Path,
     query = "What is the capital of China?"
     texts = long_texts()
     ours = Qwen3Reranker(reranker_path, device="cpu", max_length=max_length).score(query, texts)
-    card = ModelCard(reranker_path, max_length=max_length).scores([card_body(CARD_INSTRUCTION, query, t) for t in texts])
+    pairs = [card_body(CARD_INSTRUCTION, query, text) for text in texts]
+    card = ModelCard(reranker_path, max_length=max_length).scores(pairs)
     np.testing.assert_allclose(ours, card, atol=TOL)
 
 
