@@ -19,6 +19,7 @@ from qwen3_retrieval.embedder import MIN_DIMENSIONS
 from qwen3_retrieval.errors import ServerError
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.rag.errors import RagError
+from qwen3_retrieval.rag.terminal import path_name, printable
 from qwen3_retrieval.redaction import mask, redact_url, url_secrets
 
 NO_LLM_HINT = (
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--include-hidden", action="store_true", help="also read hidden folders, virtualenvs and node_modules"
     )
+    index.add_argument(
+        "--follow-links", action="store_true", help="also follow symbolic links that lead out of the folders"
+    )
     index.add_argument("--recreate", action="store_true", help="drop the collection first and rebuild it")
 
     ask = command("ask", "answer a question from the index")
@@ -207,6 +211,7 @@ def run_index(args: argparse.Namespace) -> int:
         args.paths,
         _where(args),
         include_hidden=args.include_hidden,
+        follow_links=args.follow_links,
         recreate=args.recreate,
         warn=lambda message: print(f"qwen3-rag: warning: {message}", file=sys.stderr),
         progress=sys.stderr.isatty(),
@@ -217,7 +222,7 @@ def run_index(args: argparse.Namespace) -> int:
         f"{args.collection!r} at {redact_url(args.uri)}; the collection holds {report.passages_total} passages."
     )
     if report.files_without_text:
-        shown = ", ".join(report.files_without_text[:10])
+        shown = ", ".join(map(path_name, report.files_without_text[:10]))
         more = f" and {len(report.files_without_text) - 10} more" if len(report.files_without_text) > 10 else ""
         print(f"{len(report.files_without_text)} files gave no passages (no text in them): {shown}{more}.")
     return 0
@@ -245,7 +250,8 @@ def run_ask(args: argparse.Namespace) -> int:
             for piece in stream_answer(args.question, sources, model=args.llm_model, timeout=args.llm_timeout):
                 if not args.json:
                     # The header waits for the first words: a chat model that cannot be reached leaves none behind.
-                    print(piece if pieces else f"Answer:\n{piece}", end="", flush=True)
+                    shown = printable(piece, lines=True)  # the model may repeat a document's escape sequences
+                    print(shown if pieces else f"Answer:\n{shown}", end="", flush=True)
                 pieces.append(piece)
         except RagError as err:
             error = err  # what was printed stays; the passages are still worth showing
@@ -270,9 +276,9 @@ def _print_sources(sources: Sequence[Any], *, show_hint: bool) -> None:
     else:
         print("Sources (reranked, best first):")
     for n, item in enumerate(sources, start=1):
-        snippet = " ".join(item.text.split())
+        snippet = printable(" ".join(item.text.split()))  # a file's text and name reach the terminal as text
         snippet = snippet if len(snippet) <= 240 else snippet[:237] + "..."
-        where = ", ".join(part for part in (item.path, item.location) if part)
+        where = ", ".join(path_name(part) for part in (item.path, item.location) if part)
         print(f"[{n}] {item.score:.3f}  {where}\n    {snippet}")
     if show_hint:
         print(f"\n{NO_LLM_HINT}")

@@ -84,7 +84,7 @@ class TextTokenizer:
         while chars < len(text):
             encoding = self._plain.encode(text[:chars], add_special_tokens=False)
             safe_end = chars - CUT_MARGIN_CHARS
-            ids = []
+            ids: list[int] = []
             for token, (_, end) in zip(encoding.ids, encoding.offsets):
                 if end > safe_end or len(ids) == limit:
                     break

@@ -25,8 +25,9 @@ from typing import Any
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
-from qwen3_retrieval.rag.readers import FORMATS, find_files, read_file, supported
+from qwen3_retrieval.rag.readers import FORMATS, NotText, find_files, read_file, supported
 from qwen3_retrieval.rag.store import Hit, PassageStore, is_server_uri
+from qwen3_retrieval.rag.terminal import is_valid_name, path_name, printable
 from qwen3_retrieval.redaction import redact_url
 
 MODES = ("hybrid", "dense")
@@ -111,6 +112,7 @@ def index(
     where: Index,
     *,
     include_hidden: bool = False,
+    follow_links: bool = False,
     recreate: bool = False,
     warn: Callable[[str], None] = lambda message: None,
     progress: bool = False,
@@ -119,11 +121,18 @@ def index(
 
     A folder is a root: its files are stored by path relative to it, so moving or renaming the folder and
     indexing it again changes nothing stored, and files gone from it are removed. A file given alone is added
-    (or updated) under its folder's root and removes nothing. Unreadable files are skipped with a warning.
+    (or updated) under its folder's root and removes nothing. Unreadable files, binary files with a text
+    format's name and names that are not valid UTF-8 are skipped with a warning. Symbolic links are followed
+    within a folder; ``follow_links`` follows them out of it too (see
+    :func:`~qwen3_retrieval.rag.readers.find_files`).
     """
-    groups = _roots(paths, include_hidden)
-    new_file = _new_local_file(where.uri)
     report = IndexReport()
+
+    def note(message: str) -> None:
+        _warn(report, warn, message)
+
+    groups = _roots(paths, include_hidden, follow_links, note)
+    new_file = _new_local_file(where.uri)
     try:
         with where.store() as store:
             _index(store, groups, where, report, recreate=recreate, warn=warn, progress=progress)
@@ -167,7 +176,7 @@ def _index(
                 hashes[_relative(file, folder)] = hashlib.sha256(file.read_bytes()).hexdigest()[:32]
             except OSError as err:  # unreadable (permissions, vanished): skipped, and what is stored stays
                 files.remove(file)
-                _warn(report, warn, f"skipped {file}: {err.strerror or err}")
+                _warn(report, warn, f"skipped {path_name(file)}: {err.strerror or err}")
         root = _root_id(store, folder, hashes)
         store.set_root(root, str(folder))  # first, so an interrupted run finds this root again
         stored = store.files(root)
@@ -186,8 +195,12 @@ def _index(
                 document = read_file(file)
             except RagError:
                 raise  # a missing extra: the user must install it, skipping every PDF would hide that
+            except NotText as err:
+                _warn(report, warn, f"skipped {path_name(file)}: {err}")
+                continue
             except Exception as err:  # a broken or unreadable file must not stop the others
-                _warn(report, warn, f"skipped {file}: {type(err).__name__}: {' '.join(str(err).split())[:200]}")
+                reason = printable(" ".join(str(err).split())[:200])
+                _warn(report, warn, f"skipped {path_name(file)}: {type(err).__name__}: {reason}")
                 continue
             for message in document.warnings:
                 _warn(report, warn, message)
@@ -313,22 +326,27 @@ def _checked_settings(store: PassageStore, where: Index) -> dict[str, Any]:
     return settings
 
 
-def _roots(paths: Sequence[str | os.PathLike[str]], include_hidden: bool) -> list[tuple[Path, list[Path], bool]]:
+def _roots(
+    paths: Sequence[str | os.PathLike[str]], include_hidden: bool, follow_links: bool, warn: Callable[[str], None]
+) -> list[tuple[Path, list[Path], bool]]:
     """Each root folder with its files, and whether it was given whole (then files gone from it are removed)."""
     if not paths:
         raise RagError("no files or folders to index")
     groups: list[tuple[Path, list[Path], bool]] = []
     for raw in paths:
         path = Path(raw).expanduser()
+        if not is_valid_name(path):
+            raise RagError(f"cannot index {path_name(path)}: its name is not valid UTF-8; rename it")
         if not path.exists():
-            raise RagError(f"no such file or folder: {raw}")
+            raise RagError(f"no such file or folder: {path_name(raw)}")
         path = path.resolve()
         if path.is_dir():
-            groups.append((path, find_files(path, include_hidden=include_hidden), True))
+            files = find_files(path, include_hidden=include_hidden, follow_links=follow_links, warn=warn)
+            groups.append((path, files, True))
         elif supported([path]):
             groups.append((path.parent, [path], False))
         else:
-            raise RagError(f"{raw} is not a file qwen3-rag reads ({FORMATS})")
+            raise RagError(f"{path_name(raw)} is not a file qwen3-rag reads ({FORMATS})")
     if not any(files for _, files, _ in groups):
         names = ", ".join(map(str, paths))
         raise RagError(

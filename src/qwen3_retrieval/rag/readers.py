@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 from qwen3_retrieval.rag.errors import RagError
+from qwen3_retrieval.rag.terminal import is_valid_name, path_name
 
 # Folders a documentation folder or a project root holds that are never documents.
 SKIPPED_FOLDERS = frozenset({"node_modules", "__pycache__", "site-packages"})
@@ -42,9 +43,29 @@ def require(module: str, extra: str, what: str) -> ModuleType:
         raise RagError(f"{what} needs the '{extra}' extra: pip install 'qwen3-retrieval[{extra}]' (or [all])") from None
 
 
+class NotText(Exception):
+    """A file with a text format's name whose bytes are not text (skipped with a warning)."""
+
+
+# Text has no NUL bytes, and few control characters or undecodable bytes; a binary file has many of both.
+BINARY_SHARE = 0.1
+SNIFF_BYTES = 8192
+
+
+def _text(path: Path) -> str:
+    """The file decoded as UTF-8 (undecodable bytes replaced); :class:`NotText` if it looks binary."""
+    data = path.read_bytes()
+    head = data[:SNIFF_BYTES]
+    sample = head.decode("utf-8", errors="replace")
+    odd = sum(1 for c in sample if c == "\ufffd" or (c < " " and c not in "\t\n\r\f"))
+    if b"\0" in head or odd > BINARY_SHARE * max(len(sample), 1):
+        raise NotText("its bytes are not text (a binary file with a text file's name?)")
+    return data.decode("utf-8", errors="replace")
+
+
 def read_markdown(path: Path) -> Document:
     """Markdown and plain text, as they are (undecodable bytes replaced)."""
-    return Document(path.read_bytes().decode("utf-8", errors="replace"))
+    return Document(_text(path))
 
 
 def read_pdf(path: Path) -> Document:
@@ -61,7 +82,7 @@ def read_pdf(path: Path) -> Document:
     warnings = []
     if empty:
         pages = ", ".join(map(str, empty))
-        warnings.append(f"{path.name}: no text on page(s) {pages} (scanned images?); they are not indexed")
+        warnings.append(f"{path_name(path.name)}: no text on page(s) {pages} (scanned images?); they are not indexed")
     return Document("\n\n".join(sections), warnings)
 
 
@@ -69,7 +90,7 @@ def read_html(path: Path) -> Document:
     """HTML converted to Markdown, headings kept; scripts, styles and page chrome dropped."""
     markdownify = require("markdownify", "html", f"reading {path.name}")
     bs4 = require("bs4", "html", f"reading {path.name}")
-    soup = bs4.BeautifulSoup(path.read_bytes().decode("utf-8", errors="replace"), "html.parser")
+    soup = bs4.BeautifulSoup(_text(path), "html.parser")
     for tag in soup(["script", "style", "noscript", "template", "nav", "header", "footer", "aside"]):
         tag.decompose()  # not the page's content: menus, banners, code
     return Document(markdownify.MarkdownConverter(heading_style="ATX", escape_asterisks=False).convert_soup(soup))
@@ -113,31 +134,80 @@ def read_file(path: Path) -> Document:
     return READERS[path.suffix.lower()](path)
 
 
-def find_files(folder: Path, *, include_hidden: bool = False) -> list[Path]:
+def find_files(
+    folder: Path,
+    *,
+    include_hidden: bool = False,
+    follow_links: bool = False,
+    warn: Callable[[str], None] = lambda message: None,
+) -> list[Path]:
     """Return the readable files under ``folder``, sorted, skipping hidden folders and virtualenvs by default.
 
     Hidden means a name starting with ``.`` (``.git``, ``.venv``); ``node_modules``, ``__pycache__`` and any
     folder holding a ``pyvenv.cfg`` (a virtualenv under any name) are skipped too. ``include_hidden`` keeps them.
+
+    Symbolic links are followed while they stay inside ``folder``; one leading out of it is skipped with a warning
+    unless ``follow_links``. Each real folder and file is taken once, under its own path when it has one (a link
+    to it only adds it if nothing else did), so links that point back up or at each other cannot loop or repeat.
+    An entry that cannot be read (permissions, a broken link) or whose name is not valid UTF-8 is skipped with a
+    warning naming it, escaped; the rest of the folder is still read.
     """
+    root = folder.resolve()
     found: list[Path] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of every folder walked and file taken
+    links: list[Path] = []  # followed after every real entry, so that real paths win
+
+    def skip(path: Path, why: str) -> None:
+        warn(f"skipped {path_name(path)}: {why}")
+
+    def take(path: Path, *, via_link: bool) -> None:
+        try:
+            info = path.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                return  # already taken: a cycle, or a second way to the same place
+            if path.is_dir():
+                if not include_hidden and path != root and _skipped_folder(path):
+                    return
+                seen.add((info.st_dev, info.st_ino))
+                walk(path)
+            elif path.is_file() and path.suffix.lower() in READERS:
+                seen.add((info.st_dev, info.st_ino))
+                found.append(path)
+        except OSError as err:
+            skip(path, f"{'a broken link' if via_link else 'it cannot be read'} ({err.strerror or err})")
 
     def walk(current: Path) -> None:
-        for entry in sorted(current.iterdir()):
-            if not include_hidden and _skipped(entry):
-                continue
-            if entry.is_dir():
-                walk(entry)
-            elif entry.is_file() and entry.suffix.lower() in READERS:
-                found.append(entry)
+        try:
+            entries = sorted(current.iterdir())
+        except OSError as err:
+            skip(current, f"the folder cannot be read ({err.strerror or err})")
+            return
+        for entry in entries:
+            if not is_valid_name(entry):
+                skip(entry, "its name is not valid UTF-8; rename it to index it")
+            elif include_hidden or not entry.name.startswith("."):
+                if entry.is_symlink():
+                    links.append(entry)
+                else:
+                    take(entry, via_link=False)
 
-    walk(folder)
-    return found
+    take(root, via_link=False)
+    while links:
+        link = links.pop(0)
+        try:
+            target = link.resolve(strict=True)
+        except (OSError, RuntimeError) as err:  # RuntimeError: a loop of links, on Python 3.10-3.12
+            skip(link, f"a broken link ({getattr(err, 'strerror', None) or err})")
+            continue
+        if not follow_links and not target.is_relative_to(root):
+            skip(link, f"a link out of {path_name(root)}, to {path_name(target)} (--follow-links follows it)")
+            continue
+        take(link, via_link=True)
+    return sorted(found)
 
 
-def _skipped(entry: Path) -> bool:
-    if entry.name.startswith("."):
-        return True
-    return entry.is_dir() and (entry.name in SKIPPED_FOLDERS or (entry / "pyvenv.cfg").exists())
+def _skipped_folder(path: Path) -> bool:
+    return path.name in SKIPPED_FOLDERS or (path / "pyvenv.cfg").exists()
 
 
 def supported(paths: Iterable[Path]) -> list[Path]:
