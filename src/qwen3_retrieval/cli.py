@@ -168,7 +168,12 @@ def _quiet_libraries() -> None:
     """Keep third-party chatter off stderr: every problem reaches the user as the command's own one line."""
     # pymilvus logs every failed call with a traceback, pypdf every repaired file, huggingface_hub every retry of
     # an unreachable hub (22 lines before the one error that says what to do).
-    for name in ("pymilvus", "milvus_lite", "pypdf", "huggingface_hub"):
+    try:
+        import pymilvus  # noqa: F401  # importing it configures its loggers, with their own levels: after that
+    except ImportError:
+        pass
+    names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] == "pymilvus"]
+    for name in ("pymilvus", "milvus_lite", "pypdf", "huggingface_hub", *names):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     from transformers.utils import logging as hf_logging
 

@@ -167,6 +167,7 @@ def _index(
             "splitting": splitting.as_dict(),
         }
         store.create(settings)
+    _repair(store, report, warn)  # a collection rebuilt by create() may find the old records: repaired too
     splitter = PassageSplitter(_tokenizer(where.embedding_model), splitting)
     for folder, files, whole in groups:
         hashes: dict[str, str] = {}
@@ -250,6 +251,13 @@ def retrieve(
             raise RagError(
                 f"collection {where.collection!r} does not exist at {redact_url(where.uri)}; {_index_first(where)}"
             )
+        held, recorded = store.count(), _recorded_passages(store)
+        if held < recorded:  # what is missing can be neither found nor cited: say so instead of answering
+            raise RagError(
+                f"the index at {redact_url(where.uri)} is damaged: its file records list {recorded} passages but "
+                f"collection {where.collection!r} holds {held}; {_index_first(where).replace('first', 'again')} to "
+                "repair it (the files whose passages are missing are indexed again), or add --recreate to rebuild it"
+            )
         # One embedder at the collection's size: the model loads once, Matryoshka cut or not.
         embedder = where.embedder(settings["dimensions"])
         hits = store.search(embedder.embed_query(question), question, candidates, mode=mode)
@@ -303,9 +311,9 @@ def _engine(url: str | None, api_key: str | None, device: str | None) -> dict[st
 
 def _checked_settings(store: PassageStore, where: Index) -> dict[str, Any]:
     """The collection's settings ({} if there is none yet), refused if they disagree with ``where``."""
-    if not store.exists():
+    settings = store.open()
+    if settings is None:
         return {}
-    settings = store.settings()
     recorded, wanted = settings.get("embedding_model"), where.model_id()
     if recorded != wanted:
         raise RagError(
@@ -324,6 +332,32 @@ def _checked_settings(store: PassageStore, where: Index) -> dict[str, Any]:
             f"--overlap-tokens {splitting.overlap_tokens}; use those, or --recreate to rebuild it"
         )
     return settings
+
+
+def _recorded_passages(store: PassageStore) -> int:
+    """How many passages the file records say the collection holds."""
+    return sum(f.parts for root in store.roots() for f in store.files(root).values())
+
+
+def _repair(store: PassageStore, report: IndexReport, warn: Callable[[str], None]) -> None:
+    """Forget the files whose passages the collection lost (a damaged store), so that this run indexes them again.
+
+    Passages without a record (a run interrupted between the two) are not missing: the re-run overwrites them.
+    """
+    if store.count() >= _recorded_passages(store):
+        return
+    held = store.passage_counts()
+    lost = 0
+    for root in store.roots():
+        broken = [f.key for f in store.files(root).values() if held.get(f.key, 0) < f.parts]
+        store.forget_files(root, broken)
+        lost += len(broken)
+    _warn(
+        report,
+        warn,
+        f"the collection had lost the passages of {lost} files it recorded as indexed (a damaged store); "
+        "they are indexed again if they are among the files given",
+    )
 
 
 def _roots(

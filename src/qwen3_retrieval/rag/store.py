@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,10 +45,11 @@ class Hit:
 
 @dataclass(frozen=True)
 class StoredFile:
-    """A file the collection holds completely: its key and content hash."""
+    """A file the collection holds completely: its key, content hash and number of passages."""
 
     key: str
     file_hash: str
+    parts: int
 
 
 def fit_bytes(text: str, limit: int) -> str:
@@ -84,8 +86,14 @@ class PassageStore:
             # pymilvus 2.6.17 connects on first use: ask once here, so an unreachable server is reported as such.
             self.client.list_collections()
         except pymilvus.exceptions.MilvusException as err:
-            where = "the Milvus server at " if is_server else "Milvus Lite at "
-            raise RagError(mask(f"cannot reach {where}{redact_url(uri)}: {err.message}", secrets)) from None
+            if is_server:
+                message = f"cannot reach the Milvus server at {redact_url(uri)}: {err.message}"
+            else:  # the file is there (a missing one is created): what it holds cannot be read
+                message = (
+                    f"Milvus Lite cannot open {uri}: {err.message}; if its files are damaged, move it away and "
+                    "index again, or restore a copy"
+                )
+            raise RagError(mask(message, secrets)) from None
         except Exception as err:  # grpc and OS errors from an unreachable server or a bad path
             message = f"cannot open Milvus at {redact_url(uri)}: {type(err).__name__}: {err}"
             raise RagError(mask(message, secrets)) from None
@@ -110,28 +118,70 @@ class PassageStore:
 
     # --- the collection and its settings ---------------------------------------------------------------------
 
-    def exists(self) -> bool:
-        """Whether the collection exists; if it does, it is loaded for search."""
-        if not self.client.has_collection(self.collection):
-            return False
-        fields = {f["name"] for f in self.client.describe_collection(self.collection)["fields"]}
-        if "sparse" not in fields or not self.client.has_collection(self.meta):
+    def open(self) -> dict[str, Any] | None:
+        """The settings of the complete collection, which is then loaded for search; None if there is none yet.
+
+        None also stands for a collection left half-created (a run killed while creating it): it holds no
+        passage, and :meth:`create` completes it.
+
+        Raises:
+            RagError: The collection holds passages but no record of the settings they were built with (it is
+                damaged), or it was built by an older qwen3-rag; either way ``--recreate`` rebuilds it.
+        """
+        has_passages = self.client.has_collection(self.collection)
+        has_meta = self.client.has_collection(self.meta)
+        if has_passages:
+            fields = {f["name"] for f in self.client.describe_collection(self.collection)["fields"]}
+            if "sparse" not in fields:
+                raise RagError(
+                    f"collection {self.collection!r} was built by an older qwen3-rag (no BM25 index); index again "
+                    "with --recreate to rebuild it"
+                )
+            self.client.load_collection(self.collection)  # one created by an earlier process starts released
+        settings = None
+        if has_meta:
+            self.client.load_collection(self.meta)
+            settings = self._meta_get("settings")
+        if settings and has_passages:
+            return dict(settings)
+        if has_passages and self.count() > 0:
+            missing = "its settings collection" if not has_meta else "the record of its settings"
             raise RagError(
-                f"collection {self.collection!r} was built by an older qwen3-rag (no BM25 index, no settings); "
-                "index again with --recreate to rebuild it"
+                f"collection {self.collection!r} at {redact_url(self.uri)} is damaged: it holds passages but "
+                f"{missing} is gone, so they cannot be checked against this run; index again with --recreate to "
+                "rebuild it"
             )
-        # A collection created by an earlier process starts released; queries need it loaded.
-        self.client.load_collection(self.collection)
-        self.client.load_collection(self.meta)
-        return True
+        return None
+
+    def exists(self) -> bool:
+        """Whether the collection is complete (see :meth:`open`); if it is, it is loaded for search."""
+        return self.open() is not None
 
     def settings(self) -> dict[str, Any]:
         """The settings the collection was built with (embedding model, dimensions, splitting)."""
         return self._meta_get("settings") or {}
 
     def create(self, settings: dict[str, Any]) -> None:
-        """Create the collection for ``settings["dimensions"]``-sized vectors and record ``settings``."""
+        """Create the collection for ``settings["dimensions"]``-sized vectors and record ``settings``.
+
+        Safe to call on what a killed run left (see :meth:`open`): the settings are recorded before the passage
+        collection exists, so a passage collection is only ever created under recorded settings, and an empty
+        one without them is replaced.
+        """
         from pymilvus import DataType, Function, FunctionType
+
+        if not self.client.has_collection(self.meta):
+            meta = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+            meta.add_field("key", DataType.VARCHAR, is_primary=True, max_length=256)
+            meta.add_field("value", DataType.VARCHAR, max_length=TEXT_BYTES)
+            meta.add_field("unused", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field in every collection
+            meta_index = self.client.prepare_index_params()
+            meta_index.add_index("unused", index_type="AUTOINDEX", metric_type="L2")
+            self.client.create_collection(self.meta, schema=meta, index_params=meta_index, consistency_level="Strong")
+        self.client.load_collection(self.meta)
+        self._meta_set("settings", {**settings, "schema": SCHEMA_VERSION})
+        if self.client.has_collection(self.collection):  # empty: open() refuses one that holds passages
+            self.client.drop_collection(self.collection)
 
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
@@ -154,15 +204,6 @@ class PassageStore:
         index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
-
-        meta = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
-        meta.add_field("key", DataType.VARCHAR, is_primary=True, max_length=256)
-        meta.add_field("value", DataType.VARCHAR, max_length=TEXT_BYTES)
-        meta.add_field("unused", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field in every collection
-        meta_index = self.client.prepare_index_params()
-        meta_index.add_index("unused", index_type="AUTOINDEX", metric_type="L2")
-        self.client.create_collection(self.meta, schema=meta, index_params=meta_index, consistency_level="Strong")
-        self._meta_set("settings", {**settings, "schema": SCHEMA_VERSION})
 
     def drop(self) -> None:
         """Remove the collection and its settings (``--recreate``)."""
@@ -204,8 +245,30 @@ class PassageStore:
             )
             for row in rows:
                 record = json.loads(row["value"])
-                found[record["path"]] = StoredFile(row["key"].rsplit(":", 1)[1], record["hash"])
+                found[record["path"]] = StoredFile(row["key"].rsplit(":", 1)[1], record["hash"], record["parts"])
         return found
+
+    def forget_files(self, root: str, keys: Sequence[str]) -> None:
+        """Remove the records of these files (not their passages): the next run indexes them again."""
+        for start in range(0, len(keys), 512):
+            records = [f"file:{root}:{k}" for k in keys[start : start + 512]]
+            self.client.delete(self.meta, filter=f"key in {json.dumps(records)}")
+
+    def passage_counts(self) -> dict[str, int]:
+        """How many passages the collection holds for each file key (reads every row's key: for repairs only)."""
+        counts: dict[str, int] = {}
+        iterator_log = logging.getLogger("pymilvus.orm.iterator")
+        level = iterator_log.level
+        iterator_log.setLevel(logging.ERROR)  # Milvus Lite has no MVCC timestamp to give, and pymilvus says so
+        try:
+            rows = self.client.query_iterator(self.collection, batch_size=4096, filter="", output_fields=["file_key"])
+            while batch := rows.next():
+                for row in batch:
+                    counts[row["file_key"]] = counts.get(row["file_key"], 0) + 1
+            rows.close()
+        finally:
+            iterator_log.setLevel(level)
+        return counts
 
     def put_file(self, root: str, path: str, passages: Sequence[Passage], vectors: np.ndarray, file_hash: str) -> None:
         """Store one file's passages, drop whatever an older version of the file left, then record the file.
