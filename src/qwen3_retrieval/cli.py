@@ -8,6 +8,7 @@ value the arguments alone show to be out of range, exit with 2 before anything i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -168,10 +169,8 @@ def _quiet_libraries() -> None:
     """Keep third-party chatter off stderr: every problem reaches the user as the command's own one line."""
     # pymilvus logs every failed call with a traceback, pypdf every repaired file, huggingface_hub every retry of
     # an unreachable hub (22 lines before the one error that says what to do).
-    try:
+    with contextlib.suppress(ImportError):
         import pymilvus  # noqa: F401  # importing it configures its loggers, with their own levels: after that
-    except ImportError:
-        pass
     names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] == "pymilvus"]
     for name in ("pymilvus", "milvus_lite", "pypdf", "huggingface_hub", *names):
         logging.getLogger(name).setLevel(logging.CRITICAL)
