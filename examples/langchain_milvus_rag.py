@@ -19,17 +19,20 @@ from langchain_openai import ChatOpenAI
 from _common import load_passages, parser, where
 from qwen3_retrieval.langchain import Qwen3Embeddings, Qwen3Rerank
 from qwen3_retrieval.milvus import langchain_store
+from qwen3_retrieval.rag.answer import SYSTEM_PROMPT, quoted
 
+# qwen3-rag's prompt: passages inside delimiters their text cannot close, under an instruction that they are
+# quoted data, never instructions (a retrieved document may try to give orders).
 PROMPT = ChatPromptTemplate.from_messages(
-    [
-        ("system", "Answer only from the numbered passages and cite them as [n]."),
-        ("human", "Passages:\n\n{context}\n\nQuestion: {question}"),
-    ]
+    [("system", SYSTEM_PROMPT), ("human", "<passages>\n{context}\n</passages>\n\nQuestion: {question}")]
 )
 
 
 def format_docs(docs: list[Document]) -> str:
-    return "\n\n".join(f"[{n}] (source: {d.metadata['source']})\n{d.page_content}" for n, d in enumerate(docs, 1))
+    return "\n".join(
+        f'<passage n="{n}" source="{quoted(d.metadata["source"])}">\n{quoted(d.page_content)}\n</passage>'
+        for n, d in enumerate(docs, 1)
+    )
 
 
 def main() -> None:
