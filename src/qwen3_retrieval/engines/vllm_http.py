@@ -209,8 +209,8 @@ class VLLMServer:
     # --- one-line errors, secrets masked ----------------------------------------------------------------------
 
     def _mask(self, text: str) -> str:
-        secrets = [self._api_key, *(self._credentials or ())]
-        return mask(text, secrets)
+        password = self._credentials[1] if self._credentials else None  # the user name is no secret
+        return mask(text, [self._api_key, password])
 
     def _error(self, url: str, problem: str) -> ServerError:
         return ServerError(self._mask(f"the vLLM server at {url} {problem}"))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.readers import require
 from qwen3_retrieval.rag.terminal import printable
-from qwen3_retrieval.redaction import check_secret, mask, redact_url, url_secrets
+from qwen3_retrieval.redaction import check_secret, mask, redact_url, split_credentials, url_secrets
 
 if TYPE_CHECKING:
     from qwen3_retrieval.rag.pipeline import Source
@@ -61,13 +61,24 @@ def stream_chat(question: str, passages: Sequence[Source], *, model: str, timeou
     import httpx
 
     key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        raise RagError("OPENAI_API_KEY is not set; set it to the chat model's key (any value for a server without one)")
     try:
         check_secret(key, "OPENAI_API_KEY")
-    except (TypeError, ValueError) as err:
+    except ValueError as err:
         raise RagError(str(err)) from None
-    secrets = [key, *url_secrets(os.environ.get("OPENAI_BASE_URL"))]
+    base_url = os.environ.get("OPENAI_BASE_URL") or None
+    secrets = [key, *url_secrets(base_url)]
+    options: dict[str, Any] = {}
+    if base_url:
+        # A user:password in the URL is sent as basic authentication, as httpx would, but the URL that the
+        # clients log and put in their errors no longer holds it.
+        bare, credentials = split_credentials(base_url)
+        options["base_url"] = bare
+        if credentials is not None:
+            options["http_client"] = httpx.Client(auth=credentials, timeout=timeout)
     try:
-        client = openai.OpenAI(timeout=timeout, max_retries=0)
+        client = openai.OpenAI(timeout=timeout, max_retries=0, **options)
     except openai.OpenAIError as err:
         raise RagError(mask(f"the chat model cannot be used: {err}", secrets)) from None
     shown_url = redact_url(str(client.base_url))
