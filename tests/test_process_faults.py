@@ -95,6 +95,11 @@ FORK_DURING_A_CALL = textwrap.dedent(
             vectors, scores = embedder.embed_documents(["child text"]), reranker.score("q", ["child text"])
         same = abs(vectors - expected[0]).max() < 1e-5 and abs(scores[0] - expected[1][0]) < 1e-5
         os._exit(0 if same else 3)
+    import multiprocessing  # a pool forked while the calls run, as gunicorn and Celery fork their workers
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        pooled = pool.apply_async(embedder.embed_documents, (["child text"],)).get(timeout=120)
+    print("pool", "same" if abs(pooled - expected[0]).max() < 1e-5 else "different")
     stop = True
     worker.join()
     deadline = time.monotonic() + 120
@@ -122,7 +127,7 @@ def _fork_during_calls(embedding_path: Path, reranker_path: Path, mode: str) -> 
         for _ in range(2)
     ]
     outcomes = [run.communicate(timeout=300) + (run.returncode,) for run in runs]
-    assert all(code == 0 and "child exit 0" in out for out, _, code in outcomes), outcomes
+    assert all(code == 0 and "child exit 0" in out and "pool same" in out for out, _, code in outcomes), outcomes
 
 
 def test_a_child_forked_during_a_merged_call_works(embedding_path: Path, reranker_path: Path) -> None:
