@@ -12,12 +12,31 @@ once on a tiny input first, so loading and first-call allocations are not counte
 
 from __future__ import annotations
 
-import resource
 import sys
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The peak resident set since the last call of :func:`start_measuring`."""
+    return _status_mb("VmHWM")
+
+
+def start_measuring() -> float:
+    """Reset the peak to the current resident set, and return that.
+
+    Not ``getrusage``'s ``ru_maxrss``: after fork and exec it starts at the parent's resident set, so a probe
+    started by a large test process would report a peak that its own call never reached (and 0 extra).
+    """
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # Linux: reset VmHWM to VmRSS
+    return _status_mb("VmRSS")
 
 
 def main() -> None:
@@ -33,19 +52,19 @@ def main() -> None:
         query = " ".join(["history"] * size)
         docs = [f"candidate {i} is about music and art" for i in range(count)]
         reranker.score("warm up", ["tiny"])
-        before = peak_mb()
+        before = start_measuring()
         reranker.score(query, docs)
     elif job in ("rerank-long", "embed-long"):
         text = " ".join(f"word{i % 97}" for i in range(size))
         if job == "rerank-long":
             model = Qwen3Reranker(path, device="cpu", max_length=32768)
             model.score("warm up", ["tiny"])
-            before = peak_mb()
+            before = start_measuring()
             model.score("what is this about?", [text])
         else:
             embedder = Qwen3Embedder(path, device="cpu", max_length=32768)
             embedder.embed_documents(["tiny"])
-            before = peak_mb()
+            before = start_measuring()
             embedder.embed_documents([text])
     elif job == "huge":
         text = "lorem ipsum dolor sit amet, " * (size * 2**20 // 28)  # built without a peak of its own
@@ -53,7 +72,7 @@ def main() -> None:
         reranker = Qwen3Reranker(sys.argv[4], device="cpu")
         embedder.embed_documents(["tiny"])
         reranker.score("warm up", ["tiny"])
-        before = peak_mb()
+        before = start_measuring()
         embedder.embed_documents([text])
         reranker.score("what is this about?", [text])
     else:

@@ -53,6 +53,7 @@ def test_long_query_against_many_candidates_costs_about_one_candidate(
     many = extra_peak_mb("rerank", wide["reranker"], 1500, 40)
     # Before the fix every row carried its own copy of the ~1500-token prefix for every layer: about 10x.
     assert many <= 2 * one, (one, many)
+    assert one > 20, one  # the probe sees the call at all (a probe that reads 0 would pass anything)
 
 
 @pytest.mark.slow
@@ -62,6 +63,7 @@ def test_scoring_a_long_document_costs_no_more_than_embedding_it(
     embedding = extra_peak_mb("embed-long", wide["embedding"], 800)  # about 4,000 tokens
     scoring = extra_peak_mb("rerank-long", wide["reranker"], 800)
     assert scoring <= 1.1 * embedding, (embedding, scoring)
+    assert embedding > 50, embedding  # about 4,000 tokens at the 0.6B width cannot be free
 
 
 def test_a_50_mb_string_costs_what_its_kept_tokens_cost(
