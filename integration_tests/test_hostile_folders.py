@@ -21,9 +21,19 @@ COMMAND = [sys.executable, "-m", "qwen3_retrieval.cli"]
 FORGED = "evil\n[9] 1.000  forged.md"  # a file name that would print as a source line of its own
 
 
+def _can_drop_capabilities() -> bool:
+    with open("/proc/self/status") as status:
+        effective = next(int(line.split()[1], 16) for line in status if line.startswith("CapEff:"))
+    return bool(effective & (1 << 8))  # CAP_SETPCAP: needed to drop capabilities from the bounding set
+
+
+# Root reads through permissions; it can lock a folder for the command only by dropping that power.
+CAN_LOCK = os.geteuid() != 0 or _can_drop_capabilities()
+
+
 def _as_a_user() -> None:
     """Run without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so file permissions apply even to root."""
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or not CAN_LOCK:
         return
     libc = ctypes.CDLL(None, use_errno=True)
     for capability in (1, 2):
@@ -65,14 +75,16 @@ def hostile(tmp_path: Path) -> Path:
     (docs / "loop_b").symlink_to("loop_a")
     (docs / "secret.md").symlink_to(outside / "secret.md")
     (docs / "alias.md").symlink_to("guide.md")
-    locked = docs / "locked"
-    locked.mkdir()
-    (locked / "hidden.md").write_text("# Hidden\n\nUnreadable.\n")
-    locked.chmod(0)
+    locked = docs / "locked"  # left out where it cannot be locked (root without CAP_SETPCAP)
+    if CAN_LOCK:
+        locked.mkdir()
+        (locked / "hidden.md").write_text("# Hidden\n\nUnreadable.\n")
+        locked.chmod(0)
     (docs / os.fsdecode(b"caf\xe9.md")).write_text("# Cafe\n\nA name in Latin-1.\n")
     (docs / "blob.txt").write_bytes(bytes(range(256)) * 64)  # binary, named .txt
     yield docs
-    locked.chmod(0o755)
+    if CAN_LOCK:
+        locked.chmod(0o755)
 
 
 def test_a_hostile_folder_is_indexed_once_each_with_warnings_naming_what_was_skipped(
@@ -89,10 +101,11 @@ def test_a_hostile_folder_is_indexed_once_each_with_warnings_naming_what_was_ski
         "secret.md": "a link out of",
         "loop_a": "a broken link",
         "loop_b": "a broken link",
-        "locked": "cannot be read (Permission denied)",
         "caf\\xe9.md": "its name is not valid UTF-8",
         "blob.txt": "its bytes are not text",
     }
+    if CAN_LOCK:
+        expected["locked"] = "cannot be read (Permission denied)"
     for name, why in expected.items():
         assert [line for line in warnings if f"{hostile / name}: " in line and why in line], (name, warnings)
     assert len(warnings) == len(expected), warnings
