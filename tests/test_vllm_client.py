@@ -233,6 +233,18 @@ def test_a_password_in_the_url_is_sent_and_never_shown(fake: tuple[Script, str])
     shown = [str(caught.value), repr(server), repr(embedder), str(embedder.base_url)]
     assert not [s for s in shown if "pw-url-secret" in s or "sk-fake-secret" in s], shown
     assert b"pw-url-secret" not in pickle.dumps(embedder)
+    from qwen3_retrieval.langchain import Qwen3Rerank
+    from qwen3_retrieval.llama_index import Qwen3Embedding
+
+    keyed = [
+        Qwen3Embedder("m", base_url=url, api_key="sk-fake-secret"),
+        Qwen3Rerank(model="m", base_url=url, api_key="sk-fake-secret"),
+        Qwen3Embedding(model_name="m", base_url=f"http://ann:pw-url-secret@{host}"),
+    ]
+    for component in keyed:  # core objects and adapters alike: neither the key nor the password is pickled
+        data = pickle.dumps(component)
+        assert b"sk-fake-secret" not in data and b"pw-url-secret" not in data, type(component)
+        assert "sk-fake-secret" not in repr(component) and "pw-url-secret" not in repr(component)
     with pytest.raises(ValueError, match="one Authorization header cannot carry both"):
         VLLMServer(f"http://ann:pw-url-secret@{host}", "m", api_key="sk-fake-secret")
 
