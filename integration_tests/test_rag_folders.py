@@ -287,3 +287,19 @@ def test_ask_without_the_openai_package_is_one_line(
     expected = "qwen3-rag: error: the chat model needs the 'rag' extra: pip install 'qwen3-retrieval[rag]' (or [all])"
     assert done.stderr.strip() == expected
     assert "Sources (reranked, best first):" in done.stdout
+
+
+def test_a_markdown_heading_named_page_is_not_a_page(
+    tmp_path: Path, models: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# Page 2\n\nA heading that only looks like a PDF page.\n")
+    write_pdf(folder / "real.pdf", [["A real page of a PDF."]])
+    uri = tmp_path / "rag.db"
+    assert run(capsys, "index", str(folder), "--uri", str(uri), *models)[0] == 0
+    # Before, any top heading starting "Page " was cited as a page; now only the PDF reader's pages are.
+    assert {(r["path"], r["heading"], r["location"]) for r in stored(uri)} == {
+        ("notes.md", "Page 2", ""),
+        ("real.pdf", "Page 1", "page 1"),
+    }

@@ -13,12 +13,17 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qwen3_retrieval.engines.vllm_http import VLLMServer
 from qwen3_retrieval.errors import ServerError
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the default backlog of 5 would itself cap how many requests arrive at once
 
 
 class Script:
@@ -31,6 +36,8 @@ class Script:
         self.in_flight = 0
         self.most_in_flight = 0
         self.lock = threading.Lock()
+        self.width = 2  # length of the vectors answered: [len(ids), 1.0, 1.0, ...]
+        self.delay = 0.05  # seconds each request takes
 
 
 @pytest.fixture
@@ -49,7 +56,7 @@ def fake() -> Iterator[tuple[Script, str]]:
                 script.in_flight += 1
                 script.most_in_flight = max(script.most_in_flight, script.in_flight)
             try:
-                time.sleep(0.05)
+                time.sleep(script.delay)
                 if step == "drop":
                     self.connection.close()
                     return
@@ -62,7 +69,8 @@ def fake() -> Iterator[tuple[Script, str]]:
                     echoed = f"bad request; headers: Authorization: {self.headers.get('Authorization')}"
                     self._send(int(step[5:]), {"error": {"message": echoed}})
                     return
-                rows = [{"index": i, "embedding": [float(len(ids)), 1.0], "probs": [len(ids) / 100]}
+                ones = [1.0] * (script.width - 1)
+                rows = [{"index": i, "embedding": [float(len(ids)), *ones], "probs": [len(ids) / 100]}
                         for i, ids in enumerate(body["input"])]  # fmt: skip
                 if step in HOSTILE:
                     self._hostile(step, rows)
@@ -110,7 +118,7 @@ def fake() -> Iterator[tuple[Script, str]]:
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield script, f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -307,3 +315,41 @@ def test_bad_url_is_rejected_at_construction() -> None:
         Qwen3Embedder("x", base_url="localhost:8000")
     with pytest.raises(ValueError, match="unknown engine"):
         Qwen3Embedder("x", engine="onnx")
+
+
+def test_framework_async_calls_are_concurrent_requests_not_threads(
+    fake: tuple[Script, str], embedding_path: Path
+) -> None:
+    from qwen3_retrieval.langchain import Qwen3Embeddings
+    from qwen3_retrieval.llama_index import Qwen3Embedding
+
+    script, url = fake
+    script.width = json.loads((embedding_path / "config.json").read_text())["hidden_size"]
+    script.delay = 0.5
+    ours = [t for t in threading.enumerate() if "process_request" not in t.name]
+
+    async def calls(embed: Any) -> int:
+        most = 0
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                alive = [t for t in threading.enumerate() if "process_request" not in t.name]
+                most = max(most, len(alive) - len(ours))
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        vectors = await asyncio.gather(*(embed(f"question {i}") for i in range(32)))
+        watcher.cancel()
+        assert len(vectors) == 32 and all(len(v) == script.width for v in vectors)
+        return most
+
+    for component, embed in [
+        (langchain := Qwen3Embeddings(model=str(embedding_path), base_url=url), langchain.aembed_query),
+        (llama := Qwen3Embedding(model_name=str(embedding_path), base_url=url), llama.aget_query_embedding),
+    ]:
+        script.most_in_flight = 0
+        extra_threads = asyncio.run(calls(embed))
+        # Before, each call held a thread of the default pool (at most 6 here) for its whole request.
+        assert script.most_in_flight >= 16, (type(component), script.most_in_flight)
+        assert extra_threads <= 8, (type(component), extra_threads)

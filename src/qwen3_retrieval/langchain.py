@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import Sequence
 from typing import Any
@@ -82,12 +81,14 @@ class Qwen3Embeddings(EmbedderOptions, Embeddings):
         return self.embedder.embed_query(text).tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Embed documents in a worker thread, so the event loop keeps running."""
-        return await asyncio.to_thread(self.embed_documents, texts)
+        """Async :meth:`embed_documents`: awaits the core (no thread per call; concurrent requests to a server)."""
+        assert self.embedder is not None
+        return (await self.embedder.aembed_documents(texts)).tolist()
 
     async def aembed_query(self, text: str) -> list[float]:
-        """Embed a query in a worker thread, so the event loop keeps running."""
-        return await asyncio.to_thread(self.embed_query, text)
+        """Async :meth:`embed_query`."""
+        assert self.embedder is not None
+        return (await self.embedder.aembed_query(text)).tolist()
 
 
 class Qwen3Rerank(RerankerOptions, BaseDocumentCompressor):
@@ -159,8 +160,12 @@ class Qwen3Rerank(RerankerOptions, BaseDocumentCompressor):
         query: str,
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
-        """Run :meth:`compress_documents` in a worker thread, so the event loop keeps running."""
-        return await asyncio.to_thread(self.compress_documents, documents, query, callbacks)
+        """Async :meth:`compress_documents`: awaits the core's ``arank``."""
+        assert self.reranker is not None
+        ranked = await self.reranker.arank(
+            query, [d.page_content for d in documents], top_n=self.top_n, score_threshold=self.score_threshold
+        )
+        return [_with_score(documents[index], score) for index, score in ranked]
 
 
 def _with_score(document: Document, score: float) -> Document:

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 try:
@@ -88,14 +87,15 @@ class Qwen3Embedding(EmbedderOptions, BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return self._core.embed_documents(texts).tolist()
 
+    # The async methods await the core's: no thread per call, and concurrent requests to a vLLM server.
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return await asyncio.to_thread(self._get_query_embedding, query)
+        return (await self._core.aembed_query(query)).tolist()
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return await asyncio.to_thread(self._get_text_embedding, text)
+        return (await self._core.aembed_documents([text]))[0].tolist()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return await asyncio.to_thread(self._get_text_embeddings, texts)
+        return (await self._core.aembed_documents(texts)).tolist()
 
 
 class Qwen3Rerank(RerankerOptions, BaseNodePostprocessor):

@@ -71,8 +71,14 @@ class PassageSplitter:
         overlap = min(self.splitting.overlap_tokens, room // 2)
         return list(self._factory(self.tokenizer, chunk_size=room, chunk_overlap=overlap).split_text(body))
 
-    def split(self, markdown: str) -> list[Passage]:
-        """Return the passages of ``markdown``, in order."""
+    def split(self, markdown: str, *, paged: bool = False) -> list[Passage]:
+        """Return the passages of ``markdown``, in order.
+
+        Args:
+            markdown: The document.
+            paged: Its top headings are the ``Page N`` sections a reader wrote (PDF), cited as locations; in
+                any other document a heading "Page 2" is only a heading.
+        """
         passages: list[Passage] = []
         for section in self._headings.split_text(markdown):
             body = section.page_content.strip()
@@ -80,7 +86,7 @@ class PassageSplitter:
                 continue
             titles = [section.metadata[key] for _, key in _LEVELS if key in section.metadata]
             heading = " > ".join(titles)[:300]  # a runaway "heading" must not crowd out its passage
-            location = titles[0].lower() if titles and titles[0].startswith("Page ") else ""
+            location = titles[0].lower() if paged and titles and titles[0].startswith("Page ") else ""
             title = f"{heading}\n\n" if heading else ""
             # The heading path is part of every passage, so it counts against the passage's size; tokens can merge
             # across the join, so a passage that still comes out too long is split again with less room.

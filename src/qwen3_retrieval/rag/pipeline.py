@@ -205,7 +205,7 @@ def _index(
                 continue
             for message in document.warnings:
                 _warn(report, warn, message)
-            passages = splitter.split(document.markdown)
+            passages = splitter.split(document.markdown, paged=document.paged)
             if not passages:
                 report.files_without_text.append(rel)
                 if rel in stored:

@@ -33,6 +33,8 @@ class Document:
 
     markdown: str
     warnings: list[str] = field(default_factory=list)
+    paged: bool = False
+    """Whether the reader made each page a ``# Page N`` section (PDF): only then is such a heading a location."""
 
 
 def require(module: str, extra: str, what: str) -> ModuleType:
@@ -83,7 +85,7 @@ def read_pdf(path: Path) -> Document:
     if empty:
         pages = ", ".join(map(str, empty))
         warnings.append(f"{path_name(path.name)}: no text on page(s) {pages} (scanned images?); they are not indexed")
-    return Document("\n\n".join(sections), warnings)
+    return Document("\n\n".join(sections), warnings, paged=True)
 
 
 def read_html(path: Path) -> Document:
