@@ -21,8 +21,6 @@ from tqdm.auto import tqdm
 
 from qwen3_retrieval.devices import BatchPolicy
 
-ENGINES = ("transformers", "vllm")
-
 
 def finish_progress(progress: tqdm | None, count: int) -> None:
     """Advance a progress bar by a whole call's ``count`` and close it (engines that run a call in one go)."""

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from qwen3_retrieval.rag.errors import RagError
-from qwen3_retrieval.rag.readers import require
+from qwen3_retrieval.rag.extras import require
 from qwen3_retrieval.rag.terminal import printable
 from qwen3_retrieval.redaction import check_secret, mask, redact_url, split_credentials, url_secrets
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from qwen3_retrieval.rag.errors import RagError
-from qwen3_retrieval.rag.readers import require
+from qwen3_retrieval.rag.extras import require
 
 _LEVELS = [("#" * n, f"h{n}") for n in range(1, 7)]
 MIN_CHUNK_TOKENS = 32

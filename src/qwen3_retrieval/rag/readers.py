@@ -14,13 +14,11 @@ from. The libraries (each behind an extra, all of them in ``[all]``):
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
-from qwen3_retrieval.rag.errors import RagError
+from qwen3_retrieval.rag.extras import require
 from qwen3_retrieval.rag.terminal import is_valid_name, path_name
 
 # Folders a documentation folder or a project root holds that are never documents.
@@ -35,14 +33,6 @@ class Document:
     warnings: list[str] = field(default_factory=list)
     paged: bool = False
     """Whether the reader made each page a ``# Page N`` section (PDF): only then is such a heading a location."""
-
-
-def require(module: str, extra: str, what: str) -> ModuleType:
-    """Import ``module`` or raise a one-line :class:`RagError` naming the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise RagError(f"{what} needs the '{extra}' extra: pip install 'qwen3-retrieval[{extra}]' (or [all])") from None
 
 
 class NotText(Exception):

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from qwen3_retrieval.rag.errors import RagError
+from qwen3_retrieval.rag.extras import require
 from qwen3_retrieval.rag.passages import Passage
-from qwen3_retrieval.rag.readers import require
 from qwen3_retrieval.redaction import mask, redact_url, url_secrets
 
 SCHEMA_VERSION = 2
