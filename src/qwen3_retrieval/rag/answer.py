@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.extras import require
 from qwen3_retrieval.rag.terminal import printable
+from qwen3_retrieval.rag.types import Source
 from qwen3_retrieval.redaction import check_secret, mask, redact_url, split_credentials, url_secrets
-
-if TYPE_CHECKING:
-    from qwen3_retrieval.rag.pipeline import Source
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered passages inside the <passages> block. Cite the passages you use "

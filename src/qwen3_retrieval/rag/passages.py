@@ -14,6 +14,7 @@ from typing import Any
 
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.extras import require
+from qwen3_retrieval.rag.types import Passage
 
 _LEVELS = [("#" * n, f"h{n}") for n in range(1, 7)]
 MIN_CHUNK_TOKENS = 32
@@ -42,16 +43,6 @@ class Splitting:
     def as_dict(self) -> dict[str, Any]:
         """The settings as recorded in the collection."""
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Passage:
-    """One indexable piece of a file: its text (heading path first), heading path, and place in the file."""
-
-    text: str
-    heading: str
-    location: str = ""
-    """Where in the file, for the citation: ``"page 3"`` for PDFs, empty otherwise."""
 
 
 class PassageSplitter:

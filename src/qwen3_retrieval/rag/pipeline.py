@@ -26,8 +26,9 @@ from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MO
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
 from qwen3_retrieval.rag.readers import FORMATS, NotText, find_files, read_file, supported
-from qwen3_retrieval.rag.store import Hit, PassageStore, is_server_uri
+from qwen3_retrieval.rag.store import PassageStore, is_server_uri
 from qwen3_retrieval.rag.terminal import is_valid_name, path_name, printable
+from qwen3_retrieval.rag.types import Hit, Source
 from qwen3_retrieval.redaction import redact_url
 
 MODES = ("hybrid", "dense")
@@ -84,27 +85,6 @@ class IndexReport:
     files_without_text: list[str] = field(default_factory=list)
     """Files read without error that gave no passages (empty, or headings alone), as given (root-relative)."""
     warnings: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Source:
-    """A reranked passage with where it came from."""
-
-    text: str
-    path: str
-    heading: str
-    location: str
-    score: float
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form ``qwen3-rag ask --json`` prints."""
-        return {
-            "text": self.text,
-            "source": self.path,
-            "heading": self.heading,
-            "location": self.location,
-            "score": self.score,
-        }
 
 
 def index(

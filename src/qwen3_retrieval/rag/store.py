@@ -22,7 +22,7 @@ import numpy as np
 
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.extras import require
-from qwen3_retrieval.rag.passages import Passage
+from qwen3_retrieval.rag.types import Hit, Passage
 from qwen3_retrieval.redaction import mask, redact_url, url_secrets
 
 SCHEMA_VERSION = 2
@@ -30,17 +30,6 @@ TEXT_BYTES = 65535  # Milvus' VARCHAR limits count UTF-8 bytes, not characters
 PATH_BYTES = 4096
 # Upserts go out in pieces well under gRPC's message limit (64 MB on Milvus Lite and default servers).
 UPSERT_BYTES = 8 * 2**20
-
-
-@dataclass(frozen=True)
-class Hit:
-    """A passage found by search, with the file it came from."""
-
-    text: str
-    root: str
-    path: str
-    heading: str
-    location: str
 
 
 @dataclass(frozen=True)

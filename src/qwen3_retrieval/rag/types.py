@@ -1,0 +1,48 @@
+"""The records the RAG modules pass to each other: a passage to store, a hit from search, a cited source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One indexable piece of a file: its text (heading path first), heading path, and place in the file."""
+
+    text: str
+    heading: str
+    location: str = ""
+    """Where in the file, for the citation: ``"page 3"`` for PDFs, empty otherwise."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A passage found by search, with the file it came from."""
+
+    text: str
+    root: str
+    path: str
+    heading: str
+    location: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """A reranked passage with where it came from."""
+
+    text: str
+    path: str
+    heading: str
+    location: str
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form ``qwen3-rag ask --json`` prints."""
+        return {
+            "text": self.text,
+            "source": self.path,
+            "heading": self.heading,
+            "location": self.location,
+            "score": self.score,
+        }
