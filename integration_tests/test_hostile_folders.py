@@ -7,7 +7,6 @@ permissions, so a locked folder is locked for it as for anyone.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -17,7 +16,6 @@ import pytest
 
 from qwen3_retrieval.rag.store import PassageStore
 
-COMMAND = [sys.executable, "-m", "qwen3_retrieval.cli"]
 FORGED = "evil\n[9] 1.000  forged.md"  # a file name that would print as a source line of its own
 
 
@@ -31,22 +29,26 @@ def _can_drop_capabilities() -> bool:
 CAN_LOCK = os.geteuid() != 0 or _can_drop_capabilities()
 
 
-def _as_a_user() -> None:
-    """Run without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so file permissions apply even to root."""
-    if os.geteuid() != 0 or not CAN_LOCK:
-        return
+# Root reads through permissions: the command drops that power (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from its
+# bounding set and then execs the command, so a locked folder is locked for it as for anyone. This runs as a
+# program of its own, not as a preexec_fn: forking a test process whose other threads talk gRPC (Milvus Lite)
+# and running Python in the child can abort the child in gRPC's poller.
+AS_A_USER = """
+import ctypes, os, sys
+if os.geteuid() == 0 and sys.argv[1] == "lock":
     libc = ctypes.CDLL(None, use_errno=True)
     for capability in (1, 2):
         if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+os.execv(sys.executable, [sys.executable, "-m", "qwen3_retrieval.cli", *sys.argv[2:]])
+"""
 
 
 def qwen3_rag(*argv: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("OPENAI_API_KEY", None)
-    return subprocess.run(
-        [*COMMAND, *argv], capture_output=True, text=True, env=env, timeout=180, preexec_fn=_as_a_user
-    )
+    command = [sys.executable, "-c", AS_A_USER, "lock" if CAN_LOCK else "as-is", *argv]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
 
 
 def stored_paths(uri: Path) -> list[str]:

@@ -13,6 +13,21 @@ from pathlib import Path
 
 PROCESSES = 6
 
+
+def _outcomes(runs: list[subprocess.Popen[str]]) -> list[tuple[str, str, int]]:
+    """Wait for every process (at most 300 s each); one that is still running then is killed, never left behind."""
+    outcomes = []
+    for run in runs:
+        try:
+            out, err = run.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            out, err = run.communicate()
+            err += "\n(killed after 300 s)"
+        outcomes.append((out, err, run.returncode))
+    return outcomes
+
+
 FIRST_CALLS_TOGETHER = textwrap.dedent(
     """
     import sys, threading
@@ -60,7 +75,7 @@ def test_first_calls_of_several_models_at_once_load_all_of_them(embedding_path: 
         )
         for _ in range(PROCESSES)
     ]
-    outcomes = [run.communicate(timeout=300) + (run.returncode,) for run in runs]
+    outcomes = _outcomes(runs)
     failed = [(code, out, err[-2000:]) for out, err, code in outcomes if code != 0 or "errors: []" not in out]
     assert not failed, failed
 
@@ -97,11 +112,16 @@ FORK_DURING_A_CALL = textwrap.dedent(
         os._exit(0 if same else 3)
     import multiprocessing  # a pool forked while the calls run, as gunicorn and Celery fork their workers
 
-    with multiprocessing.get_context("fork").Pool(1) as pool:
+    pool = multiprocessing.get_context("fork").Pool(1)
+    try:
         pooled = pool.apply_async(embedder.embed_documents, (["child text"],)).get(timeout=120)
-    print("pool", "same" if abs(pooled - expected[0]).max() < 1e-5 else "different")
-    stop = True
-    worker.join()
+        print("pool", "same" if abs(pooled - expected[0]).max() < 1e-5 else "different")
+    except multiprocessing.TimeoutError:
+        print("pool hung")
+    finally:
+        pool.terminate()
+        stop = True
+        worker.join()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -126,7 +146,7 @@ def _fork_during_calls(embedding_path: Path, reranker_path: Path, mode: str) -> 
         )
         for _ in range(2)
     ]
-    outcomes = [run.communicate(timeout=300) + (run.returncode,) for run in runs]
+    outcomes = _outcomes(runs)
     assert all(code == 0 and "child exit 0" in out and "pool same" in out for out, _, code in outcomes), outcomes
 
 
