@@ -38,6 +38,7 @@ class Script:
         self.lock = threading.Lock()
         self.width = 2  # length of the vectors answered: [len(ids), 1.0, 1.0, ...]
         self.delay = 0.05  # seconds each request takes
+        self.models: list[dict[str, str]] | None = None  # what GET /v1/models lists (None: no such route)
 
 
 @pytest.fixture
@@ -48,8 +49,21 @@ def fake() -> Iterator[tuple[Script, str]]:
         def log_message(self, *args: Any) -> None:
             pass
 
+        def do_GET(self) -> None:
+            if self.path == "/v1/models" and script.models is not None:
+                self._send(200, {"object": "list", "data": script.models})
+            else:
+                self._send(404, {"detail": "Not Found"})
+
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            served = [m["id"] for m in script.models or []]
+            if served and body["model"] not in served:  # as vLLM answers a name it does not serve
+                with script.lock:
+                    script.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                message = f"The model `{body['model']}` does not exist."
+                self._send(404, {"error": {"message": message, "type": "NotFoundError", "code": 404}})
+                return
             with script.lock:
                 script.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
                 step = script.plan.pop(0) if script.plan else "ok"
@@ -353,3 +367,30 @@ def test_framework_async_calls_are_concurrent_requests_not_threads(
         # Before, each call held a thread of the default pool (at most 6 here) for its whole request.
         assert script.most_in_flight >= 16, (type(component), script.most_in_flight)
         assert extra_threads <= 8, (type(component), extra_threads)
+
+
+@pytest.mark.parametrize(
+    ("listed", "sent"),
+    [
+        ([{"id": "emb-prod", "root": "m"}], "emb-prod"),  # --served-model-name emb-prod, started from our model
+        ([{"id": "emb-prod", "root": "/models/emb"}], "emb-prod"),  # the only model served
+        ([{"id": "a", "root": "/x"}, {"id": "emb", "root": "m"}], "emb"),  # the one started from our model
+        ([{"id": "m", "root": "/x"}, {"id": "b", "root": "m"}], "m"),  # our own name, served as it is
+    ],
+)
+def test_a_served_model_name_is_found_on_the_server(
+    fake: tuple[Script, str], listed: list[dict[str, str]], sent: str
+) -> None:
+    script, url = fake
+    script.models = listed
+    server = VLLMServer(url, "m")
+    assert server.embed([[1, 2]]) == [[2.0, 1.0]]
+    assert asyncio.run(server.aclassify([[1, 2]])) == [0.02]
+    assert {r["body"]["model"] for r in script.requests} == {sent}
+
+
+def test_a_server_of_other_models_is_still_a_clear_error(fake: tuple[Script, str]) -> None:
+    script, url = fake
+    script.models = [{"id": "a", "root": "/x"}, {"id": "b", "root": "/y"}]
+    with pytest.raises(ValueError, match=r"does not serve model 'm' .*pass the served name as the model"):
+        VLLMServer(url, "m").embed([[1]])

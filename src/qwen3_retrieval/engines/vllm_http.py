@@ -76,6 +76,7 @@ class VLLMServer:
         self.base_url, self._credentials = split_credentials(check_base_url(base_url).rstrip("/"))
         self.root = self.base_url.removesuffix("/v1")
         self.model = model
+        self._served: str | None = None  # the name the server knows the model by, once asked (see _served_name)
         self.timeout = check_positive_number(timeout, "timeout")
         self.max_batch = max_batch
         self.max_concurrency = max_concurrency
@@ -145,13 +146,40 @@ class VLLMServer:
         gate = asyncio.Semaphore(self.max_concurrency)
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         async with httpx.AsyncClient(timeout=self.timeout, headers=headers, auth=self._credentials) as client:
+            served = await self._served_name(client)
 
             async def one(batch: list[list[int]]) -> list[T]:
                 async with gate:
-                    return await self._post(client, url, body(batch), len(batch), read_row)
+                    return await self._post(client, url, {**body(batch), "model": served}, len(batch), read_row)
 
             results = await asyncio.gather(*(one(b) for b in batches))
         return [row for rows in results for row in rows]
+
+    async def _served_name(self, client: httpx.AsyncClient) -> str:
+        """The name to send as ``model``: ours if the server serves it, else the one it serves for our model.
+
+        Production servers run with ``--served-model-name``, so the name they answer to is not the checkpoint
+        we load the tokenizer from. ``/v1/models`` lists each served name with the checkpoint it was started
+        from (``root``): the entry whose root is our model is it, and a server with a single model serves only
+        that one. Asked once per client; if the list cannot be had, our name is sent and the server's answer
+        says what is wrong.
+        """
+        if self._served is not None:
+            return self._served
+        try:
+            response = await asyncio.wait_for(client.get(f"{self.base_url}/models"), self.timeout)
+            listed = response.json()["data"] if response.status_code == 200 else None
+        except (asyncio.TimeoutError, httpx.HTTPError, ValueError, TypeError, KeyError):
+            listed = None
+        if not isinstance(listed, list):
+            return self.model  # no list (yet): send our name, and ask again next time
+        names = [m["id"] for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        ours = [m["id"] for m in listed if isinstance(m, dict) and m.get("root") == self.model]
+        served = self.model
+        if self.model not in names and (len(ours) == 1 or len(names) == 1):
+            served = ours[0] if len(ours) == 1 else names[0]
+        self._served = served
+        return served
 
     async def _post(
         self,
