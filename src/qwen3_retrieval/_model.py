@@ -18,7 +18,7 @@ from qwen3_retrieval.devices import (
 )
 from qwen3_retrieval.loading import load_error, load_shared, model_source, quiet_transformers
 from qwen3_retrieval.packing import register_packed_attention
-from qwen3_retrieval.redaction import check_secret, redact_url, split_credentials
+from qwen3_retrieval.redaction import check_secret, environment_secret, redact_url, split_credentials
 
 L = TypeVar("L")
 
@@ -65,6 +65,9 @@ class LazyModel(Generic[L]):
         self._base_url = base_url
         self.base_url = redact_url(base_url) if base_url is not None else None
         self._api_key = check_secret(api_key, "api_key") if api_key is not None else None
+        if self._api_key is None and base_url is not None and split_credentials(base_url)[1] is None:
+            # Read here, not when the server client is made: the key is part of which loaded model is shared.
+            self._api_key = environment_secret("VLLM_API_KEY")
         self.timeout = check_positive_number(timeout, "timeout")
         # A hub id or folder names the tokenizer (and, in process, the weights); a server needs no local folder.
         self.model = model_source(model) if self.engine != "http" else str(model)

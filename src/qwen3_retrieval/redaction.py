@@ -8,6 +8,7 @@ words goes through :func:`mask` with the secrets in play, and URLs are shown by 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
@@ -52,6 +53,12 @@ def url_secrets(url: str | None) -> list[str]:
     parts = urlsplit(url)
     raw = parts.netloc.rpartition("@")[0].partition(":")[2] if "@" in parts.netloc else ""
     return [s for s in (raw, parts.password) if s]
+
+
+def environment_secret(name: str) -> str | None:
+    """The secret in environment variable ``name``, checked by :func:`check_secret`; None if it is not set."""
+    value = os.environ.get(name) or None
+    return check_secret(value, name) if value is not None else None
 
 
 def check_secret(value: object, name: str) -> str:

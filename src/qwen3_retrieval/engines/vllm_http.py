@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -32,7 +31,7 @@ from qwen3_retrieval._validation import check_base_url, check_positive_number
 from qwen3_retrieval.devices import BatchPolicy
 from qwen3_retrieval.engines import finish_progress
 from qwen3_retrieval.errors import ServerError
-from qwen3_retrieval.redaction import check_secret, mask, split_credentials
+from qwen3_retrieval.redaction import check_secret, environment_secret, mask, split_credentials
 
 RETRY_STATUS = (429, 503)
 # The largest answer accepted per input row: a 4096-wide float vector in JSON is about 100 kB.
@@ -86,9 +85,9 @@ class VLLMServer:
                 "base_url holds a user:password and api_key= is set, but one Authorization header cannot carry "
                 "both; pass the key alone (vLLM's --api-key) or the URL's password alone (a proxy's)"
             )
-        if api_key is None and self._credentials is None:
-            api_key = os.environ.get("VLLM_API_KEY") or None
         self._api_key = check_secret(api_key, "api_key") if api_key is not None else None
+        if api_key is None and self._credentials is None:
+            self._api_key = environment_secret("VLLM_API_KEY")
 
     def __repr__(self) -> str:
         return f"VLLMServer(base_url={self.base_url!r}, model={self.model!r})"
@@ -99,8 +98,7 @@ class VLLMServer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        if self._api_key is None and self._credentials is None and os.environ.get("VLLM_API_KEY"):
-            self._api_key = check_secret(os.environ["VLLM_API_KEY"], "VLLM_API_KEY")
+        self._api_key = environment_secret("VLLM_API_KEY")
 
     # --- the two exact endpoints ------------------------------------------------------------------------------
 
@@ -118,7 +116,7 @@ class VLLMServer:
         url = f"{self.base_url}/embeddings"
         # use_activation=false: the raw last-token state, which the core cuts (Matryoshka) and normalises itself.
         return await self._batched(
-            sequences, url, lambda batch: {"model": self.model, "input": batch, "use_activation": False},
+            sequences, url, lambda batch: {"input": batch, "use_activation": False},
             lambda row: _vector(row.get("embedding"), width),
         )  # fmt: skip
 
@@ -129,9 +127,7 @@ class VLLMServer:
     async def aclassify(self, sequences: list[list[int]]) -> list[float]:
         """Async :meth:`classify`."""
         url = f"{self.root}/classify"
-        return await self._batched(
-            sequences, url, lambda batch: {"model": self.model, "input": batch}, lambda row: _probability(row)
-        )
+        return await self._batched(sequences, url, lambda batch: {"input": batch}, lambda row: _probability(row))
 
     # --- batching, concurrency, retries ---------------------------------------------------------------------
 
@@ -150,7 +146,7 @@ class VLLMServer:
 
             async def one(batch: list[list[int]]) -> list[T]:
                 async with gate:
-                    return await self._post(client, url, {**body(batch), "model": served}, len(batch), read_row)
+                    return await self._post(client, url, {"model": served, **body(batch)}, len(batch), read_row)
 
             results = await asyncio.gather(*(one(b) for b in batches))
         return [row for rows in results for row in rows]

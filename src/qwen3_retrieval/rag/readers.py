@@ -14,6 +14,7 @@ from. The libraries (each behind an extra, all of them in ``[all]``):
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,12 +158,12 @@ def find_files(
             info = path.stat()
             if (info.st_dev, info.st_ino) in seen:
                 return  # already taken: a cycle, or a second way to the same place
-            if path.is_dir():
+            if stat.S_ISDIR(info.st_mode):
                 if not include_hidden and path != root and _skipped_folder(path):
                     return
                 seen.add((info.st_dev, info.st_ino))
                 walk(path)
-            elif path.is_file() and path.suffix.lower() in READERS:
+            elif stat.S_ISREG(info.st_mode) and path.suffix.lower() in READERS:
                 seen.add((info.st_dev, info.st_ino))
                 found.append(path)
         except OSError as err:
