@@ -166,7 +166,9 @@ def _prepare(contender: str, task: str, model: str, device: str, url: str | None
         from qwen3_retrieval import Qwen3Reranker
 
         reranker = Qwen3Reranker(model, **engine)
-        reranker._runtime.policy = replace(reranker._runtime.policy, share_prefix=contender != "ours_plain")
+        if contender == "ours_plain":
+            policy = replace(reranker.options.batch_policy, share_prefix=False)
+            reranker = Qwen3Reranker(model, **engine, batch_policy=policy)
         return lambda work: reranker.score(work["query"], work["documents"])
     if contender == "st_cross_encoder":
         from sentence_transformers import CrossEncoder
@@ -326,15 +328,15 @@ def workload(model: str, task: str, work: dict[str, Any]) -> tuple[int, float, f
         from qwen3_retrieval.prompts import embedding_query
 
         texts = work.get("texts") or [embedding_query(q, DEFAULT_INSTRUCTION) for q in work["queries"]]
-        lengths = [len(s) for s in Qwen3Embedder(model, device="cpu")._runtime.tokenize(texts)]
+        lengths = [len(s) for s in Qwen3Embedder(model, device="cpu").processor.documents(texts)]
         flops = float(per_token * sum(lengths) + sum(causal(n) for n in lengths))
         return sum(lengths), flops, flops
     from qwen3_retrieval import DEFAULT_INSTRUCTION, Qwen3Reranker
 
-    runtime = Qwen3Reranker(model, device="cpu")._runtime
+    processor = Qwen3Reranker(model, device="cpu").processor
     tokens, plain, shared = 0, 0, 0
     for request in work.get("requests") or [work]:
-        prefix, tails = runtime.encode_parts(DEFAULT_INSTRUCTION, request["query"], request["documents"])
+        prefix, tails = processor.prompts(request["query"], request["documents"], DEFAULT_INSTRUCTION)
         lengths = [len(prefix) + len(t) for t in tails]
         tokens += sum(lengths)
         plain += per_token * sum(lengths) + sum(causal(n) for n in lengths)

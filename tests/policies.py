@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.batching import BatchPolicy
 
 POLICIES = {
     # The default on every device: sequences end to end in one row, no padding.

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
-from qwen3_retrieval.batching import token_budget_batches
-from qwen3_retrieval.devices import batch_policy
+from qwen3_retrieval.batching import default_policy, token_budget_batches
 
 
 def test_padded_batches_respect_the_budget_longest_first() -> None:
@@ -38,11 +37,11 @@ def test_padding_share_bounds_each_batch() -> None:
 def test_default_layout_is_packed_and_a_named_kernel_pads() -> None:
     import torch
 
-    cpu, gpu = batch_policy(torch.device("cpu")), batch_policy(torch.device("cuda"))
+    cpu, gpu = default_policy(torch.device("cpu")), default_policy(torch.device("cuda"))
     assert cpu.layout == gpu.layout == "packed"
     assert cpu.batch_tokens < gpu.batch_tokens
-    padded_cpu = batch_policy(torch.device("cpu"), packed=False)
-    padded_gpu = batch_policy(torch.device("cuda"), packed=False)
+    padded_cpu = default_policy(torch.device("cpu"), packed=False)
+    padded_gpu = default_policy(torch.device("cuda"), packed=False)
     assert padded_cpu.layout == "right" and padded_gpu.layout == "left"
     assert 0 < padded_cpu.max_padding < padded_gpu.max_padding == 1.0
 

@@ -54,8 +54,7 @@ def st_model(embedding_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_documents_equal_sentence_transformers(embedding_path: Path, st_model, policy: str) -> None:  # type: ignore[no-untyped-def]
-    embedder = Qwen3Embedder(embedding_path, device="cpu")
-    embedder._runtime.policy = POLICIES[policy]
+    embedder = Qwen3Embedder(embedding_path, device="cpu", batch_policy=POLICIES[policy])
     ours = embedder.embed_documents(DOCUMENTS + DOCUMENTS[:3])[: len(DOCUMENTS)]
     reference = st_model.encode(DOCUMENTS, batch_size=4, convert_to_numpy=True)
     assert ours.dtype == np.float32
@@ -101,8 +100,7 @@ def test_pooling_is_at_the_eos_not_a_pad_or_other_token(embedder: Qwen3Embedder,
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_batched_equals_one_by_one(embedding_path: Path, policy: str) -> None:
-    big = Qwen3Embedder(embedding_path, device="cpu")
-    big._runtime.policy = POLICIES[policy]
+    big = Qwen3Embedder(embedding_path, device="cpu", batch_policy=POLICIES[policy])
     small = Qwen3Embedder(embedding_path, device="cpu", batch_tokens=1)
     together = big.embed_documents(DOCUMENTS)
     singles = np.stack([small.embed_documents([d])[0] for d in DOCUMENTS])
@@ -120,9 +118,8 @@ def test_both_tokenizer_variants_give_identical_vectors(checkpoints: dict[str, P
 def test_truncation_keeps_exactly_one_eos(checkpoints: dict[str, Path]) -> None:
     for name in ("embedding", "embedding-no-eos"):
         embedder = Qwen3Embedder(checkpoints[name], device="cpu", max_length=8)
-        runtime = embedder._runtime
-        ids = runtime.tokenize([DOCUMENTS[-1], "short", ""])
-        eos = runtime.state().eos_id
+        ids = embedder.processor.documents([DOCUMENTS[-1], "short", ""])
+        eos = embedder.processor.eos_id
         assert len(ids[0]) == 8
         for seq in ids:
             assert seq[-1] == eos
@@ -165,8 +162,8 @@ def test_empty_list_returns_empty_without_loading(embedding_path: Path) -> None:
     embedder = Qwen3Embedder(embedding_path, device="cpu", attn_implementation="eager")
     assert embedder.embed_documents([]).shape == (0, 0)
     assert embedder.embed_queries([]).shape == (0, 0)
-    assert embedder._runtime._loaded is None
-    assert embedder._runtime.cache_key not in cached_keys()
+    assert embedder.loaded is None
+    assert embedder.cache_key not in cached_keys()
 
 
 def test_non_string_item_names_its_index(embedder: Qwen3Embedder) -> None:
@@ -217,7 +214,7 @@ def test_constructing_reads_no_file(tmp_path: Path) -> None:
     empty = tmp_path / "empty-model"
     empty.mkdir()
     embedder = Qwen3Embedder(empty, device="cpu")  # nothing there to read, and nothing is read
-    assert embedder._runtime._loaded is None
+    assert embedder.loaded is None
     with pytest.raises(ValueError, match="could not load model"):
         embedder.embed_documents(["now it loads"])
 
@@ -245,6 +242,6 @@ def test_objects_share_one_load_even_from_threads(embedding_path: Path, monkeypa
     for t in threads:
         t.join()
     assert len(calls) == 1
-    assert all(e._runtime._loaded is embedders[0]._runtime._loaded for e in embedders)
+    assert all(e.loaded is embedders[0].loaded for e in embedders)
     for r in results[1:]:
         np.testing.assert_allclose(r, results[0], atol=TOL)

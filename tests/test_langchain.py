@@ -91,7 +91,7 @@ def test_construction_loads_nothing(tmp_path: Path) -> None:
     empty = tmp_path / "not-yet"
     empty.mkdir()
     embeddings = Qwen3Embeddings(model=str(empty))
-    assert embeddings.embedder is not None and embeddings.embedder._runtime._loaded is None
+    assert embeddings.embedder is not None and embeddings.embedder.loaded is None
 
 
 def test_shares_an_existing_embedder(embedding_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_public_rerank_returns_index_score_pairs(reranker_path: Path, core_reran
 def test_empty_input_returns_empty_without_loading(reranker_path: Path) -> None:
     rerank = Qwen3Rerank(model=str(reranker_path), device="cpu", max_length=99)
     assert rerank.compress_documents([], QUERY) == []
-    assert rerank.reranker is not None and rerank.reranker._runtime._loaded is None
+    assert rerank.reranker is not None and rerank.reranker.loaded is None
 
 
 def test_empty_content_is_scored(reranker_path: Path) -> None:

@@ -168,11 +168,11 @@ def test_rerank_events_and_callback(reranker_path: Path, events: list[Any]) -> N
 def test_bad_input(reranker_path: Path) -> None:
     rerank = Qwen3Rerank(model=str(reranker_path), device="cpu", max_length=98)
     with pytest.raises(ValueError, match="needs the query"):
-        rerank._postprocess_nodes(nodes_with_scores(), None)
+        rerank.postprocess_nodes(nodes_with_scores())
     with pytest.raises(ValueError, match="query is empty"):
         rerank.postprocess_nodes(nodes_with_scores(), query_bundle=QueryBundle(query_str=""))
     assert rerank.postprocess_nodes([], query_str=QUERY) == []
-    assert rerank.reranker._runtime._loaded is None  # type: ignore[union-attr]
+    assert rerank.reranker.loaded is None  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="top_n must be at least 1"):
         make_rerank(reranker_path, top_n=0)
 

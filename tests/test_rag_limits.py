@@ -18,7 +18,7 @@ def test_text_is_cut_in_bytes_never_inside_a_character() -> None:
 def test_upserts_are_cut_under_the_message_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store, "UPSERT_BYTES", 10_000)
     rows = [{"text": "x" * 1000, "path": "a.md", "heading": ""} for _ in range(40)]
-    pieces = list(store._pieces(rows, vector_bytes=1024 * 4))
+    pieces = list(store.upsert_pieces(rows, vector_bytes=1024 * 4))
     assert sum(len(p) for p in pieces) == 40 and len(pieces) > 1
     for piece in pieces:
         assert sum(4096 + 1000 + 4 + 256 for _ in piece) <= 10_000

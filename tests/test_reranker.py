@@ -94,7 +94,7 @@ def test_custom_instruction_equals_model_card(reranker: Qwen3Reranker, card: Mod
 
 
 def test_prompt_tokens_equal_model_card_tokens(reranker: Qwen3Reranker, card: ModelCard) -> None:
-    ours = reranker._runtime.encode(CARD_INSTRUCTION, QUERY, DOCUMENTS)
+    ours = reranker.processor.prompt_ids(QUERY, DOCUMENTS, CARD_INSTRUCTION)
     assert ours == card.input_ids([card_body(CARD_INSTRUCTION, QUERY, d) for d in DOCUMENTS])
 
 
@@ -110,9 +110,9 @@ def test_comparison_catches_prompt_mistakes(reranker: Qwen3Reranker, card: Model
 def test_truncated_long_documents_equal_model_card(reranker_path: Path, max_length: int) -> None:
     ours = Qwen3Reranker(reranker_path, device="cpu", max_length=max_length)
     card = ModelCard(reranker_path, max_length=max_length)
-    ids = ours._runtime.encode(CARD_INSTRUCTION, QUERY, DOCUMENTS)
+    ids = ours.processor.prompt_ids(QUERY, DOCUMENTS, CARD_INSTRUCTION)
     assert max(len(s) for s in ids) == max_length  # the long document was cut
-    suffix = ours._runtime.state().suffix_ids
+    suffix = ours.processor.suffix_ids
     assert all(s[-len(suffix) :] == suffix for s in ids)  # and still ends with the assistant suffix
     assert_scores_close(
         ours.score(QUERY, DOCUMENTS), card.scores([card_body(CARD_INSTRUCTION, QUERY, d) for d in DOCUMENTS])
@@ -125,16 +125,17 @@ def test_truncated_long_documents_equal_model_card(reranker_path: Path, max_leng
 def test_any_batch_split_gives_the_same_scores(
     reranker_path: Path, card: ModelCard, batch_tokens: int, policy: str, share_prefix: bool
 ) -> None:
-    reranker = Qwen3Reranker(reranker_path, device="cpu")
-    reranker._runtime.policy = replace(POLICIES[policy], batch_tokens=batch_tokens, share_prefix=share_prefix)
+    policy_used = replace(POLICIES[policy], batch_tokens=batch_tokens, share_prefix=share_prefix)
+    reranker = Qwen3Reranker(reranker_path, device="cpu", batch_policy=policy_used)
     ours = reranker.score(QUERY, DOCUMENTS)
     assert_scores_close(ours, card.scores([card_body(CARD_INSTRUCTION, QUERY, d) for d in DOCUMENTS]))
 
 
 def test_shared_prefix_path_equals_plain_path(reranker_path: Path) -> None:
     fast = Qwen3Reranker(reranker_path, device="cpu")
-    plain = Qwen3Reranker(reranker_path, device="cpu")
-    plain._runtime.policy = replace(plain._runtime.policy, share_prefix=False)
+    plain = Qwen3Reranker(
+        reranker_path, device="cpu", batch_policy=replace(fast.options.batch_policy, share_prefix=False)
+    )
     for task in (CARD_INSTRUCTION, "Find geography facts"):
         a, b = fast.score(QUERY, DOCUMENTS, instruction=task), plain.score(QUERY, DOCUMENTS, instruction=task)
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
@@ -216,8 +217,8 @@ def test_empty_documents_return_empty_without_loading(reranker_path: Path) -> No
     reranker = Qwen3Reranker(reranker_path, device="cpu", attn_implementation="eager", max_length=77)
     assert reranker.score(QUERY, []) == []
     assert reranker.rank(QUERY, []) == []
-    assert reranker._runtime._loaded is None
-    assert reranker._runtime.cache_key not in cached_keys()
+    assert reranker.loaded is None
+    assert reranker.cache_key not in cached_keys()
 
 
 def test_non_string_document_names_its_index(reranker: Qwen3Reranker) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
 _DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -57,46 +54,3 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
         return _DTYPE_NAMES[dtype.lower()]
     raise ValueError(f"unknown dtype {dtype!r}; use {_VALID_DTYPES}")
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """How sequences are grouped and laid out on one device."""
-
-    batch_tokens: int
-    """Token budget of one batch: its real tokens when packed, rows x longest when padded."""
-    max_padding: float
-    """Padded layouts: the largest share of a batch's padded size that may be pad tokens."""
-    layout: Literal["packed", "left", "right"]
-    """``"packed"`` (the default): a batch's sequences end to end in one row, attention inside each (see
-    :mod:`qwen3_retrieval.packing`). Padded layouts serve an ``attn_implementation`` the caller names:
-    ``"left"``, pads first behind an attention mask (what transformers' kernels expect on GPU); ``"right"``, pads
-    last and no mask, since causal attention already keeps every real token from seeing them."""
-    share_prefix: bool = True
-    """Reranking: run the prompt part every document of a query shares once per call, each document on top."""
-    micro_batch: bool = True
-    """Concurrent callers: merge calls into shared runs on one worker (see :mod:`qwen3_retrieval.microbatch`);
-    False runs each call alone in its caller's thread."""
-    batch_wait_s: float = 0.002
-    """How long a merged run waits for more calls while calls are streaming in; a lone caller never waits."""
-
-
-def batch_policy(device: torch.device, *, packed: bool = True) -> BatchPolicy:
-    """Return the batching policy for ``device``: packed, or padded for a caller-named attention kernel.
-
-    Packed batches hold no padding, so their budget only bounds memory and how much work one call shares.
-    CPU (2 threads, real 0.6B shape, the benchmark's 16 texts, interleaved runs): budgets of 512 to 4096 tokens
-    all timed within this machine's run-to-run noise (about 13-15 s); 1024 keeps activations small. GPUs need
-    large batches to fill the device.
-    """
-    if device.type in ("cuda", "mps"):
-        budget = 16384 if device.type == "cuda" else 8192
-        return BatchPolicy(batch_tokens=budget, max_padding=1.0, layout="packed" if packed else "left")
-    if packed:
-        return BatchPolicy(batch_tokens=CPU_PACKED_BATCH_TOKENS, max_padding=1.0, layout="packed")
-    # Padded on CPU: a mask takes attention off the fused causal kernel (twice as slow), right pads cost only
-    # themselves, and small groups of similar lengths did best (budget 512 with up to 25% pads).
-    return BatchPolicy(batch_tokens=512, max_padding=0.25, layout="right")
-
-
-CPU_PACKED_BATCH_TOKENS = 1024

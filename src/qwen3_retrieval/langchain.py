@@ -27,9 +27,10 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from pydantic import ConfigDict, Field, model_validator
 from typing_extensions import Self
 
-from qwen3_retrieval._options import EmbedderOptions, RerankerOptions, accept_alias
+from qwen3_retrieval._fields import EmbedderFields, RerankerFields, accept_alias
 from qwen3_retrieval._validation import check_texts
 from qwen3_retrieval.embedder import Qwen3Embedder
+from qwen3_retrieval.processors import ranked
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.reranker import Qwen3Reranker
 
@@ -38,7 +39,7 @@ __all__ = ["Qwen3Embeddings", "Qwen3Rerank"]
 _CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
 
-class Qwen3Embeddings(EmbedderOptions, Embeddings):
+class Qwen3Embeddings(EmbedderFields, Embeddings):
     """Qwen3-Embedding as a LangChain ``Embeddings``: queries get the instruction, documents do not.
 
     Construction loads nothing; the model loads on the first call and is shared with every other object using
@@ -67,7 +68,7 @@ class Qwen3Embeddings(EmbedderOptions, Embeddings):
 
     @model_validator(mode="after")
     def _bind(self) -> Self:
-        self.embedder = self.bind_embedder(self.embedder)
+        self.embedder = self._bound_core(self.embedder, Qwen3Embedder, "embedder")
         return self
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -91,7 +92,7 @@ class Qwen3Embeddings(EmbedderOptions, Embeddings):
         return (await self.embedder.aembed_query(text)).tolist()
 
 
-class Qwen3Rerank(RerankerOptions, BaseDocumentCompressor):
+class Qwen3Rerank(RerankerFields, BaseDocumentCompressor):
     """Qwen3-Reranker as a LangChain document compressor (e.g. in ``ContextualCompressionRetriever``).
 
     Returns new documents, best first, each with ``metadata["relevance_score"]`` = P(yes) as a float; ``id`` and
@@ -118,7 +119,7 @@ class Qwen3Rerank(RerankerOptions, BaseDocumentCompressor):
 
     @model_validator(mode="after")
     def _bind(self) -> Self:
-        self.reranker = self.bind_reranker(self.reranker)
+        self.reranker = self._bound_core(self.reranker, Qwen3Reranker, "reranker")
         return self
 
     def rerank(
@@ -149,10 +150,8 @@ class Qwen3Rerank(RerankerOptions, BaseDocumentCompressor):
     ) -> Sequence[Document]:
         """Return copies of the best ``top_n`` documents at or above ``score_threshold``, best first."""
         assert self.reranker is not None
-        ranked = self.reranker.rank(
-            query, [d.page_content for d in documents], top_n=self.top_n, score_threshold=self.score_threshold
-        )
-        return [_with_score(documents[index], score) for index, score in ranked]
+        scores = self.reranker.score(query, [d.page_content for d in documents])
+        return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
 
     async def acompress_documents(
         self,
@@ -160,12 +159,10 @@ class Qwen3Rerank(RerankerOptions, BaseDocumentCompressor):
         query: str,
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
-        """Async :meth:`compress_documents`: awaits the core's ``arank``."""
+        """Async :meth:`compress_documents`: awaits the core's ``ascore``."""
         assert self.reranker is not None
-        ranked = await self.reranker.arank(
-            query, [d.page_content for d in documents], top_n=self.top_n, score_threshold=self.score_threshold
-        )
-        return [_with_score(documents[index], score) for index, score in ranked]
+        scores = await self.reranker.ascore(query, [d.page_content for d in documents])
+        return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
 
 
 def _with_score(document: Document, score: float) -> Document:

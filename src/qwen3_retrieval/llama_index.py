@@ -29,9 +29,10 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from pydantic import ConfigDict, Field, model_validator
 from typing_extensions import Self
 
-from qwen3_retrieval._options import EmbedderOptions, RerankerOptions, accept_alias
+from qwen3_retrieval._fields import EmbedderFields, RerankerFields, accept_alias
 from qwen3_retrieval._validation import check_query
 from qwen3_retrieval.embedder import Qwen3Embedder
+from qwen3_retrieval.processors import ranked
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.reranker import Qwen3Reranker
 
@@ -42,7 +43,7 @@ dispatcher = get_dispatcher(__name__)
 _CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
 
-class Qwen3Embedding(EmbedderOptions, BaseEmbedding):
+class Qwen3Embedding(EmbedderFields, BaseEmbedding):
     """Qwen3-Embedding as a LlamaIndex ``BaseEmbedding``: queries get the instruction, texts do not.
 
     ``model`` and ``model_name`` name the same thing. ``BaseEmbedding`` already emits the embedding events;
@@ -65,7 +66,7 @@ class Qwen3Embedding(EmbedderOptions, BaseEmbedding):
 
     @model_validator(mode="after")
     def _bind(self) -> Self:
-        self.embedder = self.bind_embedder(self.embedder)
+        self.embedder = self._bound_core(self.embedder, Qwen3Embedder, "embedder")
         return self
 
     @classmethod
@@ -98,7 +99,7 @@ class Qwen3Embedding(EmbedderOptions, BaseEmbedding):
         return (await self._core.aembed_documents(texts)).tolist()
 
 
-class Qwen3Rerank(RerankerOptions, BaseNodePostprocessor):
+class Qwen3Rerank(RerankerFields, BaseNodePostprocessor):
     """Qwen3-Reranker as a LlamaIndex node postprocessor.
 
     Scores ``node.get_content(metadata_mode=MetadataMode.EMBED)`` against the query and returns new
@@ -122,7 +123,7 @@ class Qwen3Rerank(RerankerOptions, BaseNodePostprocessor):
 
     @model_validator(mode="after")
     def _bind(self) -> Self:
-        self.reranker = self.bind_reranker(self.reranker)
+        self.reranker = self._bound_core(self.reranker, Qwen3Reranker, "reranker")
         return self
 
     @classmethod
@@ -149,13 +150,9 @@ class Qwen3Rerank(RerankerOptions, BaseNodePostprocessor):
         kept: list[NodeWithScore] = []
         try:
             with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
-                ranked = self.reranker.rank(
-                    query,
-                    [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes],
-                    top_n=self.top_n,
-                    score_threshold=self.score_threshold,
-                )
-                kept = [self._rescored(nodes[index], score) for index, score in ranked]
+                texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+                best = ranked(self.reranker.score(query, texts), self.top_n, self.score_threshold)
+                kept = [self._rescored(nodes[index], score) for index, score in best]
                 event.on_end(payload={EventPayload.NODES: kept})
         finally:
             dispatcher.event(ReRankEndEvent(nodes=kept))  # also when scoring fails: every start has its end

@@ -7,7 +7,7 @@ hands each caller its rows. A lone caller never waits: its call starts at once. 
 (the previous run ended moments ago), the worker first waits a few milliseconds (``batch_wait_ms``) so a
 burst rises into one batch.
 
-Results equal one-at-a-time calls (every sequence attends only to itself; see :mod:`qwen3_retrieval.packing`).
+Results equal one-at-a-time calls (every sequence attends only to itself; see :mod:`qwen3_retrieval.packed`).
 At most ``max_waiting`` calls queue; further callers block (threads) or wait without blocking (async) until
 there is room. A cancelled async caller's work is skipped if not started and its answer dropped if it was: the
 other callers are unaffected. The worker exits when the queue is empty, so it holds no model alive.

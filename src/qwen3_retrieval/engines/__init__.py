@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.batching import BatchPolicy
 
 
 def finish_progress(progress: tqdm | None, count: int) -> None:

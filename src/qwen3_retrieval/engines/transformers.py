@@ -1,7 +1,7 @@
 """The default engine: the model in this process, run by transformers.
 
-Packed batches by default (:mod:`qwen3_retrieval.packing`); padded ones when the caller names an attention
-kernel (:mod:`qwen3_retrieval.forward`). Concurrent calls are merged into shared runs
+Packed batches by default (:mod:`qwen3_retrieval.packed`); padded ones when the caller names an attention
+kernel (:mod:`qwen3_retrieval.padded`). Concurrent calls are merged into shared runs
 (:mod:`qwen3_retrieval.microbatch`): one worker thread per model runs them, so callers never fight over cores.
 """
 
@@ -14,12 +14,12 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.batching import BatchPolicy
 from qwen3_retrieval.engines import finish_progress
 from qwen3_retrieval.forking import compute_section
-from qwen3_retrieval.forward import last_hidden_after_prefix, last_hidden_batched
 from qwen3_retrieval.microbatch import MicroBatcher
-from qwen3_retrieval.packing import PromptGroup, last_hidden_packed
+from qwen3_retrieval.packed import PromptGroup, last_hidden_packed
+from qwen3_retrieval.padded import last_hidden_after_prefix, last_hidden_batched
 
 
 class _Call(NamedTuple):

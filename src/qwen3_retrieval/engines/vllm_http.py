@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval._validation import check_base_url, check_positive_number
-from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.batching import BatchPolicy
 from qwen3_retrieval.engines import finish_progress
 from qwen3_retrieval.errors import ServerError
 from qwen3_retrieval.redaction import check_secret, environment_secret, mask, split_credentials

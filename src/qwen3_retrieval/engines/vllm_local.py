@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from qwen3_retrieval.devices import BatchPolicy
+from qwen3_retrieval.batching import BatchPolicy
 from qwen3_retrieval.engines import finish_progress
 
 ORIGINAL_RERANKER_OVERRIDES = {

@@ -281,7 +281,7 @@ class PassageStore:
             }
             for i, (p, vector) in enumerate(zip(passages, vectors, strict=True))
         ]
-        for piece in _pieces(rows, vectors.shape[1] * 4 if len(vectors) else 0):
+        for piece in upsert_pieces(rows, vectors.shape[1] * 4 if len(vectors) else 0):
             self.client.upsert(self.collection, piece)
         stale = f"file_key == {_literal(key)} and (file_hash != {_literal(file_hash)} or parts != {len(passages)})"
         self.client.delete(self.collection, filter=stale)
@@ -327,7 +327,8 @@ class PassageStore:
         return [Hit(*(h["entity"][f] for f in fields)) for h in result[0]]
 
 
-def _pieces(rows: list[dict[str, Any]], vector_bytes: int) -> Iterator[list[dict[str, Any]]]:
+def upsert_pieces(rows: list[dict[str, Any]], vector_bytes: int) -> Iterator[list[dict[str, Any]]]:
+    """Cut rows into upserts that each stay under ``UPSERT_BYTES``, Milvus' message limit with room to spare."""
     piece: list[dict[str, Any]] = []
     size = 0
     for row in rows:

@@ -1,0 +1,149 @@
+"""The framework components' pydantic fields, generated from the core's options, and the binding to a core object.
+
+Only pydantic is imported here (both frameworks depend on it); no LangChain or LlamaIndex type. Every option of
+:class:`~qwen3_retrieval.options.EmbedderOptions` / :class:`~qwen3_retrieval.options.RerankerOptions` becomes a
+field with the option's docstring as its description, so an option added to the core appears in both
+frameworks. The components declare only their model field, their core field and their framework's own fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import TYPE_CHECKING, Any, ClassVar, get_type_hints
+
+from pydantic import BaseModel, Field, SecretStr, create_model, field_validator
+
+from qwen3_retrieval._validation import check_score_threshold, check_top_n
+from qwen3_retrieval.embedder import Qwen3Embedder
+from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
+from qwen3_retrieval.redaction import redact_url, split_credentials
+from qwen3_retrieval.reranker import Qwen3Reranker
+
+__all__ = ["EmbedderFields", "RerankerFields", "accept_alias"]
+
+
+class _CoreFields(BaseModel):
+    """Methods shared by the generated field sets."""
+
+    _model_field: ClassVar[str] = "model"
+
+    if TYPE_CHECKING:  # the generated fields, for type checkers
+
+        def __getattr__(self, name: str) -> Any: ...
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # Secrets never travel in a pickle (LlamaIndex's workers, multiprocessing): a copy reads VLLM_API_KEY.
+        state = super().__getstate__()
+        values = dict(state["__dict__"])
+        values["api_key"] = None
+        if values.get("base_url"):
+            values["base_url"] = split_credentials(values["base_url"])[0]
+        return {**state, "__dict__": values}
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "base_url" and isinstance(value, str) else value
+
+    def _core_options(self, cls: type[ModelOptions]) -> dict[str, Any]:
+        """The fields' values as options of ``cls``: what a core object is built from."""
+        values = {f.name: getattr(self, f.name) for f in fields(cls) if f.name != "model"}
+        key = values.pop("api_key")
+        return {**values, "api_key": key.get_secret_value() if key is not None else None}
+
+    def _bound_core(self, given: Any, cls: type[Qwen3Embedder | Qwen3Reranker], what: str) -> Any:
+        """Return ``given`` after taking its options as this component's fields, or a new core object.
+
+        Raises:
+            ValueError: An option given here differs from the core's (both values are named).
+        """
+        if given is None:
+            return cls(getattr(self, self._model_field), **self._core_options(_OPTIONS[cls]))
+        theirs = given.options.dump()
+        conflicts = []
+        for name in sorted(self.model_fields_set):
+            option = "model" if name == self._model_field else name
+            ours = getattr(self, name)
+            if option in theirs and ours is not None and not _same(given.options, option, ours):
+                conflicts.append(f"{name}={ours!r} here but {what}.{option}={theirs[option]!r}")
+        if conflicts:
+            raise ValueError(
+                f"{what}= was passed together with options that differ from it ({'; '.join(conflicts)}); "
+                f"pass only {what}=, or make the options agree"
+            )
+        # Take the core's options as the fields, so that a dump rebuilds it (its secrets stay with it).
+        for name, value in theirs.items():
+            if name != "api_key":
+                setattr(self, self._model_field if name == "model" else name, value)
+        return given
+
+
+_OPTIONS: dict[type, type[ModelOptions]] = {Qwen3Embedder: EmbedderOptions, Qwen3Reranker: RerankerOptions}
+
+
+def _same(options: ModelOptions, name: str, value: Any) -> bool:
+    """Whether ``name=value`` means what the core's option does: ``"fp32"`` and ``"float32"``, ``"./m"`` and ``"m"``."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if name == "base_url" and isinstance(value, str):
+        return redact_url(value) == options.shown_url  # the core's password is not shown: compare what is
+    try:
+        return bool(getattr(replace(options, **{name: value}), name) == getattr(options, name))
+    except (TypeError, ValueError):
+        return False
+
+
+def _generated(name: str, cls: type[ModelOptions], base: type[BaseModel]) -> Any:
+    """A pydantic model on ``base`` with a field per option of ``cls`` (its model field is each component's)."""
+    hints = get_type_hints(cls)
+    definitions: dict[str, Any] = {
+        f.name: (
+            SecretStr | None if f.name == "api_key" else hints[f.name],
+            Field(default=f.default, description=f.metadata["doc"]),
+        )
+        for f in fields(cls)
+        if f.name != "model"
+    }
+    return create_model(name, __base__=base, __module__=__name__, **definitions)
+
+
+class _Selection(_CoreFields):
+    """The reranking components' selection, applied to the core's scores (a framework convention, not an option)."""
+
+    top_n: int | None = 3
+    """How many documents to return; None keeps all."""
+    score_threshold: float | None = None
+    """Drop documents scoring below this probability (0 to 1); None keeps all."""
+
+    @field_validator("top_n")
+    @classmethod
+    def _check_top_n(cls, value: int | None) -> int | None:
+        return check_top_n(value)
+
+    @field_validator("score_threshold")
+    @classmethod
+    def _check_threshold(cls, value: float | None) -> float | None:
+        return check_score_threshold(value)
+
+
+if TYPE_CHECKING:
+    EmbedderFields = _CoreFields
+    RerankerFields = _Selection
+else:
+    EmbedderFields = _generated("EmbedderFields", EmbedderOptions, _CoreFields)
+    RerankerFields = _generated("RerankerFields", RerankerOptions, _Selection)
+
+
+def accept_alias(data: Any, field: str, alias: str) -> Any:
+    """Map ``alias=`` onto ``field=`` in constructor arguments (e.g. ``model_name`` for ``model``).
+
+    Raises:
+        ValueError: Both were given with different values.
+    """
+    if not isinstance(data, dict) or alias not in data:
+        return data
+    data = dict(data)
+    value = data.pop(alias)
+    if data.get(field, value) != value:
+        raise ValueError(f"{field}={data[field]!r} and {alias}={value!r} differ; pass only one of them")
+    data[field] = value
+    return data

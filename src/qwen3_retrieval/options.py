@@ -1,0 +1,276 @@
+"""The options of one model: the only list of them, checked and resolved once.
+
+:class:`EmbedderOptions` and :class:`RerankerOptions` are frozen records. Building one checks every value and
+resolves what ``None`` means here (device, dtype, engine, batch policy), so the record holds what will run and
+nothing is checked again on a call. :meth:`ModelOptions.dump` gives plain values that rebuild an equal record.
+The core classes take these options as keyword arguments, and the LangChain and LlamaIndex components get their
+pydantic fields, with these docstrings, from the same records (see :mod:`qwen3_retrieval._fields`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
+
+import torch
+
+from qwen3_retrieval._validation import (
+    check_base_url,
+    check_instruction,
+    check_non_negative,
+    check_positive_int,
+    check_positive_number,
+)
+from qwen3_retrieval.batching import BatchPolicy, default_policy
+from qwen3_retrieval.devices import resolve_device, resolve_dtype
+from qwen3_retrieval.loading import model_source
+from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_INSTRUCTION, DEFAULT_RERANKER_MODEL
+from qwen3_retrieval.redaction import check_secret, environment_secret, redact_url, split_credentials
+
+MIN_DIMENSIONS = 32
+"""The smallest Matryoshka size the model cards support."""
+
+ENGINES = ("transformers", "vllm", "http")
+
+
+def _option(default: Any, doc: str, **kwargs: Any) -> Any:
+    # The docstring travels with the field: the framework components show it as their field's description.
+    return field(default=default, metadata={"doc": doc}, **kwargs)
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class ModelOptions:
+    """What the embedder and the reranker share. Build :class:`EmbedderOptions` or :class:`RerankerOptions`."""
+
+    kind: ClassVar[str] = ""
+
+    model: str = _option("", "Hub id or local folder of the checkpoint.", kw_only=False)
+    device: str | None = _option(
+        None, "``'cpu'``, ``'cuda'``, ``'cuda:N'``, ``'mps'`` (or a ``torch.device``); None: the best available."
+    )
+    dtype: str | None = _option(
+        None,
+        "``'float32'``, ``'bfloat16'``, ``'float16'`` (or a ``torch.dtype``); None: bfloat16 on capable GPUs, "
+        "else float32.",
+    )
+    instruction: str = _option(
+        DEFAULT_INSTRUCTION, "Default task instruction (the model cards' web-search one); ``''`` for none."
+    )
+    max_length: int = _option(
+        8192,
+        "Longest token sequence: per text with its trailing ``<|endoftext|>`` (embedding), per prompt with the "
+        "template (reranking); longer input is cut, the template kept.",
+    )
+    batch_tokens: int | None = _option(
+        None, "Token budget of one batch (real tokens when packed); None: the batch policy's (set per device)."
+    )
+    batch_wait_ms: float | None = _option(
+        2.0,
+        "Concurrent calls on one model run merged in shared batches by one worker; while calls stream in, a "
+        "batch waits up to this long for more (a lone call never waits). None runs each call alone in its "
+        "caller's thread. In-process engines only.",
+    )
+    batch_policy: BatchPolicy | None = _option(
+        None,
+        "How batches are laid out and bounded (:class:`~qwen3_retrieval.batching.BatchPolicy`); None: the "
+        "device's default. ``batch_tokens`` and ``batch_wait_ms`` apply on top of it.",
+    )
+    show_progress: bool = _option(False, "Show a tqdm progress bar.")
+    attn_implementation: str | None = _option(
+        None,
+        "None runs packed batches (sequences end to end, no padding, attention inside each); a transformers "
+        "kernel named here (``'sdpa'``, ``'eager'``, ``'flash_attention_2'``) runs padded batches instead.",
+    )
+    engine: str | None = _option(
+        None,
+        "``'transformers'`` (the default) or ``'vllm'`` (``vllm.LLM`` in this process); ``'http'`` (implied by "
+        "``base_url``) is a vLLM server.",
+    )
+    base_url: str | None = _option(
+        None,
+        "A vLLM server's OpenAI-compatible URL (``'http://host:8000/v1'``) to run the model on; only the "
+        "tokenizer is loaded here. A password in it is sent as basic authentication and never shown.",
+    )
+    api_key: str | None = _option(
+        None,
+        "The server's key (``--api-key``); None reads ``VLLM_API_KEY``, if set. Never shown in a message or "
+        "``repr``, never pickled.",
+        repr=False,
+    )
+    timeout: float = _option(120.0, "Seconds one server request may take in all, answer included.")
+    engine_options: dict[str, Any] | None = _option(
+        None,
+        "Extra arguments for ``vllm.LLM`` with ``engine='vllm'`` (``tensor_parallel_size``…); by default its "
+        "KV cache holds two ``max_length`` prompts instead of most of the machine's memory.",
+    )
+
+    def __post_init__(self) -> None:
+        resolved = self._resolved()
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
+        # VLLM_API_KEY is read here, once: the key is part of which loaded model is shared (see cache_key).
+        key = self.api_key
+        if key is None and self.base_url is not None and split_credentials(self.base_url)[1] is None:
+            key = environment_secret("VLLM_API_KEY")
+        object.__setattr__(self, "_key", key)
+
+    def _resolved(self) -> dict[str, Any]:
+        """Every field checked, and each ``None`` that depends on this machine replaced by what it means here."""
+        engine = _engine(self.engine, self.base_url)
+        device = resolve_device(self.device)
+        values: dict[str, Any] = {
+            # A server needs no local folder: the name is only the tokenizer's source and the served model's.
+            "model": model_source(self.model) if engine != "http" else str(self.model),
+            "device": str(device),
+            "dtype": str(resolve_dtype(self.dtype, device)).removeprefix("torch."),
+            "instruction": check_instruction(self.instruction),
+            "max_length": check_positive_int(self.max_length, "max_length", minimum=2),
+            "show_progress": bool(self.show_progress),
+            "engine": engine,
+            "base_url": check_base_url(self.base_url) if self.base_url is not None else None,
+            "api_key": check_secret(self.api_key, "api_key") if self.api_key is not None else None,
+            "timeout": check_positive_number(self.timeout, "timeout"),
+            "engine_options": dict(self.engine_options) if self.engine_options is not None else None,
+        }
+        policy = self.batch_policy or default_policy(device, packed=self.attn_implementation is None)
+        if not isinstance(policy, BatchPolicy):
+            raise TypeError(f"batch_policy must be a BatchPolicy or None, not {type(policy).__name__}")
+        if self.batch_tokens is not None:
+            policy = replace(policy, batch_tokens=check_positive_int(self.batch_tokens, "batch_tokens"))
+        if self.batch_wait_ms is None:
+            policy = replace(policy, micro_batch=False)
+        else:
+            wait_s = check_non_negative(self.batch_wait_ms, "batch_wait_ms") / 1000
+            policy = replace(policy, micro_batch=True, batch_wait_s=wait_s)
+        values["batch_policy"] = policy
+        return values
+
+    def __repr__(self) -> str:
+        values = {**self.dump(), "base_url": self.shown_url}
+        shown = ", ".join(
+            f"{name}={value!r}" for name, value in values.items() if name not in ("api_key", "batch_policy")
+        )
+        return f"{type(self).__name__}({shown})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Secrets never travel in a pickle (LlamaIndex's workers, multiprocessing): a copy reads VLLM_API_KEY.
+        return {**self.__dict__, **self.dump(), "_key": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.base_url is not None:
+            object.__setattr__(self, "_key", environment_secret("VLLM_API_KEY"))
+
+    @classmethod
+    def docs(cls) -> dict[str, str]:
+        """Return each option's one-line documentation, by name, in declaration order."""
+        return {f.name: f.metadata["doc"] for f in fields(cls)}
+
+    def dump(self, *, secrets: bool = False) -> dict[str, Any]:
+        """Return every option's value; ``type(self)(**dump(secrets=True))`` rebuilds an equal record.
+
+        Args:
+            secrets: Include ``api_key`` and a password in ``base_url``. Without them, a rebuilt record reads
+                ``VLLM_API_KEY`` where it is built, as a pickled copy does.
+        """
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not secrets:
+            values["api_key"] = None
+            if self.base_url is not None:
+                values["base_url"] = split_credentials(self.base_url)[0]
+        return values
+
+    @property
+    def policy(self) -> BatchPolicy:
+        """The batch policy in force (``batch_policy`` as resolved: never None)."""
+        assert self.batch_policy is not None  # resolved in __post_init__
+        return self.batch_policy
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The device as a ``torch.device``."""
+        return torch.device(self.device or "cpu")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The weight dtype as a ``torch.dtype``."""
+        return getattr(torch, self.dtype or "float32")
+
+    @property
+    def shown_url(self) -> str | None:
+        """``base_url`` with a password in it shown as ``***``."""
+        return redact_url(self.base_url) if self.base_url is not None else None
+
+    @property
+    def server_key(self) -> str | None:
+        """The key sent to the server: ``api_key``, or ``VLLM_API_KEY`` as read when these options were built."""
+        return self.__dict__["_key"]
+
+    @property
+    def cache_key(self) -> Hashable:
+        """Options under which one loaded model is shared by every object in the process."""
+        secret = hash((self.base_url, self.server_key))  # two keys or passwords never share a client
+        where = (self.engine, self.shown_url, secret)
+        return (self.kind, self.model, self.device, self.dtype, self.attn_implementation, *where)
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class EmbedderOptions(ModelOptions):
+    """The options of :class:`~qwen3_retrieval.Qwen3Embedder`."""
+
+    kind: ClassVar[str] = "embedding"
+
+    model: str = _option(
+        DEFAULT_EMBEDDING_MODEL, "Hub id or local folder of a Qwen3-Embedding checkpoint.", kw_only=False
+    )
+    dimensions: int | None = _option(
+        None, f"Matryoshka output size, {MIN_DIMENSIONS} to the model's hidden size; None keeps the full size."
+    )
+    normalize: bool = _option(
+        True, "L2-normalise the vectors (the model cards do; cosine similarity then equals the dot product)."
+    )
+
+    def _resolved(self) -> dict[str, Any]:
+        values = super()._resolved()
+        if self.dimensions is not None:
+            values["dimensions"] = check_positive_int(self.dimensions, "dimensions", minimum=MIN_DIMENSIONS)
+        values["normalize"] = bool(self.normalize)
+        return values
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class RerankerOptions(ModelOptions):
+    """The options of :class:`~qwen3_retrieval.Qwen3Reranker`."""
+
+    kind: ClassVar[str] = "reranker"
+
+    model: str = _option(
+        DEFAULT_RERANKER_MODEL,
+        "Hub id or local folder of a Qwen3-Reranker checkpoint (causal LM or converted seq-cls).",
+        kw_only=False,
+    )
+
+
+def _engine(engine: str | None, base_url: str | None) -> str:
+    """Return ``"transformers"``, ``"vllm"`` (in process) or ``"http"`` (a vLLM server at ``base_url``)."""
+    if base_url is not None:
+        if engine not in (None, "vllm", "http"):
+            raise ValueError(f"base_url= runs on a vLLM server, but engine={engine!r} was asked for; drop one of them")
+        return "http"
+    if engine in (None, "transformers"):
+        return "transformers"
+    if engine == "vllm":
+        return "vllm"
+    if engine == "http":
+        raise ValueError("engine='http' is a vLLM server: pass its base_url=")
+    raise ValueError(f"unknown engine {engine!r}; use 'transformers' (default) or 'vllm', or base_url= for a server")
+
+
+def options_of(model: str | os.PathLike[str], given: Mapping[str, Any], cls: type[ModelOptions]) -> Any:
+    """Build ``cls`` from a core class's constructor arguments, naming the option when one is unknown."""
+    unknown = sorted(set(given) - {f.name for f in fields(cls)})
+    if unknown:
+        raise TypeError(f"unknown option {unknown[0]!r}; the options are those of {cls.__name__}")
+    return cls(model=model, **given)  # type: ignore[arg-type]
