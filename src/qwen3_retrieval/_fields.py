@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar, get_type_hints
 
-from pydantic import BaseModel, Field, SecretStr, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator, model_validator
+from typing_extensions import Self
 
 from qwen3_retrieval._validation import check_score_threshold, check_top_n
 from qwen3_retrieval.embedder import Qwen3Embedder
@@ -19,13 +20,22 @@ from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptio
 from qwen3_retrieval.redaction import redact_url, split_credentials
 from qwen3_retrieval.reranker import Qwen3Reranker
 
-__all__ = ["EmbedderFields", "RerankerFields", "accept_alias"]
+__all__ = ["COMPONENT_CONFIG", "EmbedderFields", "RerankerFields"]
+
+COMPONENT_CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+"""Unknown fields are errors (a typo is not silently dropped); the core object is an arbitrary type."""
 
 
 class _CoreFields(BaseModel):
-    """Methods shared by the generated field sets."""
+    """What every component does with its fields: accept the model's other name, and build or adopt the core."""
 
     _model_field: ClassVar[str] = "model"
+    """The component's model field (``model``, or ``model_name`` where the framework names it so)."""
+    _model_alias: ClassVar[str] = "model_name"
+    """The other name accepted for it, as ``HuggingFaceEmbeddings`` and LlamaIndex components accept."""
+    _core_field: ClassVar[str]
+    """The field that holds the core object (``embedder`` or ``reranker``)."""
+    _core_class: ClassVar[type[Qwen3Embedder | Qwen3Reranker]]
 
     if TYPE_CHECKING:  # the generated fields, for type checkers
 
@@ -44,18 +54,29 @@ class _CoreFields(BaseModel):
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name == "base_url" and isinstance(value, str) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_model_alias(cls, data: Any) -> Any:
+        return accept_alias(data, cls._model_field, cls._model_alias)
+
+    @model_validator(mode="after")
+    def _bind_core(self) -> Self:
+        setattr(self, self._core_field, self._bound_core(getattr(self, self._core_field)))
+        return self
+
     def _core_options(self, cls: type[ModelOptions]) -> dict[str, Any]:
         """The fields' values as options of ``cls``: what a core object is built from."""
         values = {f.name: getattr(self, f.name) for f in fields(cls) if f.name != "model"}
         key = values.pop("api_key")
         return {**values, "api_key": key.get_secret_value() if key is not None else None}
 
-    def _bound_core(self, given: Any, cls: type[Qwen3Embedder | Qwen3Reranker], what: str) -> Any:
+    def _bound_core(self, given: Any) -> Any:
         """Return ``given`` after taking its options as this component's fields, or a new core object.
 
         Raises:
             ValueError: An option given here differs from the core's (both values are named).
         """
+        cls, what = self._core_class, self._core_field
         if given is None:
             return cls(getattr(self, self._model_field), **self._core_options(_OPTIONS[cls]))
         theirs = given.options.dump()
@@ -106,8 +127,16 @@ def _generated(name: str, cls: type[ModelOptions], base: type[BaseModel]) -> Any
     return create_model(name, __base__=base, __module__=__name__, **definitions)
 
 
+class _EmbedderBase(_CoreFields):
+    _core_field = "embedder"
+    _core_class = Qwen3Embedder
+
+
 class _Selection(_CoreFields):
     """The reranking components' selection, applied to the core's scores (a framework convention, not an option)."""
+
+    _core_field = "reranker"
+    _core_class = Qwen3Reranker
 
     top_n: int | None = 3
     """How many documents to return; None keeps all."""
@@ -126,10 +155,10 @@ class _Selection(_CoreFields):
 
 
 if TYPE_CHECKING:
-    EmbedderFields = _CoreFields
+    EmbedderFields = _EmbedderBase
     RerankerFields = _Selection
 else:
-    EmbedderFields = _generated("EmbedderFields", EmbedderOptions, _CoreFields)
+    EmbedderFields = _generated("EmbedderFields", EmbedderOptions, _EmbedderBase)
     RerankerFields = _generated("RerankerFields", RerankerOptions, _Selection)
 
 

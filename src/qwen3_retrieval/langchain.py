@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
 
 try:
     from langchain_core.callbacks import Callbacks
@@ -24,10 +23,9 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "qwen3_retrieval.langchain needs langchain-core: pip install 'qwen3-retrieval[langchain]'"
     ) from err
 
-from pydantic import ConfigDict, Field, model_validator
-from typing_extensions import Self
+from pydantic import Field
 
-from qwen3_retrieval._fields import EmbedderFields, RerankerFields, accept_alias
+from qwen3_retrieval._fields import COMPONENT_CONFIG, EmbedderFields, RerankerFields
 from qwen3_retrieval._validation import check_texts
 from qwen3_retrieval.embedder import Qwen3Embedder
 from qwen3_retrieval.processors import ranked
@@ -35,9 +33,6 @@ from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MO
 from qwen3_retrieval.reranker import Qwen3Reranker
 
 __all__ = ["Qwen3Embeddings", "Qwen3Rerank"]
-
-_CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
-
 
 class Qwen3Embeddings(EmbedderFields, Embeddings):
     """Qwen3-Embedding as a LangChain ``Embeddings``: queries get the instruction, documents do not.
@@ -54,22 +49,12 @@ class Qwen3Embeddings(EmbedderFields, Embeddings):
             query = embeddings.embed_query("What is the capital of China?")
     """
 
-    model_config = _CONFIG
+    model_config = COMPONENT_CONFIG
 
     model: str = DEFAULT_EMBEDDING_MODEL
     """Hub id or local folder of a Qwen3-Embedding checkpoint."""
     embedder: Qwen3Embedder | None = Field(default=None, exclude=True)
     """An existing core embedder to use; options given next to it must agree with it."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _model_name_alias(cls, data: Any) -> Any:
-        return accept_alias(data, "model", "model_name")
-
-    @model_validator(mode="after")
-    def _bind(self) -> Self:
-        self.embedder = self._bound_core(self.embedder, Qwen3Embedder, "embedder")
-        return self
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (no instruction); returns one list of Python floats per text."""
@@ -105,22 +90,12 @@ class Qwen3Rerank(RerankerFields, BaseDocumentCompressor):
             best = reranker.compress_documents(docs, "What is the capital of China?")
     """
 
-    model_config = _CONFIG
+    model_config = COMPONENT_CONFIG
 
     model: str = DEFAULT_RERANKER_MODEL
     """Hub id or local folder of a Qwen3-Reranker checkpoint (causal LM or converted seq-cls)."""
     reranker: Qwen3Reranker | None = Field(default=None, exclude=True)
     """An existing core reranker to use; options given next to it must agree with it."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _model_name_alias(cls, data: Any) -> Any:
-        return accept_alias(data, "model", "model_name")
-
-    @model_validator(mode="after")
-    def _bind(self) -> Self:
-        self.reranker = self._bound_core(self.reranker, Qwen3Reranker, "reranker")
-        return self
 
     def rerank(
         self,

@@ -26,10 +26,9 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "qwen3_retrieval.llama_index needs llama-index-core: pip install 'qwen3-retrieval[llama-index]'"
     ) from err
 
-from pydantic import ConfigDict, Field, model_validator
-from typing_extensions import Self
+from pydantic import Field
 
-from qwen3_retrieval._fields import EmbedderFields, RerankerFields, accept_alias
+from qwen3_retrieval._fields import COMPONENT_CONFIG, EmbedderFields, RerankerFields
 from qwen3_retrieval._validation import check_query
 from qwen3_retrieval.embedder import Qwen3Embedder
 from qwen3_retrieval.processors import ranked
@@ -40,9 +39,6 @@ __all__ = ["Qwen3Embedding", "Qwen3Rerank"]
 
 dispatcher = get_dispatcher(__name__)
 
-_CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
-
-
 class Qwen3Embedding(EmbedderFields, BaseEmbedding):
     """Qwen3-Embedding as a LlamaIndex ``BaseEmbedding``: queries get the instruction, texts do not.
 
@@ -51,23 +47,14 @@ class Qwen3Embedding(EmbedderFields, BaseEmbedding):
     which sorts them by length and packs them by token budget.
     """
 
-    model_config = _CONFIG
+    model_config = COMPONENT_CONFIG
     _model_field = "model_name"
+    _model_alias = "model"
 
     model_name: str = Field(default=DEFAULT_EMBEDDING_MODEL, description="Hub id or folder of the checkpoint.")
     # Larger than LlamaIndex's default of 10 so the core can length-sort and pack a useful batch.
     embed_batch_size: int = Field(default=64, gt=0, le=2048, description="Texts per call into the core.")
     embedder: Qwen3Embedder | None = Field(default=None, exclude=True, description="An existing core embedder.")
-
-    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
-        if model is not None:
-            kwargs = accept_alias({**kwargs, "model": model}, "model_name", "model")
-        super().__init__(**kwargs)
-
-    @model_validator(mode="after")
-    def _bind(self) -> Self:
-        self.embedder = self._bound_core(self.embedder, Qwen3Embedder, "embedder")
-        return self
 
     @classmethod
     def class_name(cls) -> str:
@@ -108,23 +95,13 @@ class Qwen3Rerank(RerankerFields, BaseNodePostprocessor):
     ``CBEventType.RERANKING`` callback event; a missing or empty query raises before any event.
     """
 
-    model_config = _CONFIG
+    model_config = COMPONENT_CONFIG
 
     model: str = Field(default=DEFAULT_RERANKER_MODEL, description="Hub id or folder of the checkpoint.")
     keep_retrieval_score: bool = Field(
         default=False, description="Keep the retriever's score in the node's metadata as 'retrieval_score'."
     )
     reranker: Qwen3Reranker | None = Field(default=None, exclude=True, description="An existing core reranker.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _model_name_alias(cls, data: Any) -> Any:
-        return accept_alias(data, "model", "model_name")
-
-    @model_validator(mode="after")
-    def _bind(self) -> Self:
-        self.reranker = self._bound_core(self.reranker, Qwen3Reranker, "reranker")
-        return self
 
     @classmethod
     def class_name(cls) -> str:
