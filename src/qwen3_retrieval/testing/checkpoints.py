@@ -1,42 +1,20 @@
-"""Small random-weight Qwen3 checkpoints for offline tests, demos and benchmarks.
-
-Nothing here touches the network. A byte-level BPE tokenizer is trained on a built-in corpus with Qwen's
-pre-tokenizer, its special tokens, single-token ``yes``/``no`` and (for the embedding model) the post-processor
-that appends ``<|endoftext|>``, as the real tokenizers have. Models get the real Qwen3 architecture with random
-weights, either tiny (fast tests) or in the real 0.6B shape (speed work: speed does not depend on weight values).
-
-Example:
-    >>> from qwen3_retrieval.testing import make_embedding_checkpoint, make_reranker_checkpoint
-    >>> emb_dir = make_embedding_checkpoint("/tmp/qwen3-emb-tiny")       # doctest: +SKIP
-    >>> rr_dir = make_reranker_checkpoint("/tmp/qwen3-rr-tiny")           # doctest: +SKIP
-"""
+"""Random-weight Qwen3 checkpoints, tiny (fast tests) or in the real 0.6B shape (speed and memory work)."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
-import random
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from qwen3_retrieval.prompts import DEFAULT_INSTRUCTION, EOS_TOKEN, NO_TOKEN, YES_TOKEN
+from qwen3_retrieval.testing.tokenizer import build_tokenizer, write_json
 
 Shape = Literal["tiny", "0.6B-4L", "0.6B"]
 RerankerKind = Literal["causal-lm", "seq-cls"]
 TinyKind = Literal["embedding", "embedding-no-eos", "reranker", "reranker-seq-cls"]
-
-CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-"""Added tokens marked special, as in the Qwen3 tokenizers."""
-MARKUP_TOKENS = ["<think>", "</think>"]
-"""Added tokens that Qwen3 tokenizers do not mark special (transformers' ``split_special_tokens`` keeps them)."""
-SPECIAL_TOKENS = CONTROL_TOKENS + MARKUP_TOKENS
-
-# Qwen2/Qwen3 pre-tokenizer: merges never cross these boundaries.
-PRETOKENIZE_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 SHAPES: dict[str, dict[str, Any]] = {
     # head_dim 32: the smallest that vLLM's CPU attention runs, so the same tiny checkpoints serve in vLLM.
@@ -100,421 +78,6 @@ RERANKER_CHAT_TEMPLATE = """{%- macro text(role) -%}
 # large enough for a wrong prompt, token or padding to move results far beyond test tolerances.
 _STD = {"tiny": 0.1, "0.6B-4L": 0.02, "0.6B": 0.02}
 
-_WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "was",
-    "for",
-    "on",
-    "that",
-    "with",
-    "as",
-    "by",
-    "at",
-    "from",
-    "it",
-    "an",
-    "be",
-    "this",
-    "which",
-    "or",
-    "are",
-    "were",
-    "has",
-    "have",
-    "had",
-    "not",
-    "but",
-    "all",
-    "can",
-    "more",
-    "one",
-    "their",
-    "also",
-    "new",
-    "other",
-    "its",
-    "been",
-    "first",
-    "time",
-    "after",
-    "two",
-    "about",
-    "into",
-    "only",
-    "some",
-    "would",
-    "they",
-    "years",
-    "most",
-    "may",
-    "over",
-    "such",
-    "these",
-    "when",
-    "there",
-    "between",
-    "both",
-    "during",
-    "city",
-    "world",
-    "state",
-    "system",
-    "water",
-    "energy",
-    "light",
-    "data",
-    "model",
-    "search",
-    "query",
-    "document",
-    "answer",
-    "question",
-    "passage",
-    "retrieve",
-    "relevant",
-    "capital",
-    "china",
-    "beijing",
-    "paris",
-    "france",
-    "gravity",
-    "force",
-    "mass",
-    "planet",
-    "earth",
-    "moon",
-    "sun",
-    "star",
-    "river",
-    "mountain",
-    "ocean",
-    "forest",
-    "music",
-    "history",
-    "science",
-    "language",
-    "computer",
-    "network",
-    "vector",
-    "database",
-    "index",
-    "milvus",
-    "embedding",
-    "reranker",
-    "python",
-    "code",
-    "function",
-    "class",
-    "method",
-    "test",
-    "value",
-    "number",
-    "result",
-    "paper",
-    "report",
-    "study",
-    "research",
-    "university",
-    "school",
-    "student",
-    "teacher",
-    "book",
-    "library",
-    "author",
-    "story",
-    "film",
-    "game",
-    "team",
-    "player",
-    "season",
-    "match",
-    "sport",
-    "health",
-    "disease",
-    "doctor",
-    "medicine",
-    "body",
-    "cell",
-    "protein",
-    "gene",
-    "plant",
-    "animal",
-    "food",
-    "market",
-    "price",
-    "company",
-    "business",
-    "bank",
-    "money",
-    "law",
-    "court",
-    "government",
-    "election",
-    "president",
-    "minister",
-    "country",
-    "region",
-    "town",
-    "village",
-    "road",
-    "bridge",
-    "car",
-    "train",
-    "plane",
-    "ship",
-    "engine",
-    "power",
-    "heat",
-    "temperature",
-    "weather",
-    "rain",
-    "snow",
-    "wind",
-    "cloud",
-    "summer",
-    "winter",
-    "spring",
-    "autumn",
-    "morning",
-    "evening",
-    "night",
-    "day",
-    "week",
-    "month",
-    "year",
-    "hour",
-    "minute",
-    "people",
-    "person",
-    "child",
-    "family",
-    "friend",
-    "house",
-    "room",
-    "door",
-    "window",
-    "table",
-    "chair",
-    "paint",
-    "color",
-    "red",
-    "blue",
-    "green",
-    "black",
-    "white",
-    "large",
-    "small",
-    "long",
-    "short",
-    "high",
-    "low",
-    "good",
-    "great",
-    "best",
-    "better",
-    "fast",
-    "slow",
-    "early",
-    "late",
-    "open",
-    "close",
-    "start",
-    "end",
-    "build",
-    "make",
-    "use",
-    "find",
-    "give",
-    "take",
-    "know",
-    "think",
-    "see",
-    "come",
-    "go",
-    "work",
-    "call",
-    "try",
-    "ask",
-    "need",
-    "feel",
-    "become",
-    "leave",
-    "put",
-    "mean",
-    "keep",
-    "let",
-    "begin",
-    "seem",
-    "help",
-    "show",
-    "hear",
-    "play",
-    "run",
-    "move",
-    "live",
-    "believe",
-    "hold",
-    "bring",
-    "happen",
-    "write",
-    "provide",
-    "sit",
-    "stand",
-    "lose",
-    "pay",
-    "meet",
-    "include",
-    "continue",
-    "set",
-    "learn",
-    "change",
-    "lead",
-    "understand",
-    "watch",
-    "follow",
-    "stop",
-    "create",
-    "speak",
-    "read",
-    "allow",
-    "add",
-    "spend",
-    "grow",
-    "offer",
-    "remember",
-    "love",
-    "consider",
-    "appear",
-    "buy",
-    "wait",
-    "serve",
-    "die",
-    "send",
-    "expect",
-    "stay",
-    "fall",
-    "cut",
-    "reach",
-    "yes",
-    "no",
-    "instruct",
-    "judge",
-    "whether",
-    "requirements",
-    "based",
-    "provided",
-    "note",
-    "only",
-    "system",
-    "user",
-    "assistant",
-    "think",
-    "what",
-    "who",
-    "where",
-    "why",
-    "how",
-    "explain",
-    "describe",
-    "define",
-    "list",
-    "compare",
-]
-
-
-def _corpus(seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    lines = [
-        DEFAULT_INSTRUCTION,
-        "What is the capital of China?",
-        "The capital of China is Beijing.",
-        "Gravity is a force that attracts two bodies towards each other.",
-        'Note that the answer can only be "yes" or "no".',
-        "<Instruct>: \n<Query>: \n<Document>: ",
-        "Instruct: \nQuery:",
-    ]
-    for _ in range(4000):
-        words = rng.choices(_WORDS, k=rng.randint(4, 16))
-        lines.append(" ".join(words).capitalize() + rng.choice([".", "?", "!", ",", ":", ";"]))
-        lines.append(f"{rng.randint(0, 9999)} {rng.choice(_WORDS)}\n")
-    lines += ["yes", "no"] * 500
-    return lines
-
-
-def build_tokenizer(folder: str | os.PathLike[str], *, append_eos: bool = True, vocab_size: int = 2000) -> Path:
-    """Train a Qwen-style byte-level BPE tokenizer and save it as ``tokenizer.json`` + ``tokenizer_config.json``.
-
-    Args:
-        folder: Where to write the files (created if needed).
-        append_eos: Add the post-processor that appends ``<|endoftext|>`` to every sequence, as the current
-            Qwen3-Embedding tokenizers do. Early embedding revisions and the reranker tokenizers have none.
-        vocab_size: Target vocabulary size, special tokens included.
-
-    Returns:
-        The folder.
-    """
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer)
-    # As in Qwen's tokenizers, the added tokens get the ids after the BPE vocabulary, and only the <|...|>
-    # control tokens are marked special.
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CONTROL_TOKENS])
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKUP_TOKENS])
-    for token in (YES_TOKEN, NO_TOKEN):
-        if tokenizer.token_to_id(token) is None:
-            raise RuntimeError(f"the trained tokenizer has no single token {token!r}; raise vocab_size")
-    if append_eos:
-        eos_id = tokenizer.token_to_id(EOS_TOKEN)
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"$A {EOS_TOKEN}", pair=f"$A $B {EOS_TOKEN}", special_tokens=[(EOS_TOKEN, eos_id)]
-        )
-    tokenizer.save(str(out / "tokenizer.json"))
-    _write_json(
-        out / "tokenizer_config.json",
-        {
-            "tokenizer_class": "Qwen2Tokenizer",
-            "bos_token": None,
-            "add_bos_token": False,
-            "eos_token": "<|im_end|>",
-            "pad_token": EOS_TOKEN,
-            "unk_token": None,
-            "model_max_length": 131072,
-            "clean_up_tokenization_spaces": False,
-        },
-    )
-    return out
-
 
 def make_embedding_checkpoint(
     folder: str | os.PathLike[str],
@@ -553,7 +116,7 @@ def make_embedding_checkpoint(
     _save(model.to(getattr(torch, dtype)), out)
     _set_architecture(out, "Qwen3ForCausalLM")  # as in the published embedding checkpoints
     hidden = config.hidden_size
-    _write_json(
+    write_json(
         out / "modules.json",
         [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -565,8 +128,8 @@ def make_embedding_checkpoint(
     pooling.update({"word_embedding_dimension": hidden, "pooling_mode_lasttoken": True, "include_prompt": True})
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "2_Normalize").mkdir(exist_ok=True)
-    _write_json(out / "1_Pooling" / "config.json", pooling)
-    _write_json(
+    write_json(out / "1_Pooling" / "config.json", pooling)
+    write_json(
         out / "config_sentence_transformers.json",
         {
             "prompts": {"query": f"Instruct: {DEFAULT_INSTRUCTION}\nQuery:", "document": ""},
@@ -699,8 +262,4 @@ def _set_architecture(folder: Path, architecture: str) -> None:
     path = folder / "config.json"
     config = json.loads(path.read_text())
     config["architectures"] = [architecture]
-    _write_json(path, config)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n")
+    write_json(path, config)
