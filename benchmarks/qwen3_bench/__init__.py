@@ -1,0 +1,1 @@
+"""The benchmark behind ``benchmarks/bench.py``: contenders, workload model, vLLM process, report."""
