@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from qwen3_retrieval.rag.errors import RagError
-from qwen3_retrieval.rag.pipeline import Index, index, retrieve
+from qwen3_retrieval.rag.pipeline import RagConfig, index, retrieve
 from qwen3_retrieval.rag.store import PassageStore
 
 COLLECTION = "qwen3_rag"
@@ -30,15 +30,15 @@ def passages(uri: Path) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def built(tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path]) -> tuple[Index, list[tuple[str, str]]]:
+def built(tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path]) -> tuple[RagConfig, list[tuple[str, str]]]:
     """A store indexed once, closed, with what a clean run stores."""
-    where = Index(uri=str(tmp_path / "rag.db"), embedding_model=str(checkpoints["embedding"]), device="cpu")
+    where = RagConfig(uri=str(tmp_path / "rag.db"), embedding_model=str(checkpoints["embedding"]), device="cpu")
     index([str(docs_folder)], where)
     return where, passages(Path(where.uri))
 
 
 def test_lost_passages_are_reported_by_ask_and_repaired_by_index(
-    built: tuple[Index, list[tuple[str, str]]], docs_folder: Path, checkpoints: dict[str, Path]
+    built: tuple[RagConfig, list[tuple[str, str]]], docs_folder: Path, checkpoints: dict[str, Path]
 ) -> None:
     where, clean = built
     manifest = Path(where.uri) / "collections" / COLLECTION / "manifest.json"
@@ -56,7 +56,7 @@ def test_lost_passages_are_reported_by_ask_and_repaired_by_index(
     assert retrieve("gravity", where, reranker_model=str(checkpoints["reranker"]))
 
 
-def test_unreadable_store_files_are_one_line(built: tuple[Index, list[tuple[str, str]]], models: list[str]) -> None:
+def test_unreadable_store_files_are_one_line(built: tuple[RagConfig, list[tuple[str, str]]], models: list[str]) -> None:
     where, _ = built
     data = next((Path(where.uri) / "collections" / COLLECTION).rglob("*.parquet"))
     with data.open("r+b") as file:
@@ -95,7 +95,7 @@ def _empty_passages_no_settings(store: PassageStore) -> None:
 
 @pytest.mark.parametrize("leave", [_meta_only, _settings_only, _empty_passages_only, _empty_passages_no_settings])
 def test_a_half_created_store_is_completed_by_the_next_run(
-    built: tuple[Index, list[tuple[str, str]]], docs_folder: Path, leave: Callable[[PassageStore], None]
+    built: tuple[RagConfig, list[tuple[str, str]]], docs_folder: Path, leave: Callable[[PassageStore], None]
 ) -> None:
     where, clean = built
     with PassageStore(where.uri, COLLECTION) as store:
@@ -108,7 +108,7 @@ def test_a_half_created_store_is_completed_by_the_next_run(
 
 
 def test_passages_without_their_settings_are_damaged_not_recreated(
-    built: tuple[Index, list[tuple[str, str]]], docs_folder: Path, tmp_path: Path
+    built: tuple[RagConfig, list[tuple[str, str]]], docs_folder: Path, tmp_path: Path
 ) -> None:
     where, clean = built
     with PassageStore(where.uri, COLLECTION) as store:
@@ -129,3 +129,20 @@ def passages_any(uri: Path) -> list[dict[str, str]]:
     with PassageStore(str(uri), COLLECTION) as store:
         store.client.load_collection(COLLECTION)
         return store.client.query(COLLECTION, filter="", output_fields=["path"], limit=16384)
+
+
+def test_a_store_of_another_schema_is_refused_not_misread(
+    built: tuple[RagConfig, list[tuple[str, str]]], docs_folder: Path, checkpoints: dict[str, Path]
+) -> None:
+    import json
+
+    where, _ = built
+    with PassageStore(where.uri, COLLECTION) as store:
+        older = {**(store.open() or {}), "schema": 1}
+        store.client.upsert(store.meta, [{"key": "settings", "value": json.dumps(older), "unused": [0.0, 0.0]}])
+    # Before: the schema was written but never read, so a store of another layout was read as if it were ours.
+    another = r"built by another version of qwen3-rag \(schema 1, this one reads 2\).*--recreate"
+    with pytest.raises(RagError, match=another):
+        retrieve("gravity", where, reranker_model=str(checkpoints["reranker"]))
+    with pytest.raises(RagError, match=another):
+        index([str(docs_folder)], where)

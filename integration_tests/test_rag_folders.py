@@ -16,7 +16,7 @@ import pytest
 
 from conftest import FakeOpenAI
 from qwen3_retrieval.cli import main
-from qwen3_retrieval.rag.pipeline import Index, index, retrieve
+from qwen3_retrieval.rag.pipeline import RagConfig, index, retrieve
 from qwen3_retrieval.rag.store import PassageStore
 
 
@@ -146,7 +146,7 @@ def test_an_exact_identifier_is_found_through_bm25(tmp_path: Path, checkpoints: 
         body = " ".join(rng.choice(vocabulary) for _ in range(40))
         (folder / f"note{n:02d}.md").write_text(f"# Note {n}\n\n{body}\n")
     (folder / "errors.md").write_text("# Error codes\n\nERR_QX_4471 means the shard lease expired before commit.\n")
-    where = Index(uri=str(tmp_path / "rag.db"), embedding_model=str(checkpoints["embedding"]), device="cpu")
+    where = RagConfig(uri=str(tmp_path / "rag.db"), embedding_model=str(checkpoints["embedding"]), device="cpu")
     assert index([folder], where).files_indexed == 25
     # Random-weight models: the dense vectors and the reranker know nothing; BM25 knows the identifier.
     sources = retrieve(

@@ -16,11 +16,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from qwen3_retrieval.embedder import MIN_DIMENSIONS
 from qwen3_retrieval.errors import ServerError
+from qwen3_retrieval.options import MIN_DIMENSIONS
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.terminal import path_name, printable
+from qwen3_retrieval.rag.types import MODES
 from qwen3_retrieval.redaction import mask, redact_url, url_secrets
 
 NO_LLM_HINT = (
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(ask)
     ask.add_argument("--reranker-model", default=DEFAULT_RERANKER_MODEL, help="hub id or local folder")
     ask.add_argument("--reranker-url", default=None, help="a vLLM reranker server (http://host:8001/v1)")
-    ask.add_argument("--mode", choices=["hybrid", "dense"], default="hybrid", help="retrieval before reranking")
+    ask.add_argument("--mode", choices=MODES, default=MODES[0], help="retrieval before reranking")
     ask.add_argument("--candidates", type=_at_least(1), default=10, help="passages retrieved before reranking")
     ask.add_argument("--top-n", type=_at_least(1), default=3, help="passages kept after reranking")
     ask.add_argument("--llm-model", default="gpt-4o-mini", help="chat model name")
@@ -186,14 +187,14 @@ def _fail(message: str) -> int:
 
 def _where(args: argparse.Namespace) -> Any:
     from qwen3_retrieval.rag.passages import Splitting
-    from qwen3_retrieval.rag.pipeline import Index
+    from qwen3_retrieval.rag.pipeline import RagConfig
 
     splitting = None
     if getattr(args, "chunk_tokens", None) is not None or getattr(args, "overlap_tokens", None) is not None:
         chunk = args.chunk_tokens if args.chunk_tokens is not None else Splitting().chunk_tokens
         overlap = args.overlap_tokens if args.overlap_tokens is not None else chunk // 8  # 64 for 512
         splitting = Splitting(chunk, overlap)
-    return Index(
+    return RagConfig(
         uri=args.uri,
         collection=args.collection,
         token=args.token or os.environ.get("MILVUS_TOKEN"),

@@ -15,7 +15,7 @@ import numpy as np
 from qwen3_retrieval._model import OptionView, SharedModel, off_the_loop
 from qwen3_retrieval._validation import check_instruction, check_texts
 from qwen3_retrieval.engines import EmbeddingEngine
-from qwen3_retrieval.loaders import LoadedEmbedding, load_embedding
+from qwen3_retrieval.loading import LoadedEmbedding, load_embedding
 from qwen3_retrieval.options import MIN_DIMENSIONS, EmbedderOptions, options_of
 from qwen3_retrieval.processors import EmbeddingProcessor
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL

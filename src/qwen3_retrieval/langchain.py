@@ -34,6 +34,7 @@ from qwen3_retrieval.reranker import Qwen3Reranker
 
 __all__ = ["Qwen3Embeddings", "Qwen3Rerank"]
 
+
 class Qwen3Embeddings(EmbedderFields, Embeddings):
     """Qwen3-Embedding as a LangChain ``Embeddings``: queries get the instruction, documents do not.
 

@@ -39,6 +39,7 @@ __all__ = ["Qwen3Embedding", "Qwen3Rerank"]
 
 dispatcher = get_dispatcher(__name__)
 
+
 class Qwen3Embedding(EmbedderFields, BaseEmbedding):
     """Qwen3-Embedding as a LlamaIndex ``BaseEmbedding``: queries get the instruction, texts do not.
 

@@ -1,7 +1,9 @@
-"""Lazy, shared, thread-safe model loading.
+"""Loading models: what a model's options name (its tokenizer and the engine that runs it), once per process.
 
 Objects only record what to load; the first call that needs weights loads them through :func:`load_shared`,
-which keeps one copy per (kind, model, device, dtype, attention) for as long as any object holds it.
+which keeps one copy per :attr:`~qwen3_retrieval.options.ModelOptions.cache_key` for as long as any object
+holds it. The loaded parts hold weights (or a server client) and no per-object option, so objects that differ
+only in, say, ``dimensions`` or ``instruction`` share them. One load runs at a time in the whole process.
 """
 
 from __future__ import annotations
@@ -11,8 +13,15 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterator
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from qwen3_retrieval.engines import EmbeddingEngine, ScoringEngine
+from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
+from qwen3_retrieval.packed import register_packed_attention
+from qwen3_retrieval.processors import answer_token_ids
+from qwen3_retrieval.prompts import EOS_TOKEN
+from qwen3_retrieval.tokenization import TextTokenizer
 
 T = TypeVar("T")
 
@@ -67,26 +76,6 @@ def cached_keys() -> list[Hashable]:
         return list(_cache.keys())
 
 
-def model_source(model: str | os.PathLike[str]) -> str:
-    """Return ``model`` as a string, raising ``ValueError`` for a local path that does not exist.
-
-    A string that names an existing folder is a local checkpoint. One that looks like a path (starts with ``.``,
-    ``/`` or ``~``, or has more than one ``/``) but is missing is reported here, before transformers turns it
-    into a confusing hub lookup. Anything else is treated as a hub id such as ``Qwen/Qwen3-Embedding-0.6B``.
-    """
-    if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model must be a hub id or a folder path, got {type(model).__name__}")
-    text = os.fspath(model)
-    if not text.strip():
-        raise ValueError("model is empty; pass a hub id such as 'Qwen/Qwen3-Embedding-0.6B' or a local folder")
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return str(path)
-    if isinstance(model, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise ValueError(f"model folder {text!r} does not exist; pass an existing checkpoint folder or a hub id")
-    return text
-
-
 def load_error(model: str, err: BaseException) -> ValueError:
     """Return the error to raise when ``model`` cannot be loaded, with the fixes a user can apply."""
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
@@ -114,3 +103,120 @@ def quiet_transformers(quiet: bool = True) -> Iterator[None]:
     finally:
         if quiet and was_enabled:
             hf_logging.enable_progress_bar()
+
+
+@dataclass(eq=False)
+class LoadedEmbedding:
+    """An embedding model's shared parts."""
+
+    tokenizer: TextTokenizer
+    engine: EmbeddingEngine
+    hidden_size: int
+
+
+@dataclass(eq=False)
+class LoadedReranker:
+    """A reranker's shared parts."""
+
+    tokenizer: TextTokenizer
+    engine: ScoringEngine
+
+
+def load_embedding(options: EmbedderOptions) -> LoadedEmbedding:
+    """Load the tokenizer and the engine of an embedding model."""
+    tokenizer = TextTokenizer(_pretrained(options, "AutoTokenizer"))
+    engine: EmbeddingEngine
+    if options.engine == "transformers":
+        from qwen3_retrieval.engines.transformers import TransformersEmbedding
+
+        backbone = _weights(options, "AutoModel")
+        eos_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
+        return LoadedEmbedding(tokenizer, TransformersEmbedding(backbone, eos_id, options.torch_device),
+                               backbone.config.hidden_size)  # fmt: skip
+    config = _pretrained(options, "AutoConfig")
+    if options.engine == "http":
+        from qwen3_retrieval.engines.vllm_http import HttpEmbedding
+
+        engine = HttpEmbedding(_server(options), config.hidden_size)
+    else:
+        from qwen3_retrieval.engines.vllm_local import VLLMEmbedding
+
+        engine = VLLMEmbedding(options.model, dtype=options.torch_dtype, max_length=options.max_length,
+                               options=_vllm_options(options, config))  # fmt: skip
+    return LoadedEmbedding(tokenizer, engine, config.hidden_size)
+
+
+def load_reranker(options: RerankerOptions) -> LoadedReranker:
+    """Load the tokenizer and the engine of a reranker (a causal LM, or a converted one-label classifier)."""
+    tokenizer = TextTokenizer(_pretrained(options, "AutoTokenizer"))
+    config = _pretrained(options, "AutoConfig")
+    seq_cls = any(name.endswith("ForSequenceClassification") for name in config.architectures or [])
+    if seq_cls and config.num_labels != 1:
+        raise ValueError(
+            f"{options.model!r} is a sequence classifier with {config.num_labels} labels; a converted "
+            "Qwen3-Reranker has exactly one (score = sigmoid(logit))"
+        )
+    yes_no = None if seq_cls else answer_token_ids(tokenizer, options.model)
+    engine: ScoringEngine
+    if options.engine == "http":
+        from qwen3_retrieval.engines.vllm_http import HttpScoring
+
+        engine = HttpScoring(_server(options))
+    elif options.engine == "vllm":
+        from qwen3_retrieval.engines.vllm_local import VLLMScoring
+
+        engine = VLLMScoring(options.model, dtype=options.torch_dtype, max_length=options.max_length,
+                             original=not seq_cls, options=_vllm_options(options, config))  # fmt: skip
+    else:
+        engine = _transformers_scoring(options, tokenizer, yes_no)
+    return LoadedReranker(tokenizer, engine)
+
+
+def _transformers_scoring(options: RerankerOptions, tokenizer: TextTokenizer, yes_no: tuple[int, int] | None) -> Any:
+    from qwen3_retrieval.engines.transformers import TransformersScoring
+
+    if yes_no is None:
+        model = _weights(options, "AutoModelForSequenceClassification")
+        direction = model.score.weight[0].float()
+    else:
+        model = _weights(options, "AutoModelForCausalLM")
+        head = model.get_output_embeddings().weight
+        # softmax([z_no, z_yes])[1] == sigmoid((w_yes - w_no) . h); the difference is taken in float32 to avoid
+        # cancellation in low precision.
+        direction = head[yes_no[0]].float() - head[yes_no[1]].float()
+    backbone = getattr(model, model.base_model_prefix)
+    pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
+    return TransformersScoring(backbone, direction.detach().to(options.torch_device), pad_id, options.torch_device)
+
+
+def _pretrained(options: ModelOptions, auto_class: str, **kwargs: Any) -> Any:
+    """``transformers.<auto_class>.from_pretrained`` on the options' model, "cannot load" as a ``ValueError``."""
+    import transformers
+
+    try:
+        with quiet_transformers(not options.show_progress):
+            return getattr(transformers, auto_class).from_pretrained(options.model, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError) as err:
+        raise load_error(options.model, err) from err
+
+
+def _weights(options: ModelOptions, auto_class: str) -> Any:
+    # The packed layout owns attention (its own function, registered with transformers); a kernel the caller
+    # names runs padded batches instead.
+    attention = options.attn_implementation or register_packed_attention()
+    model = _pretrained(options, auto_class, dtype=options.torch_dtype, attn_implementation=attention)
+    return model.to(options.torch_device).eval()
+
+
+def _server(options: ModelOptions) -> Any:
+    from qwen3_retrieval.engines.vllm_http import VLLMServer
+
+    assert options.base_url is not None
+    return VLLMServer(options.base_url, options.model, api_key=options.server_key, timeout=options.timeout)
+
+
+def _vllm_options(options: ModelOptions, config: Any) -> dict[str, Any]:
+    from qwen3_retrieval.engines.vllm_local import kv_cache_bytes
+
+    room = kv_cache_bytes(config, options.torch_dtype, options.max_length)
+    return {"kv_cache_memory_bytes": room, **(options.engine_options or {})}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -25,7 +26,6 @@ from qwen3_retrieval._validation import (
 )
 from qwen3_retrieval.batching import BatchPolicy, default_policy
 from qwen3_retrieval.devices import resolve_device, resolve_dtype
-from qwen3_retrieval.loading import model_source
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_INSTRUCTION, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.redaction import check_secret, environment_secret, redact_url, split_credentials
 
@@ -251,6 +251,26 @@ class RerankerOptions(ModelOptions):
         "Hub id or local folder of a Qwen3-Reranker checkpoint (causal LM or converted seq-cls).",
         kw_only=False,
     )
+
+
+def model_source(model: str | os.PathLike[str]) -> str:
+    """Return ``model`` as a string, raising ``ValueError`` for a local path that does not exist.
+
+    A string that names an existing folder is a local checkpoint. One that looks like a path (starts with ``.``,
+    ``/`` or ``~``, or has more than one ``/``) but is missing is reported here, before transformers turns it
+    into a confusing hub lookup. Anything else is treated as a hub id such as ``Qwen/Qwen3-Embedding-0.6B``.
+    """
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a hub id or a folder path, got {type(model).__name__}")
+    text = os.fspath(model)
+    if not text.strip():
+        raise ValueError("model is empty; pass a hub id such as 'Qwen/Qwen3-Embedding-0.6B' or a local folder")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return str(path)
+    if isinstance(model, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise ValueError(f"model folder {text!r} does not exist; pass an existing checkpoint folder or a hub id")
+    return text
 
 
 def _engine(engine: str | None, base_url: str | None) -> str:

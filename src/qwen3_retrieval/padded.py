@@ -1,4 +1,4 @@
-"""Running token ids through a transformers backbone: each sequence's last-token state, in bounded memory.
+"""Padded forward passes, for a caller-named attention kernel: each sequence's last-token state, in bounded memory.
 
 The memory rule, for the embedder and the reranker alike: one forward pass holds at most ``batch_tokens``
 tokens, counted over whole sequences (rows x longest, the reranker's shared prompt prefix included), and no

@@ -13,7 +13,7 @@ from typing import Any
 from qwen3_retrieval._model import SharedModel, off_the_loop
 from qwen3_retrieval._validation import check_instruction, check_query, check_score_threshold, check_texts, check_top_n
 from qwen3_retrieval.engines import ScoringEngine
-from qwen3_retrieval.loaders import LoadedReranker, load_reranker
+from qwen3_retrieval.loading import LoadedReranker, load_reranker
 from qwen3_retrieval.options import RerankerOptions, options_of
 from qwen3_retrieval.processors import RerankingProcessor, ranked
 from qwen3_retrieval.prompts import DEFAULT_RERANKER_MODEL

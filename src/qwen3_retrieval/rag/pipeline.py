@@ -2,9 +2,9 @@
 
 ``qwen3-rag`` only parses arguments and prints what these return; a program can call them directly::
 
-    from qwen3_retrieval.rag.pipeline import Index, index, retrieve, stream_answer
+    from qwen3_retrieval.rag.pipeline import RagConfig, index, retrieve, stream_answer
 
-    where = Index(uri="./docs.db")
+    where = RagConfig(uri="./docs.db")
     report = index(["./docs"], where)
     sources = retrieve("How do I create an index?", where)
     answer = "".join(stream_answer("How do I create an index?", sources))
@@ -28,17 +28,16 @@ from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
 from qwen3_retrieval.rag.readers import FORMATS, NotText, find_files, read_file, supported
 from qwen3_retrieval.rag.store import PassageStore, is_server_uri
 from qwen3_retrieval.rag.terminal import is_valid_name, path_name, printable
-from qwen3_retrieval.rag.types import Hit, Source
+from qwen3_retrieval.rag.types import MODES, Hit, Source
 from qwen3_retrieval.redaction import redact_url
 
-MODES = ("hybrid", "dense")
 # A moved or renamed folder is recognised when at least this share of its files are stored, unchanged, under
 # a root whose folder no longer exists.
 SAME_ROOT_SHARE = 0.5
 
 
 @dataclass(frozen=True)
-class Index:
+class RagConfig:
     """Where the passages live and how they are embedded and cut; the collection records and enforces it."""
 
     uri: str = "./qwen3_rag.db"
@@ -73,6 +72,10 @@ class Index:
         )
 
 
+Index = RagConfig
+"""The name :class:`RagConfig` had before; programs written against it keep working."""
+
+
 @dataclass
 class IndexReport:
     """What :func:`index` did."""
@@ -89,7 +92,7 @@ class IndexReport:
 
 def index(
     paths: Sequence[str | os.PathLike[str]],
-    where: Index,
+    where: RagConfig,
     *,
     include_hidden: bool = False,
     follow_links: bool = False,
@@ -128,7 +131,7 @@ def index(
 def _index(
     store: PassageStore,
     groups: list[tuple[Path, list[Path], bool]],
-    where: Index,
+    where: RagConfig,
     report: IndexReport,
     *,
     recreate: bool,
@@ -200,7 +203,7 @@ def _index(
 
 def retrieve(
     question: str,
-    where: Index,
+    where: RagConfig,
     *,
     reranker_model: str = DEFAULT_RERANKER_MODEL,
     reranker_url: str | None = None,
@@ -271,9 +274,9 @@ def _new_local_file(uri: str) -> Path | None:
     return None if path.exists() else path
 
 
-def _index_first(where: Index) -> str:
+def _index_first(where: RagConfig) -> str:
     """The command that builds the collection ``where`` names, with the options that differ from the defaults."""
-    default = Index()
+    default = RagConfig()
     options = "".join(
         f" --{name} {value}"
         for name, value, usual in (
@@ -289,7 +292,7 @@ def _engine(url: str | None, api_key: str | None, device: str | None) -> dict[st
     return {"device": device} if url is None else {"base_url": url, "api_key": api_key}
 
 
-def _checked_settings(store: PassageStore, where: Index) -> dict[str, Any]:
+def _checked_settings(store: PassageStore, where: RagConfig) -> dict[str, Any]:
     """The collection's settings ({} if there is none yet), refused if they disagree with ``where``."""
     settings = store.open()
     if settings is None:

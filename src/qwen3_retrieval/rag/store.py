@@ -132,6 +132,12 @@ class PassageStore:
             self.client.load_collection(self.meta)
             settings = self._meta_get("settings")
         if settings and has_passages:
+            if settings.get("schema") != SCHEMA_VERSION:  # what the passages hold, and how, is not what we read
+                raise RagError(
+                    f"collection {self.collection!r} was built by another version of qwen3-rag (schema "
+                    f"{settings.get('schema')}, this one reads {SCHEMA_VERSION}); index again with --recreate to "
+                    "rebuild it"
+                )
             return dict(settings)
         if has_passages and self.count() > 0:
             missing = "its settings collection" if not has_meta else "the record of its settings"

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+MODES = ("hybrid", "dense")
+"""How the store searches before reranking: dense cosine fused with BM25 (the default), or dense alone."""
+
 
 @dataclass(frozen=True)
 class Passage:
