@@ -19,7 +19,7 @@ from qwen3_retrieval.engines import finish_progress
 from qwen3_retrieval.forking import compute_section
 from qwen3_retrieval.microbatch import MicroBatcher
 from qwen3_retrieval.packed import PromptGroup, last_hidden_packed
-from qwen3_retrieval.padded import last_hidden_after_prefix, last_hidden_batched
+from qwen3_retrieval.padded import last_hidden_padded
 
 
 class _Call(NamedTuple):
@@ -75,10 +75,10 @@ class _Runner:
         return results
 
     def _padded(self, call: _Call, progress: tqdm | None) -> torch.Tensor:
-        options = {"pad_id": self.pad_id, "policy": call.policy, "device": self.device, "progress": progress}
-        if call.prefix:
-            return last_hidden_after_prefix(self.backbone, call.prefix, call.sequences, **options)  # type: ignore[arg-type]
-        return last_hidden_batched(self.backbone, call.sequences, **options)  # type: ignore[arg-type]
+        return last_hidden_padded(
+            self.backbone, call.prefix, call.sequences, pad_id=self.pad_id, policy=call.policy, device=self.device,
+            progress=progress,
+        )  # fmt: skip
 
 
 class TransformersEmbedding(_Runner):
