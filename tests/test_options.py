@@ -94,6 +94,7 @@ def test_none_is_resolved_once_to_what_runs_here() -> None:
         ({"timeout": 0}, r"timeout"),
         ({"batch_wait_ms": -1}, r"batch_wait_ms"),
         ({"base_url": "127.0.0.1:8000"}, r"base_url"),
+        ({"base_url": "http://a:pw@127.0.0.1:9/v1", "api_key": "k"}, r"one Authorization header cannot carry both"),
         ({"model": "./no/such/folder"}, r"does not exist"),
     ],
 )

@@ -27,7 +27,13 @@ from qwen3_retrieval._validation import (
 from qwen3_retrieval.batching import BatchPolicy, default_policy
 from qwen3_retrieval.devices import resolve_device, resolve_dtype
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_INSTRUCTION, DEFAULT_RERANKER_MODEL
-from qwen3_retrieval.redaction import check_secret, environment_secret, redact_url, split_credentials
+from qwen3_retrieval.redaction import (
+    check_secret,
+    check_server_credentials,
+    environment_secret,
+    redact_url,
+    split_credentials,
+)
 
 MIN_DIMENSIONS = 32
 """The smallest Matryoshka size the model cards support."""
@@ -145,6 +151,8 @@ class ModelOptions:
             wait_s = check_non_negative(self.batch_wait_ms, "batch_wait_ms") / 1000
             policy = replace(policy, micro_batch=True, batch_wait_s=wait_s)
         values["batch_policy"] = policy
+        if self.base_url is not None:
+            check_server_credentials(self.base_url, self.api_key)
         return values
 
     def __repr__(self) -> str:

@@ -79,3 +79,12 @@ def check_secret(value: object, name: str) -> str:
                 "strip it (a key read from a file often ends in a newline: use .strip())"
             )
     return value
+
+
+def check_server_credentials(base_url: str, api_key: str | None) -> None:
+    """Raise ``ValueError`` if both a key and a URL password are given: one Authorization header carries one."""
+    if api_key is not None and split_credentials(base_url)[1] is not None:
+        raise ValueError(
+            "base_url holds a user:password and api_key= is set, but one Authorization header cannot carry "
+            "both; pass the key alone (vLLM's --api-key) or the URL's password alone (a proxy's)"
+        )

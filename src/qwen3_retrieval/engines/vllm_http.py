@@ -31,7 +31,13 @@ from qwen3_retrieval._validation import check_base_url, check_positive_number
 from qwen3_retrieval.batching import BatchPolicy
 from qwen3_retrieval.engines import finish_progress
 from qwen3_retrieval.errors import ServerError
-from qwen3_retrieval.redaction import check_secret, environment_secret, mask, split_credentials
+from qwen3_retrieval.redaction import (
+    check_secret,
+    check_server_credentials,
+    environment_secret,
+    mask,
+    split_credentials,
+)
 
 RETRY_STATUS = (429, 503)
 # The largest answer accepted per input row: a 4096-wide float vector in JSON is about 100 kB.
@@ -80,11 +86,7 @@ class VLLMServer:
         self.max_batch = max_batch
         self.max_concurrency = max_concurrency
         self.retries = retries
-        if api_key is not None and self._credentials is not None:
-            raise ValueError(
-                "base_url holds a user:password and api_key= is set, but one Authorization header cannot carry "
-                "both; pass the key alone (vLLM's --api-key) or the URL's password alone (a proxy's)"
-            )
+        check_server_credentials(base_url, api_key)
         self._api_key = check_secret(api_key, "api_key") if api_key is not None else None
         if api_key is None and self._credentials is None:
             self._api_key = environment_secret("VLLM_API_KEY")
