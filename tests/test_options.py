@@ -32,6 +32,9 @@ NON_DEFAULTS: dict[str, Any] = {
     "base_url": "http://ann:pw-secret@127.0.0.1:9/v1",
     "api_key": None,  # a key and a URL password cannot travel together; the key is tested on its own below
     "timeout": 3.5,
+    "served_model_name": "emb-prod",
+    "max_concurrency": 9,
+    "max_batch": 5,
     "engine_options": {"enforce_eager": True},
     "dimensions": 64,
     "normalize": False,
@@ -92,6 +95,8 @@ def test_none_is_resolved_once_to_what_runs_here() -> None:
         ({"engine": "onnx"}, r"unknown engine 'onnx'"),
         ({"engine": "http"}, r"pass its base_url"),
         ({"timeout": 0}, r"timeout"),
+        ({"max_concurrency": 0}, r"max_concurrency must be at least 1"),
+        ({"served_model_name": ""}, r"served_model_name must be a non-empty string"),
         ({"batch_wait_ms": -1}, r"batch_wait_ms"),
         ({"base_url": "127.0.0.1:8000"}, r"base_url"),
         ({"base_url": "http://a:pw@127.0.0.1:9/v1", "api_key": "k"}, r"one Authorization header cannot carry both"),

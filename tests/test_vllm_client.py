@@ -394,3 +394,31 @@ def test_a_server_of_other_models_is_still_a_clear_error(fake: tuple[Script, str
     script.models = [{"id": "a", "root": "/x"}, {"id": "b", "root": "/y"}]
     with pytest.raises(ValueError, match=r"does not serve model 'm' .*pass the served name as the model"):
         VLLMServer(url, "m").embed([[1]])
+
+
+def test_the_served_name_and_request_shape_are_options_of_the_core_and_both_frameworks(
+    fake: tuple[Script, str], embedding_path: Path
+) -> None:
+    from qwen3_retrieval import Qwen3Embedder
+    from qwen3_retrieval.langchain import Qwen3Embeddings
+    from qwen3_retrieval.llama_index import Qwen3Embedding
+
+    script, url = fake
+    script.width = json.loads((embedding_path / "config.json").read_text())["hidden_size"]
+    script.models = [{"id": "a", "root": "/x"}, {"id": "emb-prod", "root": "/y"}]  # no way to guess ours
+    script.delay = 0.2
+    texts = [f"passage {i}" for i in range(24)]
+    options = {"base_url": url, "served_model_name": "emb-prod", "max_concurrency": 6, "max_batch": 2}
+    for component in (
+        Qwen3Embedder(embedding_path, **options),
+        Qwen3Embeddings(model=str(embedding_path), **options),
+        Qwen3Embedding(model_name=str(embedding_path), **options),
+    ):
+        script.requests.clear()
+        script.most_in_flight = 0
+        embed = getattr(component, "embed_documents", None) or component.get_text_embedding_batch
+        assert len(embed(texts)) == 24
+        # Before, the name could only be guessed (here: "does not serve model") and 4 x 32 was fixed.
+        assert {r["body"]["model"] for r in script.requests} == {"emb-prod"}, type(component)
+        assert max(len(r["body"]["input"]) for r in script.requests) == 2
+        assert 5 <= script.most_in_flight <= 6, (type(component), script.most_in_flight)

@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
             "its key, if any, from $VLLM_API_KEY",
         )
         sub.add_argument(
+            "--embedding-served-name",
+            default=None,
+            help="the name the embedding server serves the model under; None: asked from the server",
+        )
+        sub.add_argument(
+            "--server-requests", type=_at_least(1), default=4, help="requests in flight at once to a vLLM server"
+        )
+        sub.add_argument("--server-batch", type=_at_least(1), default=32, help="sequences per vLLM server request")
+        sub.add_argument(
             "--dimensions",
             type=_at_least(MIN_DIMENSIONS),
             default=None,
@@ -128,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(ask)
     ask.add_argument("--reranker-model", default=DEFAULT_RERANKER_MODEL, help="hub id or local folder")
     ask.add_argument("--reranker-url", default=None, help="a vLLM reranker server (http://host:8001/v1)")
+    ask.add_argument(
+        "--reranker-served-name",
+        default=None,
+        help="the name the reranker server serves the model under; None: asked from the server",
+    )
     ask.add_argument("--mode", choices=MODES, default=MODES[0], help="retrieval before reranking")
     ask.add_argument("--candidates", type=_at_least(1), default=10, help="passages retrieved before reranking")
     ask.add_argument("--top-n", type=_at_least(1), default=3, help="passages kept after reranking")
@@ -201,6 +215,9 @@ def _where(args: argparse.Namespace) -> Any:
         milvus_timeout=args.milvus_timeout,
         embedding_model=args.embedding_model,
         embedding_url=args.embedding_url,
+        embedding_served_name=args.embedding_served_name,
+        server_requests=args.server_requests,
+        server_batch=args.server_batch,
         dimensions=args.dimensions,
         device=args.device,
         splitting=splitting,
@@ -241,6 +258,7 @@ def run_ask(args: argparse.Namespace) -> int:
         _where(args),
         reranker_model=args.reranker_model,
         reranker_url=args.reranker_url,
+        reranker_served_name=args.reranker_served_name,
         candidates=args.candidates,
         top_n=args.top_n,
         mode=args.mode,

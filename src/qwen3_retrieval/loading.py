@@ -212,7 +212,11 @@ def _server(options: ModelOptions) -> Any:
     from qwen3_retrieval.engines.vllm_http import VLLMServer
 
     assert options.base_url is not None
-    return VLLMServer(options.base_url, options.model, api_key=options.server_key, timeout=options.timeout)
+    return VLLMServer(
+        options.base_url, options.model, api_key=options.server_key, timeout=options.timeout,
+        served_model_name=options.served_model_name, max_batch=options.max_batch,
+        max_concurrency=options.max_concurrency,
+    )  # fmt: skip
 
 
 def _vllm_options(options: ModelOptions, config: Any) -> dict[str, Any]:

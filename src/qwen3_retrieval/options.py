@@ -106,6 +106,15 @@ class ModelOptions:
         repr=False,
     )
     timeout: float = _option(120.0, "Seconds one server request may take in all, answer included.")
+    served_model_name: str | None = _option(
+        None,
+        "The name the vLLM server serves the model under (its ``--served-model-name``); None asks the server's "
+        "``/v1/models`` for the one started from ``model``, or the only one it serves.",
+    )
+    max_concurrency: int = _option(
+        4, "With ``base_url``: requests in flight at once per call (raise it for a fleet behind one URL)."
+    )
+    max_batch: int = _option(32, "With ``base_url``: sequences per request.")
     engine_options: dict[str, Any] | None = _option(
         None,
         "Extra arguments for ``vllm.LLM`` with ``engine='vllm'`` (``tensor_parallel_size``…); by default its "
@@ -138,6 +147,9 @@ class ModelOptions:
             "base_url": check_base_url(self.base_url) if self.base_url is not None else None,
             "api_key": check_secret(self.api_key, "api_key") if self.api_key is not None else None,
             "timeout": check_positive_number(self.timeout, "timeout"),
+            "served_model_name": _served_name(self.served_model_name),
+            "max_concurrency": check_positive_int(self.max_concurrency, "max_concurrency"),
+            "max_batch": check_positive_int(self.max_batch, "max_batch"),
             "engine_options": dict(self.engine_options) if self.engine_options is not None else None,
         }
         policy = self.batch_policy or default_policy(device, packed=self.attn_implementation is None)
@@ -220,7 +232,8 @@ class ModelOptions:
     def cache_key(self) -> Hashable:
         """Options under which one loaded model is shared by every object in the process."""
         secret = hash((self.base_url, self.server_key))  # two keys or passwords never share a client
-        where = (self.engine, self.shown_url, secret)
+        server = (self.served_model_name, self.max_concurrency, self.max_batch) if self.base_url else ()
+        where = (self.engine, self.shown_url, secret, *server)
         return (self.kind, self.model, self.device, self.dtype, self.attn_implementation, *where)
 
 
@@ -279,6 +292,14 @@ def model_source(model: str | os.PathLike[str]) -> str:
     if isinstance(model, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise ValueError(f"model folder {text!r} does not exist; pass an existing checkpoint folder or a hub id")
     return text
+
+
+def _served_name(name: object) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"served_model_name must be a non-empty string or None, got {name!r}")
+    return name
 
 
 def _engine(engine: str | None, base_url: str | None) -> str:

@@ -57,7 +57,7 @@ class VLLMServer:
     Args:
         base_url: The OpenAI-compatible root, e.g. ``"http://127.0.0.1:8000/v1"``. A ``user:password@`` in it
             (a proxy's) is sent as basic authentication instead of a key, and never shown.
-        model: The served model name sent with each request.
+        model: The model: its checkpoint path or hub id (what the tokenizer was loaded from).
         api_key: Bearer token, if the server was started with ``--api-key``; None reads ``VLLM_API_KEY`` from
             the environment, if set.
         timeout: Seconds one request may take in all: connecting, sending and receiving the whole answer. A
@@ -65,6 +65,8 @@ class VLLMServer:
         max_batch: Sequences per request.
         max_concurrency: Requests in flight at once, per call.
         retries: Retries of one request after 429, 503 or a dropped connection.
+        served_model_name: The name the server serves the model under (its ``--served-model-name``), sent as
+            ``model``; None asks the server (see :meth:`_served_name`).
     """
 
     def __init__(
@@ -77,11 +79,13 @@ class VLLMServer:
         max_batch: int = 32,
         max_concurrency: int = 4,
         retries: int = 3,
+        served_model_name: str | None = None,
     ) -> None:
         self.base_url, self._credentials = split_credentials(check_base_url(base_url).rstrip("/"))
         self.root = self.base_url.removesuffix("/v1")
         self.model = model
-        self._served: str | None = None  # the name the server knows the model by, once asked (see _served_name)
+        # The name the server knows the model by: given, or asked once (see _served_name).
+        self._served: str | None = served_model_name
         self.timeout = check_positive_number(timeout, "timeout")
         self.max_batch = max_batch
         self.max_concurrency = max_concurrency
@@ -265,8 +269,8 @@ class VLLMServer:
             )
         if status == 404 and "model" in lowered:
             return ValueError(
-                f"{where} does not serve model {self.model!r} ({message}); pass the served name as the model, or "
-                "start the server with --served-model-name"
+                f"{where} does not serve model {self.model!r} ({message}); pass the served name as the model's "
+                "served_model_name= (qwen3-rag: --embedding-served-name, --reranker-served-name)"
             )
         if "context length" in lowered or "max_model_len" in lowered or "maximum model length" in lowered:
             return ValueError(

@@ -1,24 +1,31 @@
-"""The RAG pipeline as library functions: :func:`index` a folder, :func:`retrieve` and :func:`stream_answer`.
+"""The RAG pipeline as a library: :class:`RagPipeline` indexes folders, retrieves and answers, keeping its models.
 
 ``qwen3-rag`` only parses arguments and prints what these return; a program can call them directly::
 
-    from qwen3_retrieval.rag.pipeline import RagConfig, index, retrieve, stream_answer
+    from qwen3_retrieval.rag.pipeline import RagConfig, RagPipeline
 
-    where = RagConfig(uri="./docs.db")
-    report = index(["./docs"], where)
-    sources = retrieve("How do I create an index?", where)
-    answer = "".join(stream_answer("How do I create an index?", sources))
+    rag = RagPipeline(RagConfig(uri="./docs.db"))
+    report = rag.index(["./docs"])
+    sources = rag.retrieve("How do I create an index?")  # the models load once, on the first call
+    answer = rag.answer("How do I create an index?", sources)
+
+The functions :func:`index`, :func:`retrieve` and :func:`stream_answer` do the same through one pipeline per
+configuration, kept for the life of the process (the few most recent; :func:`release_pipelines` drops them).
 
 Problems a user can fix raise :class:`~qwen3_retrieval.rag.errors.RagError` with a one-line message.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +58,17 @@ class RagConfig:
     device: str | None = None
     splitting: Splitting | None = None
     """How to cut files into passages; None: the collection's, or the default for a new one."""
+    reranker_model: str = DEFAULT_RERANKER_MODEL
+    reranker_url: str | None = None
+    reranker_api_key: str | None = field(default=None, repr=False)
+    embedding_served_name: str | None = None
+    """The name the embedding server serves the model under; None: asked from the server."""
+    reranker_served_name: str | None = None
+    """The name the reranker server serves the model under; None: asked from the server."""
+    server_requests: int = 4
+    """Requests in flight at once to a vLLM server, per call (raise it for a fleet behind one URL)."""
+    server_batch: int = 32
+    """Sequences per request to a vLLM server."""
 
     def store(self) -> PassageStore:
         """Open the collection (one-line error if Milvus cannot be reached)."""
@@ -68,8 +86,24 @@ class RagConfig:
         return Qwen3Embedder(
             self.embedding_model,
             dimensions=dimensions,
-            **_engine(self.embedding_url, self.embedding_api_key, self.device),
+            **self._engine(self.embedding_url, self.embedding_api_key, self.embedding_served_name),
         )
+
+    def reranker(self) -> Any:
+        """The reranking model."""
+        from qwen3_retrieval import Qwen3Reranker
+
+        return Qwen3Reranker(
+            self.reranker_model, **self._engine(self.reranker_url, self.reranker_api_key, self.reranker_served_name)
+        )
+
+    def _engine(self, url: str | None, api_key: str | None, served: str | None) -> dict[str, Any]:
+        if url is None:
+            return {"device": self.device}
+        return {
+            "base_url": url, "api_key": api_key, "served_model_name": served, "max_concurrency": self.server_requests,
+            "max_batch": self.server_batch,
+        }  # fmt: skip
 
 
 Index = RagConfig
@@ -90,6 +124,177 @@ class IndexReport:
     warnings: list[str] = field(default_factory=list)
 
 
+class RagPipeline:
+    """One index and its two models, kept for the object's lifetime.
+
+    Each model's weights are read once, on first use, however many questions and indexing runs follow (the
+    embedder is kept per vector size, so a collection with a Matryoshka size shares the same loaded model).
+    Any number of threads may call one pipeline at once.
+
+    Args:
+        config: Where the passages live and which models embed and rerank them.
+    """
+
+    def __init__(self, config: RagConfig | None = None) -> None:
+        self.config = config or RagConfig()
+        self._embedders: dict[int | None, Any] = {}
+        self._reranker: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RagPipeline({self.config!r})"
+
+    def embedder(self, dimensions: int | None) -> Any:
+        """The embedding model at ``dimensions`` (None: full size), made once."""
+        with self._lock:
+            if dimensions not in self._embedders:
+                self._embedders[dimensions] = self.config.embedder(dimensions)
+            return self._embedders[dimensions]
+
+    def reranker(self) -> Any:
+        """The reranking model, made once."""
+        with self._lock:
+            if self._reranker is None:
+                self._reranker = self.config.reranker()
+            return self._reranker
+
+    def index(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        include_hidden: bool = False,
+        follow_links: bool = False,
+        recreate: bool = False,
+        warn: Callable[[str], None] = lambda message: None,
+        progress: bool = False,
+    ) -> IndexReport:
+        """Make the collection mirror ``paths``: new and changed files indexed, deleted ones removed.
+
+        A folder is a root: its files are stored by path relative to it, so moving or renaming the folder and
+        indexing it again changes nothing stored, and files gone from it are removed. A file given alone is added
+        (or updated) under its folder's root and removes nothing. Unreadable files, binary files with a text
+        format's name and names that are not valid UTF-8 are skipped with a warning. Symbolic links are followed
+        within a folder; ``follow_links`` follows them out of it too (see
+        :func:`~qwen3_retrieval.rag.readers.find_files`).
+        """
+        report = IndexReport()
+
+        def note(message: str) -> None:
+            _warn(report, warn, message)
+
+        groups = _roots(paths, include_hidden, follow_links, note)
+        new_file = _new_local_file(self.config.uri)
+        try:
+            with self.config.store() as store:
+                _index(store, groups, self, report, recreate=recreate, warn=warn, progress=progress)
+        except BaseException:
+            # A run that fails before storing anything (a model that does not load, a bad --dimensions) leaves no
+            # empty Milvus Lite file behind; once a file is stored, what is there is kept for the re-run to finish.
+            if new_file is not None and report.files_indexed == 0:
+                shutil.rmtree(new_file, ignore_errors=True)
+            raise
+        return report
+
+    def retrieve(self, question: str, *, candidates: int = 10, top_n: int = 3, mode: str = "hybrid") -> list[Source]:
+        """Return the ``top_n`` passages for ``question``, best first.
+
+        ``candidates`` passages are retrieved (``mode="hybrid"``: dense and BM25 fused by reciprocal rank;
+        ``"dense"``: dense alone), then reranked with Qwen3-Reranker.
+        """
+        _check_question(question, candidates, top_n, mode)
+        with self._opened() as (store, settings):
+            embedder = self.embedder(settings["dimensions"])
+            hits = store.search(embedder.embed_query(question), question, candidates, mode=mode)
+            roots = store.roots()
+        ranked = self.reranker().rank(question, [h.text for h in hits], top_n=top_n)
+        return [_source(hits[i], roots, score) for i, score in ranked]
+
+    async def aretrieve(
+        self, question: str, *, candidates: int = 10, top_n: int = 3, mode: str = "hybrid"
+    ) -> list[Source]:
+        """Async :meth:`retrieve`: the models' async paths are awaited, Milvus calls run in a worker thread."""
+        _check_question(question, candidates, top_n, mode)
+        store, settings = await asyncio.to_thread(self._open)
+        try:
+            embedder = await asyncio.to_thread(self.embedder, settings["dimensions"])
+            vector = await embedder.aembed_query(question)
+            hits, roots = await asyncio.to_thread(
+                lambda: (store.search(vector, question, candidates, mode=mode), store.roots())
+            )
+        finally:
+            await asyncio.to_thread(store.close)
+        ranked = await self.reranker().arank(question, [h.text for h in hits], top_n=top_n)
+        return [_source(hits[i], roots, score) for i, score in ranked]
+
+    def stream_answer(
+        self, question: str, sources: Sequence[Source], *, model: str = "gpt-4o-mini", timeout: float = 60.0
+    ) -> Iterator[str]:
+        """Yield the chat model's answer as it streams, citing ``sources`` as ``[n]`` (see :func:`stream_answer`)."""
+        return stream_answer(question, sources, model=model, timeout=timeout)
+
+    def answer(
+        self, question: str, sources: Sequence[Source], *, model: str = "gpt-4o-mini", timeout: float = 60.0
+    ) -> str:
+        """The chat model's whole answer (see :meth:`stream_answer`)."""
+        return "".join(self.stream_answer(question, sources, model=model, timeout=timeout))
+
+    def _open(self) -> tuple[PassageStore, dict[str, Any]]:
+        """The store, opened, and its settings; refused if there is no index or it is damaged."""
+        where = self.config
+        if _new_local_file(where.uri) is not None:  # opening it would create an empty one: asking changes nothing
+            raise RagError(f"there is no index at {where.uri}; {_index_first(where)}")
+        store = where.store()
+        try:
+            settings = _checked_settings(store, where)
+            if not settings:
+                raise RagError(
+                    f"collection {where.collection!r} does not exist at {redact_url(where.uri)}; {_index_first(where)}"
+                )
+            held, recorded = store.count(), _recorded_passages(store)
+            if held < recorded:  # what is missing can be neither found nor cited: say so instead of answering
+                raise RagError(
+                    f"the index at {redact_url(where.uri)} is damaged: its file records list {recorded} passages "
+                    f"but collection {where.collection!r} holds {held}; "
+                    f"{_index_first(where).replace('first', 'again')} to repair it (the files whose passages are "
+                    "missing are indexed again), or add --recreate to rebuild it"
+                )
+        except BaseException:
+            store.close()
+            raise
+        return store, settings
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[tuple[PassageStore, dict[str, Any]]]:
+        store, settings = self._open()
+        try:
+            yield store, settings
+        finally:
+            store.close()
+
+
+# The module-level functions reuse one pipeline per configuration, so that a program calling them in a loop
+# reads each model's weights once; the few most recent configurations are kept.
+MAX_PIPELINES = 4
+_pipelines: OrderedDict[RagConfig, RagPipeline] = OrderedDict()
+_pipelines_lock = threading.Lock()
+
+
+def pipeline_for(config: RagConfig) -> RagPipeline:
+    """The process's pipeline for ``config``, made on first use; the :data:`MAX_PIPELINES` most recent are kept."""
+    with _pipelines_lock:
+        pipeline = _pipelines.pop(config, None) or RagPipeline(config)
+        _pipelines[config] = pipeline
+        while len(_pipelines) > MAX_PIPELINES:
+            _pipelines.popitem(last=False)
+        return pipeline
+
+
+def release_pipelines() -> None:
+    """Drop the pipelines the module-level functions keep (their models are freed when nothing else holds them)."""
+    with _pipelines_lock:
+        _pipelines.clear()
+
+
 def index(
     paths: Sequence[str | os.PathLike[str]],
     where: RagConfig,
@@ -100,38 +305,39 @@ def index(
     warn: Callable[[str], None] = lambda message: None,
     progress: bool = False,
 ) -> IndexReport:
-    """Make the collection mirror ``paths``: new and changed files indexed, deleted ones removed.
+    """:meth:`RagPipeline.index` on the process's pipeline for ``where``."""
+    return pipeline_for(where).index(
+        paths, include_hidden=include_hidden, follow_links=follow_links, recreate=recreate, warn=warn,
+        progress=progress,
+    )  # fmt: skip
 
-    A folder is a root: its files are stored by path relative to it, so moving or renaming the folder and
-    indexing it again changes nothing stored, and files gone from it are removed. A file given alone is added
-    (or updated) under its folder's root and removes nothing. Unreadable files, binary files with a text
-    format's name and names that are not valid UTF-8 are skipped with a warning. Symbolic links are followed
-    within a folder; ``follow_links`` follows them out of it too (see
-    :func:`~qwen3_retrieval.rag.readers.find_files`).
-    """
-    report = IndexReport()
 
-    def note(message: str) -> None:
-        _warn(report, warn, message)
-
-    groups = _roots(paths, include_hidden, follow_links, note)
-    new_file = _new_local_file(where.uri)
-    try:
-        with where.store() as store:
-            _index(store, groups, where, report, recreate=recreate, warn=warn, progress=progress)
-    except BaseException:
-        # A run that fails before storing anything (a model that does not load, a bad --dimensions) leaves no
-        # empty Milvus Lite file behind; once a file is stored, what is there is kept for the re-run to finish.
-        if new_file is not None and report.files_indexed == 0:
-            shutil.rmtree(new_file, ignore_errors=True)
-        raise
-    return report
+def retrieve(
+    question: str,
+    where: RagConfig,
+    *,
+    reranker_model: str | None = None,
+    reranker_url: str | None = None,
+    reranker_api_key: str | None = None,
+    reranker_served_name: str | None = None,
+    candidates: int = 10,
+    top_n: int = 3,
+    mode: str = "hybrid",
+) -> list[Source]:
+    """:meth:`RagPipeline.retrieve` on the process's pipeline for ``where`` (its reranker replaced if one is given)."""
+    given = (reranker_model, reranker_url, reranker_api_key, reranker_served_name)
+    if any(value is not None for value in given):  # a reranker named here replaces the config's
+        where = replace(
+            where, reranker_model=reranker_model or where.reranker_model, reranker_url=reranker_url,
+            reranker_api_key=reranker_api_key, reranker_served_name=reranker_served_name,
+        )  # fmt: skip
+    return pipeline_for(where).retrieve(question, candidates=candidates, top_n=top_n, mode=mode)
 
 
 def _index(
     store: PassageStore,
     groups: list[tuple[Path, list[Path], bool]],
-    where: RagConfig,
+    models: RagPipeline,
     report: IndexReport,
     *,
     recreate: bool,
@@ -140,8 +346,9 @@ def _index(
 ) -> None:
     if recreate:
         store.drop()
+    where = models.config
     settings = _checked_settings(store, where)
-    embedder = where.embedder(settings["dimensions"] if settings else where.dimensions)
+    embedder = models.embedder(settings["dimensions"] if settings else where.dimensions)
     splitting = (where.splitting or Splitting(**settings.get("splitting", {}))).check(embedder.max_length)
     if not settings:
         settings = {
@@ -201,55 +408,6 @@ def _index(
     report.passages_total = store.count()
 
 
-def retrieve(
-    question: str,
-    where: RagConfig,
-    *,
-    reranker_model: str = DEFAULT_RERANKER_MODEL,
-    reranker_url: str | None = None,
-    reranker_api_key: str | None = None,
-    candidates: int = 10,
-    top_n: int = 3,
-    mode: str = "hybrid",
-) -> list[Source]:
-    """Return the ``top_n`` passages for ``question``, best first.
-
-    ``candidates`` passages are retrieved (``mode="hybrid"``: dense and BM25 fused by reciprocal rank;
-    ``"dense"``: dense alone), then reranked with Qwen3-Reranker.
-    """
-    from qwen3_retrieval import Qwen3Reranker
-
-    if not question.strip():
-        raise RagError("the question is empty")
-    for name, value in (("candidates", candidates), ("top_n", top_n)):
-        if value < 1:
-            raise RagError(f"--{name.replace('_', '-')} must be at least 1")
-    if mode not in MODES:
-        raise RagError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if _new_local_file(where.uri) is not None:  # opening it would create an empty one: asking changes nothing
-        raise RagError(f"there is no index at {where.uri}; {_index_first(where)}")
-    with where.store() as store:
-        settings = _checked_settings(store, where)
-        if not settings:
-            raise RagError(
-                f"collection {where.collection!r} does not exist at {redact_url(where.uri)}; {_index_first(where)}"
-            )
-        held, recorded = store.count(), _recorded_passages(store)
-        if held < recorded:  # what is missing can be neither found nor cited: say so instead of answering
-            raise RagError(
-                f"the index at {redact_url(where.uri)} is damaged: its file records list {recorded} passages but "
-                f"collection {where.collection!r} holds {held}; {_index_first(where).replace('first', 'again')} to "
-                "repair it (the files whose passages are missing are indexed again), or add --recreate to rebuild it"
-            )
-        # One embedder at the collection's size: the model loads once, Matryoshka cut or not.
-        embedder = where.embedder(settings["dimensions"])
-        hits = store.search(embedder.embed_query(question), question, candidates, mode=mode)
-        roots = store.roots()
-    reranker = Qwen3Reranker(reranker_model, **_engine(reranker_url, reranker_api_key, where.device))
-    ranked = reranker.rank(question, [h.text for h in hits], top_n=top_n)
-    return [_source(hits[i], roots, score) for i, score in ranked]
-
-
 def stream_answer(
     question: str, sources: Sequence[Source], *, model: str = "gpt-4o-mini", timeout: float = 60.0
 ) -> Iterator[str]:
@@ -264,6 +422,16 @@ def stream_answer(
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _check_question(question: str, candidates: int, top_n: int, mode: str) -> None:
+    if not question.strip():
+        raise RagError("the question is empty")
+    for name, value in (("candidates", candidates), ("top_n", top_n)):
+        if value < 1:
+            raise RagError(f"--{name.replace('_', '-')} must be at least 1")
+    if mode not in MODES:
+        raise RagError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
 
 
 def _new_local_file(uri: str) -> Path | None:
@@ -286,10 +454,6 @@ def _index_first(where: RagConfig) -> str:
         if value != usual
     )
     return f"run `qwen3-rag index FOLDER{options}` first"
-
-
-def _engine(url: str | None, api_key: str | None, device: str | None) -> dict[str, Any]:
-    return {"device": device} if url is None else {"base_url": url, "api_key": api_key}
 
 
 def _checked_settings(store: PassageStore, where: RagConfig) -> dict[str, Any]:
