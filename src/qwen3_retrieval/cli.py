@@ -216,6 +216,9 @@ def _where(args: argparse.Namespace) -> Any:
         embedding_model=args.embedding_model,
         embedding_url=args.embedding_url,
         embedding_served_name=args.embedding_served_name,
+        reranker_model=getattr(args, "reranker_model", DEFAULT_RERANKER_MODEL),
+        reranker_url=getattr(args, "reranker_url", None),
+        reranker_served_name=getattr(args, "reranker_served_name", None),
         server_requests=args.server_requests,
         server_batch=args.server_batch,
         dimensions=args.dimensions,
@@ -226,11 +229,10 @@ def _where(args: argparse.Namespace) -> Any:
 
 def run_index(args: argparse.Namespace) -> int:
     """``qwen3-rag index``: the collection mirrors the folders; unchanged files are skipped."""
-    from qwen3_retrieval.rag.pipeline import index
+    from qwen3_retrieval.rag.pipeline import RagPipeline
 
-    report = index(
+    report = RagPipeline(_where(args)).index(
         args.paths,
-        _where(args),
         include_hidden=args.include_hidden,
         follow_links=args.follow_links,
         recreate=args.recreate,
@@ -251,14 +253,10 @@ def run_index(args: argparse.Namespace) -> int:
 
 def run_ask(args: argparse.Namespace) -> int:
     """``qwen3-rag ask``: retrieve, rerank, and stream an answer that cites the sources."""
-    from qwen3_retrieval.rag.pipeline import retrieve, stream_answer
+    from qwen3_retrieval.rag.pipeline import RagPipeline, stream_answer
 
-    sources = retrieve(
+    sources = RagPipeline(_where(args)).retrieve(
         args.question,
-        _where(args),
-        reranker_model=args.reranker_model,
-        reranker_url=args.reranker_url,
-        reranker_served_name=args.reranker_served_name,
         candidates=args.candidates,
         top_n=args.top_n,
         mode=args.mode,

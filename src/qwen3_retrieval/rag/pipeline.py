@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import shutil
 import threading
@@ -31,16 +30,18 @@ from typing import Any
 
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.rag.errors import RagError
-from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
-from qwen3_retrieval.rag.readers import FORMATS, NotText, find_files, read_file, supported
+from qwen3_retrieval.rag.indexing import (
+    IndexReport,
+    add_warning,
+    checked_settings,
+    given_roots,
+    index_roots,
+    recorded_passages,
+)
+from qwen3_retrieval.rag.passages import Splitting
 from qwen3_retrieval.rag.store import PassageStore, is_server_uri
-from qwen3_retrieval.rag.terminal import is_valid_name, path_name, printable
 from qwen3_retrieval.rag.types import MODES, Hit, Source
 from qwen3_retrieval.redaction import redact_url
-
-# A moved or renamed folder is recognised when at least this share of its files are stored, unchanged, under
-# a root whose folder no longer exists.
-SAME_ROOT_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -110,20 +111,6 @@ Index = RagConfig
 """The name :class:`RagConfig` had before; programs written against it keep working."""
 
 
-@dataclass
-class IndexReport:
-    """What :func:`index` did."""
-
-    files_indexed: int = 0
-    files_unchanged: int = 0
-    files_removed: int = 0
-    passages_added: int = 0
-    passages_total: int = 0
-    files_without_text: list[str] = field(default_factory=list)
-    """Files read without error that gave no passages (empty, or headings alone), as given (root-relative)."""
-    warnings: list[str] = field(default_factory=list)
-
-
 class RagPipeline:
     """One index and its two models, kept for the object's lifetime.
 
@@ -180,13 +167,13 @@ class RagPipeline:
         report = IndexReport()
 
         def note(message: str) -> None:
-            _warn(report, warn, message)
+            add_warning(report, warn, message)
 
-        groups = _roots(paths, include_hidden, follow_links, note)
+        groups = given_roots(paths, include_hidden, follow_links, note)
         new_file = _new_local_file(self.config.uri)
         try:
             with self.config.store() as store:
-                _index(store, groups, self, report, recreate=recreate, warn=warn, progress=progress)
+                index_roots(store, groups, self, report, recreate=recreate, warn=warn, progress=progress)
         except BaseException:
             # A run that fails before storing anything (a model that does not load, a bad --dimensions) leaves no
             # empty Milvus Lite file behind; once a file is stored, what is there is kept for the re-run to finish.
@@ -245,12 +232,12 @@ class RagPipeline:
             raise RagError(f"there is no index at {where.uri}; {_index_first(where)}")
         store = where.store()
         try:
-            settings = _checked_settings(store, where)
+            settings = checked_settings(store, where)
             if not settings:
                 raise RagError(
                     f"collection {where.collection!r} does not exist at {redact_url(where.uri)}; {_index_first(where)}"
                 )
-            held, recorded = store.count(), _recorded_passages(store)
+            held, recorded = store.count(), recorded_passages(store)
             if held < recorded:  # what is missing can be neither found nor cited: say so instead of answering
                 raise RagError(
                     f"the index at {redact_url(where.uri)} is damaged: its file records list {recorded} passages "
@@ -275,15 +262,19 @@ class RagPipeline:
 # The module-level functions reuse one pipeline per configuration, so that a program calling them in a loop
 # reads each model's weights once; the few most recent configurations are kept.
 MAX_PIPELINES = 4
-_pipelines: OrderedDict[RagConfig, RagPipeline] = OrderedDict()
+_pipelines: OrderedDict[tuple[RagConfig, int], RagPipeline] = OrderedDict()
 _pipelines_lock = threading.Lock()
 
 
 def pipeline_for(config: RagConfig) -> RagPipeline:
-    """The process's pipeline for ``config``, made on first use; the :data:`MAX_PIPELINES` most recent are kept."""
+    """The process's pipeline for ``config``, made on first use; the :data:`MAX_PIPELINES` most recent are kept.
+
+    ``VLLM_API_KEY`` is part of the key: its models read it when they are made, so a changed key gets new ones.
+    """
+    key = (config, hash(os.environ.get("VLLM_API_KEY")))
     with _pipelines_lock:
-        pipeline = _pipelines.pop(config, None) or RagPipeline(config)
-        _pipelines[config] = pipeline
+        pipeline = _pipelines.pop(key, None) or RagPipeline(config)
+        _pipelines[key] = pipeline
         while len(_pipelines) > MAX_PIPELINES:
             _pipelines.popitem(last=False)
         return pipeline
@@ -334,80 +325,6 @@ def retrieve(
     return pipeline_for(where).retrieve(question, candidates=candidates, top_n=top_n, mode=mode)
 
 
-def _index(
-    store: PassageStore,
-    groups: list[tuple[Path, list[Path], bool]],
-    models: RagPipeline,
-    report: IndexReport,
-    *,
-    recreate: bool,
-    warn: Callable[[str], None],
-    progress: bool,
-) -> None:
-    if recreate:
-        store.drop()
-    where = models.config
-    settings = _checked_settings(store, where)
-    embedder = models.embedder(settings["dimensions"] if settings else where.dimensions)
-    splitting = (where.splitting or Splitting(**settings.get("splitting", {}))).check(embedder.max_length)
-    if not settings:
-        settings = {
-            "embedding_model": where.model_id(),
-            "dimensions": embedder.dimension,
-            "splitting": splitting.as_dict(),
-        }
-        store.create(settings)
-    _repair(store, report, warn)  # a collection rebuilt by create() may find the old records: repaired too
-    splitter = PassageSplitter(_tokenizer(where.embedding_model), splitting)
-    for folder, files, whole in groups:
-        hashes: dict[str, str] = {}
-        present = {_relative(file, folder) for file in files}  # unreadable ones too: their passages stay
-        for file in list(files):
-            try:
-                hashes[_relative(file, folder)] = hashlib.sha256(file.read_bytes()).hexdigest()[:32]
-            except OSError as err:  # unreadable (permissions, vanished): skipped, and what is stored stays
-                files.remove(file)
-                _warn(report, warn, f"skipped {path_name(file)}: {err.strerror or err}")
-        root = _root_id(store, folder, hashes)
-        store.set_root(root, str(folder))  # first, so an interrupted run finds this root again
-        stored = store.files(root)
-        if whole:
-            gone = [entry.key for path, entry in stored.items() if path not in present]
-            store.remove_files(root, gone)
-            report.files_removed += len(gone)
-        todo = [
-            (f, rel)
-            for f in files
-            if not ((s := stored.get(rel := _relative(f, folder))) and s.file_hash == hashes[rel])
-        ]
-        report.files_unchanged += len(files) - len(todo)
-        for file, rel in _progress(todo, progress):
-            try:
-                document = read_file(file)
-            except RagError:
-                raise  # a missing extra: the user must install it, skipping every PDF would hide that
-            except NotText as err:
-                _warn(report, warn, f"skipped {path_name(file)}: {err}")
-                continue
-            except Exception as err:  # a broken or unreadable file must not stop the others
-                reason = printable(" ".join(str(err).split())[:200])
-                _warn(report, warn, f"skipped {path_name(file)}: {type(err).__name__}: {reason}")
-                continue
-            for message in document.warnings:
-                _warn(report, warn, message)
-            passages = splitter.split(document.markdown, paged=document.paged)
-            if not passages:
-                report.files_without_text.append(rel)
-                if rel in stored:
-                    store.remove_files(root, [stored[rel].key])
-                continue
-            vectors = embedder.embed_documents([p.text for p in passages])
-            store.put_file(root, rel, passages, vectors, hashes[rel])
-            report.files_indexed += 1
-            report.passages_added += len(passages)
-    report.passages_total = store.count()
-
-
 def stream_answer(
     question: str, sources: Sequence[Source], *, model: str = "gpt-4o-mini", timeout: float = 60.0
 ) -> Iterator[str]:
@@ -456,130 +373,6 @@ def _index_first(where: RagConfig) -> str:
     return f"run `qwen3-rag index FOLDER{options}` first"
 
 
-def _checked_settings(store: PassageStore, where: RagConfig) -> dict[str, Any]:
-    """The collection's settings ({} if there is none yet), refused if they disagree with ``where``."""
-    settings = store.open()
-    if settings is None:
-        return {}
-    recorded, wanted = settings.get("embedding_model"), where.model_id()
-    if recorded != wanted:
-        raise RagError(
-            f"collection {where.collection!r} was built with embedding model {recorded} but this run uses {wanted}; "
-            f"pass --embedding-model {recorded}, or index again with --recreate to rebuild it"
-        )
-    if where.dimensions is not None and where.dimensions != settings["dimensions"]:
-        raise RagError(
-            f"collection {where.collection!r} holds {settings['dimensions']}-dimensional vectors, not "
-            f"{where.dimensions}; use --dimensions {settings['dimensions']}, or --recreate to rebuild it"
-        )
-    splitting = Splitting(**settings["splitting"])
-    if where.splitting is not None and where.splitting != splitting:
-        raise RagError(
-            f"collection {where.collection!r} was split with --chunk-tokens {splitting.chunk_tokens} "
-            f"--overlap-tokens {splitting.overlap_tokens}; use those, or --recreate to rebuild it"
-        )
-    return settings
-
-
-def _recorded_passages(store: PassageStore) -> int:
-    """How many passages the file records say the collection holds."""
-    return sum(f.parts for root in store.roots() for f in store.files(root).values())
-
-
-def _repair(store: PassageStore, report: IndexReport, warn: Callable[[str], None]) -> None:
-    """Forget the files whose passages the collection lost (a damaged store), so that this run indexes them again.
-
-    Passages without a record (a run interrupted between the two) are not missing: the re-run overwrites them.
-    """
-    if store.count() >= _recorded_passages(store):
-        return
-    held = store.passage_counts()
-    lost = 0
-    for root in store.roots():
-        broken = [f.key for f in store.files(root).values() if held.get(f.key, 0) < f.parts]
-        store.forget_files(root, broken)
-        lost += len(broken)
-    _warn(
-        report,
-        warn,
-        f"the collection had lost the passages of {lost} files it recorded as indexed (a damaged store); "
-        "they are indexed again if they are among the files given",
-    )
-
-
-def _roots(
-    paths: Sequence[str | os.PathLike[str]], include_hidden: bool, follow_links: bool, warn: Callable[[str], None]
-) -> list[tuple[Path, list[Path], bool]]:
-    """Each root folder with its files, and whether it was given whole (then files gone from it are removed)."""
-    if not paths:
-        raise RagError("no files or folders to index")
-    groups: list[tuple[Path, list[Path], bool]] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if not is_valid_name(path):
-            raise RagError(f"cannot index {path_name(path)}: its name is not valid UTF-8; rename it")
-        if not path.exists():
-            raise RagError(f"no such file or folder: {path_name(raw)}")
-        path = path.resolve()
-        if path.is_dir():
-            files = find_files(path, include_hidden=include_hidden, follow_links=follow_links, warn=warn)
-            groups.append((path, files, True))
-        elif supported([path]):
-            groups.append((path.parent, [path], False))
-        else:
-            raise RagError(f"{path_name(raw)} is not a file qwen3-rag reads ({FORMATS})")
-    if not any(files for _, files, _ in groups):
-        names = ", ".join(map(str, paths))
-        raise RagError(
-            f"no files to index ({FORMATS}) under {names}; hidden folders are skipped without --include-hidden"
-        )
-    return groups
-
-
-def _root_id(store: PassageStore, folder: Path, hashes: dict[str, str]) -> str:
-    """The id of the root at ``folder``: known by its path, or a moved/renamed root recognised by its files."""
-    roots = store.roots()
-    for root, path in roots.items():
-        if path == str(folder):
-            return root
-    best, best_share = None, 0.0
-    for root, path in roots.items():
-        if Path(path).exists():
-            continue  # that folder is still there: this one is a copy, not a move
-        stored = store.files(root)
-        same = sum(1 for rel, h in hashes.items() if rel in stored and stored[rel].file_hash == h)
-        share = same / max(len(hashes), 1)
-        if share > best_share:
-            best, best_share = root, share
-    if best is not None and best_share >= SAME_ROOT_SHARE:
-        return best
-    root = hashlib.sha1(str(folder).encode()).hexdigest()[:16]
-    while root in roots:  # a new folder where an older, moved one used to be
-        root = hashlib.sha1(root.encode()).hexdigest()[:16]
-    return root
-
-
-def _warn(report: IndexReport, warn: Callable[[str], None], message: str) -> None:
-    report.warnings.append(message)
-    warn(message)
-
-
-def _relative(file: Path, folder: Path) -> str:
-    return file.relative_to(folder).as_posix()
-
-
-def _tokenizer(model: str) -> Any:
-    from qwen3_retrieval.loading import load_error, loading_lock
-
-    try:
-        with loading_lock():  # another thread may be loading a model: transformers' loading is not thread-safe
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as err:
-        raise RagError(str(load_error(model, err))) from err
-
-
 def _source(hit: Hit, roots: dict[str, str], score: float) -> Source:
     path = Path(roots.get(hit.root, "")) / hit.path
     try:
@@ -587,9 +380,3 @@ def _source(hit: Hit, roots: dict[str, str], score: float) -> Source:
     except ValueError:
         shown = str(path)
     return Source(hit.text, shown, hit.heading, hit.location, score)
-
-
-def _progress(items: list[Any], enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="Indexing", unit="file", disable=not enabled or not items)

@@ -1,0 +1,402 @@
+"""Indexing: make a collection mirror folders, file by file records, with passages batched across files.
+
+Files are read and split by a worker thread that runs ahead of the embedding (a bounded queue), passages of
+many files are embedded together in token-budget batches, and a writer thread stores each batch while the next
+one is embedded. A file's record is written only after all its passages are stored, so an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qwen3_retrieval.rag.errors import RagError
+from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
+from qwen3_retrieval.rag.readers import FORMATS, NotText, find_files, read_file, supported
+from qwen3_retrieval.rag.store import PassageStore
+from qwen3_retrieval.rag.terminal import is_valid_name, path_name, printable
+
+if TYPE_CHECKING:
+    from qwen3_retrieval.rag.pipeline import RagConfig, RagPipeline
+
+# A moved or renamed folder is recognised when at least this share of its files are stored, unchanged, under
+# a root whose folder no longer exists.
+SAME_ROOT_SHARE = 0.5
+
+
+@dataclass
+class IndexReport:
+    """What :func:`index` did."""
+
+    files_indexed: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    passages_added: int = 0
+    passages_total: int = 0
+    files_without_text: list[str] = field(default_factory=list)
+    """Files read without error that gave no passages (empty, or headings alone), as given (root-relative)."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def index_roots(
+    store: PassageStore,
+    groups: list[tuple[Path, list[Path], bool]],
+    models: RagPipeline,
+    report: IndexReport,
+    *,
+    recreate: bool,
+    warn: Callable[[str], None],
+    progress: bool,
+) -> None:
+    """Make ``store`` mirror ``groups`` (each root folder, its files, and whether it was given whole)."""
+    if recreate:
+        store.drop()
+    where = models.config
+    settings = checked_settings(store, where)
+    embedder = models.embedder(settings["dimensions"] if settings else where.dimensions)
+    splitting = (where.splitting or Splitting(**settings.get("splitting", {}))).check(embedder.max_length)
+    if not settings:
+        settings = {
+            "embedding_model": where.model_id(),
+            "dimensions": embedder.dimension,
+            "splitting": splitting.as_dict(),
+        }
+        store.create(settings)
+    _repair(store, report, warn)  # a collection rebuilt by create() may find the old records: repaired too
+    todo: list[_Todo] = []
+    for folder, files, whole in groups:
+        todo += _changed_files(store, folder, files, whole, report, warn)
+    splitter = PassageSplitter(_tokenizer(where.embedding_model), splitting)
+    batch_passages = max(INDEX_BATCH_PASSAGES, where.server_batch * where.server_requests)
+    with _Reader(todo, splitter, report, warn) as reader, _Writer(store) as writer:
+        for batch in _batches(reader, batch_passages, _progress(len(todo), progress)):
+            vectors = embedder.embed_documents([p.text for item in batch for p in item.passages])
+            writer.submit(functools.partial(_store_batch, store, batch, vectors, report))
+    report.passages_total = store.count()
+
+
+INDEX_BATCH_PASSAGES = 256
+"""Passages embedded per call, from as many files as it takes: enough for token-budget batches to fill a device
+and for a server's requests to run side by side (at least requests in flight x sequences per request)."""
+READ_AHEAD_FILES = 32
+"""Files read and split ahead of the embedding, at most: what bounds the memory of a run of any size."""
+
+
+@dataclass
+class _Todo:
+    """A file to index: where it is, its root and root-relative path, its content hash and its stored key."""
+
+    file: Path
+    root: str
+    rel: str
+    file_hash: str
+    stored_key: str | None
+
+
+@dataclass
+class _Read:
+    """A file read and split, ready to embed."""
+
+    todo: _Todo
+    passages: list[Any]
+
+
+def _changed_files(
+    store: PassageStore,
+    folder: Path,
+    files: list[Path],
+    whole: bool,
+    report: IndexReport,
+    warn: Callable[[str], None],
+) -> list[_Todo]:
+    """The files under ``folder`` that are new or changed; files gone from a whole root are removed here."""
+    hashes: dict[str, str] = {}
+    present = {_relative(file, folder) for file in files}  # unreadable ones too: their passages stay
+    for file in list(files):
+        try:
+            hashes[_relative(file, folder)] = hashlib.sha256(file.read_bytes()).hexdigest()[:32]
+        except OSError as err:  # unreadable (permissions, vanished): skipped, and what is stored stays
+            files.remove(file)
+            add_warning(report, warn, f"skipped {path_name(file)}: {err.strerror or err}")
+    root = _root_id(store, folder, hashes)
+    store.set_root(root, str(folder))  # first, so an interrupted run finds this root again
+    stored = store.files(root)
+    if whole:
+        gone = [entry.key for path, entry in stored.items() if path not in present]
+        store.remove_files(root, gone)
+        report.files_removed += len(gone)
+    todo = []
+    for file in files:
+        rel = _relative(file, folder)
+        known = stored.get(rel)
+        if known and known.file_hash == hashes[rel]:
+            report.files_unchanged += 1
+        else:
+            todo.append(_Todo(file, root, rel, hashes[rel], known.key if known else None))
+    return todo
+
+
+class _Reader:
+    """Reads and splits files in a worker thread, at most :data:`READ_AHEAD_FILES` ahead of the consumer.
+
+    A file that cannot be read is skipped with a warning; a missing extra (``RagError``) stops the run, raised
+    in the consumer. Leaving the ``with`` block early (an error while embedding) stops the worker.
+    """
+
+    def __init__(
+        self, todo: list[_Todo], splitter: PassageSplitter, report: IndexReport, warn: Callable[[str], None]
+    ) -> None:
+        self.todo, self.splitter, self.report, self.warn = todo, splitter, report, warn
+        self.queue: queue.Queue[_Read | BaseException | None] = queue.Queue(maxsize=READ_AHEAD_FILES)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="qwen3-rag-reader", daemon=True)
+
+    def __enter__(self) -> _Reader:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        while self.thread.is_alive():  # free a worker blocked on a full queue
+            with contextlib.suppress(queue.Empty):
+                self.queue.get(timeout=0.1)
+        self.thread.join()
+
+    def __iter__(self) -> Iterator[_Read]:
+        while (item := self.queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _put(self, item: _Read | BaseException | None) -> bool:
+        while not self.stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self.queue.put(item, timeout=0.1)
+                return True
+        return False
+
+    def _work(self) -> None:
+        try:
+            for todo in self.todo:
+                read = self._read(todo)
+                if read is not None and not self._put(read):
+                    return
+        except BaseException as err:  # handed to the consumer, who raises it
+            self._put(err)
+            return
+        self._put(None)
+
+    def _read(self, todo: _Todo) -> _Read | None:
+        try:
+            document = read_file(todo.file)
+        except RagError:
+            raise  # a missing extra: the user must install it, skipping every PDF would hide that
+        except NotText as err:
+            add_warning(self.report, self.warn, f"skipped {path_name(todo.file)}: {err}")
+            return None
+        except Exception as err:  # a broken or unreadable file must not stop the others
+            reason = printable(" ".join(str(err).split())[:200])
+            add_warning(self.report, self.warn, f"skipped {path_name(todo.file)}: {type(err).__name__}: {reason}")
+            return None
+        for message in document.warnings:
+            add_warning(self.report, self.warn, message)
+        return _Read(todo, self.splitter.split(document.markdown, paged=document.paged))
+
+
+class _Writer:
+    """Runs store writes in order in a worker thread, so that storing one batch overlaps embedding the next.
+
+    At most one batch waits; an error in a write is raised in the caller at its next submit or at the end.
+    """
+
+    def __init__(self, store: PassageStore) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen3-rag-writer")
+        self.pending: Future[None] | None = None
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.pending is not None and exc[0] is None:
+                self.pending.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def submit(self, write: Callable[[], None]) -> None:
+        if self.pending is not None:
+            self.pending.result()  # the previous batch is stored (or its error raised) before the next waits
+        self.pending = self.pool.submit(write)
+
+
+def _batches(reader: _Reader, size: int, progress: Any) -> Iterator[list[_Read]]:
+    """Files in batches of about ``size`` passages (whole files, so that a file's passages are stored together)."""
+    batch: list[_Read] = []
+    count = 0
+    for read in reader:
+        progress.update(1)
+        batch.append(read)
+        count += len(read.passages)
+        if count >= size:
+            yield batch
+            batch, count = [], 0
+    if batch:
+        yield batch
+    progress.close()
+
+
+def _store_batch(store: PassageStore, batch: list[_Read], vectors: Any, report: IndexReport) -> None:
+    """Store each file of a batch, its passages first and its record last (see :meth:`PassageStore.put_file`)."""
+    start = 0
+    for read in batch:
+        todo, passages = read.todo, read.passages
+        if not passages:
+            report.files_without_text.append(todo.rel)
+            if todo.stored_key is not None:
+                store.remove_files(todo.root, [todo.stored_key])
+            continue
+        store.put_file(todo.root, todo.rel, passages, vectors[start : start + len(passages)], todo.file_hash)
+        start += len(passages)
+        report.files_indexed += 1
+        report.passages_added += len(passages)
+
+
+def checked_settings(store: PassageStore, where: RagConfig) -> dict[str, Any]:
+    """The collection's settings ({} if there is none yet), refused if they disagree with ``where``."""
+    settings = store.open()
+    if settings is None:
+        return {}
+    recorded, wanted = settings.get("embedding_model"), where.model_id()
+    if recorded != wanted:
+        raise RagError(
+            f"collection {where.collection!r} was built with embedding model {recorded} but this run uses {wanted}; "
+            f"pass --embedding-model {recorded}, or index again with --recreate to rebuild it"
+        )
+    if where.dimensions is not None and where.dimensions != settings["dimensions"]:
+        raise RagError(
+            f"collection {where.collection!r} holds {settings['dimensions']}-dimensional vectors, not "
+            f"{where.dimensions}; use --dimensions {settings['dimensions']}, or --recreate to rebuild it"
+        )
+    splitting = Splitting(**settings["splitting"])
+    if where.splitting is not None and where.splitting != splitting:
+        raise RagError(
+            f"collection {where.collection!r} was split with --chunk-tokens {splitting.chunk_tokens} "
+            f"--overlap-tokens {splitting.overlap_tokens}; use those, or --recreate to rebuild it"
+        )
+    return settings
+
+
+def recorded_passages(store: PassageStore) -> int:
+    """How many passages the file records say the collection holds."""
+    return sum(f.parts for root in store.roots() for f in store.files(root).values())
+
+
+def _repair(store: PassageStore, report: IndexReport, warn: Callable[[str], None]) -> None:
+    """Forget the files whose passages the collection lost (a damaged store), so that this run indexes them again.
+
+    Passages without a record (a run interrupted between the two) are not missing: the re-run overwrites them.
+    """
+    if store.count() >= recorded_passages(store):
+        return
+    held = store.passage_counts()
+    lost = 0
+    for root in store.roots():
+        broken = [f.key for f in store.files(root).values() if held.get(f.key, 0) < f.parts]
+        store.forget_files(root, broken)
+        lost += len(broken)
+    add_warning(
+        report,
+        warn,
+        f"the collection had lost the passages of {lost} files it recorded as indexed (a damaged store); "
+        "they are indexed again if they are among the files given",
+    )
+
+
+def given_roots(
+    paths: Sequence[str | os.PathLike[str]], include_hidden: bool, follow_links: bool, warn: Callable[[str], None]
+) -> list[tuple[Path, list[Path], bool]]:
+    """Each root folder with its files, and whether it was given whole (then files gone from it are removed)."""
+    if not paths:
+        raise RagError("no files or folders to index")
+    groups: list[tuple[Path, list[Path], bool]] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not is_valid_name(path):
+            raise RagError(f"cannot index {path_name(path)}: its name is not valid UTF-8; rename it")
+        if not path.exists():
+            raise RagError(f"no such file or folder: {path_name(raw)}")
+        path = path.resolve()
+        if path.is_dir():
+            files = find_files(path, include_hidden=include_hidden, follow_links=follow_links, warn=warn)
+            groups.append((path, files, True))
+        elif supported([path]):
+            groups.append((path.parent, [path], False))
+        else:
+            raise RagError(f"{path_name(raw)} is not a file qwen3-rag reads ({FORMATS})")
+    if not any(files for _, files, _ in groups):
+        names = ", ".join(map(str, paths))
+        raise RagError(
+            f"no files to index ({FORMATS}) under {names}; hidden folders are skipped without --include-hidden"
+        )
+    return groups
+
+
+def _root_id(store: PassageStore, folder: Path, hashes: dict[str, str]) -> str:
+    """The id of the root at ``folder``: known by its path, or a moved/renamed root recognised by its files."""
+    roots = store.roots()
+    for root, path in roots.items():
+        if path == str(folder):
+            return root
+    best, best_share = None, 0.0
+    for root, path in roots.items():
+        if Path(path).exists():
+            continue  # that folder is still there: this one is a copy, not a move
+        stored = store.files(root)
+        same = sum(1 for rel, h in hashes.items() if rel in stored and stored[rel].file_hash == h)
+        share = same / max(len(hashes), 1)
+        if share > best_share:
+            best, best_share = root, share
+    if best is not None and best_share >= SAME_ROOT_SHARE:
+        return best
+    root = hashlib.sha1(str(folder).encode()).hexdigest()[:16]
+    while root in roots:  # a new folder where an older, moved one used to be
+        root = hashlib.sha1(root.encode()).hexdigest()[:16]
+    return root
+
+
+def add_warning(report: IndexReport, warn: Callable[[str], None], message: str) -> None:
+    """Record a warning in the report and hand it to the caller's ``warn``."""
+    report.warnings.append(message)
+    warn(message)
+
+
+def _relative(file: Path, folder: Path) -> str:
+    return file.relative_to(folder).as_posix()
+
+
+def _tokenizer(model: str) -> Any:
+    from qwen3_retrieval.loading import load_error, loading_lock
+
+    try:
+        with loading_lock():  # another thread may be loading a model: transformers' loading is not thread-safe
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as err:
+        raise RagError(str(load_error(model, err))) from err
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Indexing", unit="file", disable=not enabled or not total)
