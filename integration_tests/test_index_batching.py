@@ -1,0 +1,119 @@
+"""Indexing at volume: passages of many files are embedded together, so a server (or a fleet behind one URL) gets
+full requests side by side instead of one file's few passages at a time; the index equals a file-by-file one."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from qwen3_retrieval import Qwen3Embedder
+from qwen3_retrieval.rag.pipeline import RagConfig, RagPipeline
+from qwen3_retrieval.rag.store import PassageStore
+
+FILES = 40
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the default backlog of 5 would itself cap how many requests arrive at once
+
+
+class Counting:
+    """An embedding server that answers our own core's vectors, slowly, counting requests in flight."""
+
+    def __init__(self, embedder: Qwen3Embedder) -> None:
+        self.embedder = embedder
+        self.lock = threading.Lock()
+        self.in_flight = self.most_in_flight = self.requests = 0
+
+
+@pytest.fixture
+def server(embedding_path: Path) -> Iterator[tuple[Counting, str]]:
+    counting = Counting(Qwen3Embedder(embedding_path, device="cpu", normalize=False))
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self._send({"object": "list", "data": [{"id": "emb-prod", "root": "/models/emb"}]})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            assert body["model"] == "emb-prod"
+            with counting.lock:
+                counting.requests += 1
+                counting.in_flight += 1
+                counting.most_in_flight = max(counting.most_in_flight, counting.in_flight)
+            time.sleep(0.3)
+            # The raw pooled state of each token-id sequence, as vLLM computes it (the core's own engine here).
+            ids = [counting.embedder.processor.documents([""])[0][-1]]  # loads the model on the first request
+            assert all(sequence[-1] == ids[0] for sequence in body["input"])  # each ends in <|endoftext|>
+            engine = counting.embedder.loaded.engine  # type: ignore[union-attr]
+            pooled = engine.embed(body["input"], counting.embedder.options.policy, None)
+            with counting.lock:
+                counting.in_flight -= 1
+            rows = [{"index": i, "embedding": row} for i, row in enumerate(pooled.tolist())]
+            self._send({"object": "list", "data": rows})
+
+        def _send(self, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = _Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield counting, f"http://127.0.0.1:{httpd.server_port}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def many_files(folder: Path) -> Path:
+    for i in range(FILES):
+        (folder / f"note-{i:02d}.md").parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"note-{i:02d}.md").write_text(f"# Note {i}\n\nThe river {i} runs past the mountain city.\n")
+    return folder
+
+
+def stored(uri: str) -> dict[str, list[float]]:
+    with PassageStore(uri, "qwen3_rag") as store:
+        assert store.exists()
+        rows = store.client.query("qwen3_rag", filter="", output_fields=["id", "vector"], limit=16384)
+    return {row["id"]: list(row["vector"]) for row in rows}
+
+
+def test_indexing_keeps_a_server_busy_and_stores_what_one_process_does(
+    tmp_path: Path, embedding_path: Path, server: tuple[Counting, str]
+) -> None:
+    counting, url = server
+    folder = many_files(tmp_path / "notes")
+    fleet = RagConfig(
+        uri=str(tmp_path / "fleet.db"), embedding_model=str(embedding_path), embedding_url=url,
+        server_requests=8, server_batch=4,
+    )  # fmt: skip
+    report = RagPipeline(fleet).index([str(folder)])
+    assert report.files_indexed == FILES and report.passages_added == FILES
+    # Before: one file's single passage per call, so one request at a time (and 40 of them, one after another).
+    assert counting.requests == FILES // 4
+    assert counting.most_in_flight == 8, counting.most_in_flight
+
+    local = RagConfig(uri=str(tmp_path / "local.db"), embedding_model=str(embedding_path), device="cpu")
+    RagPipeline(local).index([str(folder)])
+    ours, theirs = stored(fleet.uri), stored(local.uri)
+    assert sorted(ours) == sorted(theirs)
+    np.testing.assert_allclose(
+        np.array([ours[key] for key in sorted(ours)]), np.array([theirs[key] for key in sorted(theirs)]), atol=1e-5
+    )
