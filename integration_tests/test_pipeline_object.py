@@ -56,3 +56,49 @@ def test_five_questions_read_each_models_weights_once(
     assert [asyncio.run(rag.aretrieve(q)) for q in QUESTIONS] == answers
     assert rag.index([str(docs_folder)]).files_unchanged == 3
     assert loads == {str(embedding): 2, str(reranker): 2}
+
+
+def test_framework_retrievers_over_the_commands_index_give_the_commands_sources(
+    tmp_path: Path,
+    docs_folder: Path,
+    checkpoints: dict[str, Path],
+    models: list[str],
+    reranker_args: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from qwen3_retrieval.cli import main
+    from qwen3_retrieval.langchain import Qwen3RagRetriever as LangChainRetriever
+    from qwen3_retrieval.llama_index import Qwen3RagRetriever as LlamaIndexRetriever
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    uri = str(tmp_path / "rag.db")
+    assert main(["index", str(docs_folder), "--uri", uri, *models]) == 0
+    capsys.readouterr()
+    config = RagConfig(
+        uri=uri,
+        embedding_model=str(checkpoints["embedding"]),
+        device="cpu",
+        reranker_model=str(checkpoints["reranker"]),
+    )
+    pipeline = RagPipeline(config)
+    langchain = LangChainRetriever(pipeline=pipeline, top_n=2)
+    llama_index = LlamaIndexRetriever(pipeline, top_n=2)
+    for question in ("gravity", "What is the capital of China?"):
+        assert main(["ask", question, "--uri", uri, *models, *reranker_args, "--json", "--top-n", "2"]) == 0
+        expected = [(s["text"], s["source"], s["score"]) for s in json.loads(capsys.readouterr().out)["sources"]]
+        assert len(expected) == 2
+        for docs in (langchain.invoke(question), asyncio.run(langchain.ainvoke(question))):
+            got = [(d.page_content, d.metadata["source"], d.metadata["relevance_score"]) for d in docs]
+            assert [g[:2] for g in got] == [e[:2] for e in expected]
+            assert max(abs(g[2] - e[2]) for g, e in zip(got, expected)) < 1e-6
+        for nodes in (llama_index.retrieve(question), asyncio.run(llama_index.aretrieve(question))):
+            got = [(n.node.get_content(), n.node.metadata["source"], n.score) for n in nodes]
+            assert [g[:2] for g in got] == [e[:2] for e in expected]
+            assert max(abs(g[2] - e[2]) for g, e in zip(got, expected)) < 1e-6
+    with pytest.raises(ValueError):
+        LangChainRetriever(pipeline=pipeline, top_n=0)
+    with pytest.raises(ValueError, match="mode must be one of hybrid, dense"):
+        LlamaIndexRetriever(pipeline, mode="sparse")

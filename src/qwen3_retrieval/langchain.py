@@ -1,4 +1,7 @@
-"""LangChain components: :class:`Qwen3Embeddings` (``Embeddings``) and :class:`Qwen3Rerank` (a document compressor).
+"""LangChain components: Qwen3 embeddings, reranking, and a retriever over a ``qwen3-rag`` index.
+
+:class:`Qwen3Embeddings` is an ``Embeddings``, :class:`Qwen3Rerank` a document compressor and
+:class:`Qwen3RagRetriever` a ``BaseRetriever``.
 
 Example:
     .. code-block:: python
@@ -13,26 +16,30 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any, Literal
 
 try:
     from langchain_core.callbacks import Callbacks
     from langchain_core.documents import BaseDocumentCompressor, Document
     from langchain_core.embeddings import Embeddings
+    from langchain_core.retrievers import BaseRetriever
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "qwen3_retrieval.langchain needs langchain-core: pip install 'qwen3-retrieval[langchain]'"
     ) from err
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from qwen3_retrieval._fields import COMPONENT_CONFIG, EmbedderFields, RerankerFields
 from qwen3_retrieval._validation import check_texts
 from qwen3_retrieval.embedder import Qwen3Embedder
 from qwen3_retrieval.processors import ranked
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
+from qwen3_retrieval.rag.pipeline import RagPipeline
+from qwen3_retrieval.rag.types import Source
 from qwen3_retrieval.reranker import Qwen3Reranker
 
-__all__ = ["Qwen3Embeddings", "Qwen3Rerank"]
+__all__ = ["Qwen3Embeddings", "Qwen3RagRetriever", "Qwen3Rerank"]
 
 
 class Qwen3Embeddings(EmbedderFields, Embeddings):
@@ -145,3 +152,44 @@ def _with_score(document: Document, score: float) -> Document:
     metadata = copy.deepcopy(document.metadata)
     metadata["relevance_score"] = float(score)
     return document.model_copy(update={"metadata": metadata})
+
+
+class Qwen3RagRetriever(BaseRetriever):
+    """The index ``qwen3-rag index`` built, as a LangChain retriever: hybrid search, then Qwen3-Reranker.
+
+    Returns the best ``top_n`` passages as documents, best first, each with ``metadata`` holding ``source`` (the
+    file), ``heading``, ``location`` (``"page 3"`` for PDFs) and ``relevance_score`` (P(yes)). The pipeline keeps
+    its models, so an agent can call it as a tool for every question without reloading anything.
+
+    Example:
+        .. code-block:: python
+
+            from qwen3_retrieval.rag.pipeline import RagConfig, RagPipeline
+
+            retriever = Qwen3RagRetriever(pipeline=RagPipeline(RagConfig(uri="./qwen3_rag.db")))
+            docs = retriever.invoke("How do I create an index?")
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    pipeline: RagPipeline
+    """The index and its models (:class:`~qwen3_retrieval.rag.pipeline.RagPipeline`)."""
+    candidates: int = Field(default=10, ge=1)
+    """Passages retrieved before reranking."""
+    top_n: int = Field(default=3, ge=1)
+    """Passages kept after reranking."""
+    mode: Literal["hybrid", "dense"] = "hybrid"
+    """``"hybrid"``: dense and BM25 fused by reciprocal rank; ``"dense"``: dense alone."""
+
+    def _get_relevant_documents(self, query: str, *, run_manager: Any) -> list[Document]:
+        sources = self.pipeline.retrieve(query, candidates=self.candidates, top_n=self.top_n, mode=self.mode)
+        return [_document(source) for source in sources]
+
+    async def _aget_relevant_documents(self, query: str, *, run_manager: Any) -> list[Document]:
+        sources = await self.pipeline.aretrieve(query, candidates=self.candidates, top_n=self.top_n, mode=self.mode)
+        return [_document(source) for source in sources]
+
+
+def _document(source: Source) -> Document:
+    metadata = {"source": source.path, "heading": source.heading, "location": source.location}
+    return Document(page_content=source.text, metadata={**metadata, "relevance_score": source.score})

@@ -1,4 +1,7 @@
-"""LlamaIndex components: :class:`Qwen3Embedding` (``BaseEmbedding``) and :class:`Qwen3Rerank` (a node postprocessor).
+"""LlamaIndex components: Qwen3 embeddings, reranking, and a retriever over a ``qwen3-rag`` index.
+
+:class:`Qwen3Embedding` is a ``BaseEmbedding``, :class:`Qwen3Rerank` a node postprocessor and
+:class:`Qwen3RagRetriever` a ``BaseRetriever``.
 
 Example:
     .. code-block:: python
@@ -20,7 +23,8 @@ try:
     from llama_index.core.instrumentation import get_dispatcher
     from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
-    from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+    from llama_index.core.retrievers import BaseRetriever
+    from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "qwen3_retrieval.llama_index needs llama-index-core: pip install 'qwen3-retrieval[llama-index]'"
@@ -33,9 +37,11 @@ from qwen3_retrieval._validation import check_query
 from qwen3_retrieval.embedder import Qwen3Embedder
 from qwen3_retrieval.processors import ranked
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
+from qwen3_retrieval.rag.pipeline import RagPipeline
+from qwen3_retrieval.rag.types import MODES, Source
 from qwen3_retrieval.reranker import Qwen3Reranker
 
-__all__ = ["Qwen3Embedding", "Qwen3Rerank"]
+__all__ = ["Qwen3Embedding", "Qwen3RagRetriever", "Qwen3Rerank"]
 
 dispatcher = get_dispatcher(__name__)
 
@@ -141,3 +147,44 @@ class Qwen3Rerank(RerankerFields, BaseNodePostprocessor):
         if self.keep_retrieval_score:
             node = node.model_copy(update={"metadata": {**node.metadata, "retrieval_score": original.score}})
         return NodeWithScore(node=node, score=float(score))
+
+
+class Qwen3RagRetriever(BaseRetriever):
+    """The index ``qwen3-rag index`` built, as a LlamaIndex retriever: hybrid search, then Qwen3-Reranker.
+
+    Returns the best ``top_n`` passages as ``NodeWithScore`` (score = P(yes)), best first, each node's metadata
+    holding ``source`` (the file), ``heading`` and ``location`` (``"page 3"`` for PDFs). The pipeline keeps its
+    models, so an agent can call it for every question without reloading anything.
+
+    Args:
+        pipeline: The index and its models (:class:`~qwen3_retrieval.rag.pipeline.RagPipeline`).
+        candidates: Passages retrieved before reranking.
+        top_n: Passages kept after reranking.
+        mode: ``"hybrid"`` (dense and BM25 fused by reciprocal rank) or ``"dense"``.
+        **kwargs: ``BaseRetriever``'s own arguments (``callback_manager``…).
+    """
+
+    def __init__(
+        self, pipeline: RagPipeline, *, candidates: int = 10, top_n: int = 3, mode: str = "hybrid", **kwargs: Any
+    ) -> None:
+        if candidates < 1 or top_n < 1:
+            raise ValueError(f"candidates and top_n must be at least 1, got {candidates} and {top_n}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        super().__init__(**kwargs)
+        self.pipeline, self.candidates, self.top_n, self.mode = pipeline, candidates, top_n, mode
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        query = check_query(query_bundle.query_str)
+        sources = self.pipeline.retrieve(query, candidates=self.candidates, top_n=self.top_n, mode=self.mode)
+        return [_node(source) for source in sources]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        query = check_query(query_bundle.query_str)
+        sources = await self.pipeline.aretrieve(query, candidates=self.candidates, top_n=self.top_n, mode=self.mode)
+        return [_node(source) for source in sources]
+
+
+def _node(source: Source) -> NodeWithScore:
+    metadata = {"source": source.path, "heading": source.heading, "location": source.location}
+    return NodeWithScore(node=TextNode(text=source.text, metadata=metadata), score=source.score)
