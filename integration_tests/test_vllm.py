@@ -232,6 +232,16 @@ def test_the_served_name_is_found_whatever_our_copy_is_called(
     np.testing.assert_allclose(remote.embed_documents(DOCUMENTS), local.embed_documents(DOCUMENTS), atol=TOL)
 
 
+def test_a_served_name_given_as_an_option_is_used(servers: dict[str, Server], checkpoints: dict[str, Path]) -> None:
+    path = checkpoints["reranker-seq-cls"]
+    named = Qwen3Reranker(path, base_url=servers["seq-cls"].url, served_model_name="qwen3-reranker-prod")
+    local = Qwen3Reranker(path, device="cpu")
+    assert max(abs(a - b) for a, b in zip(named.score(QUERY, DOCUMENTS), local.score(QUERY, DOCUMENTS))) < TOL
+    wrong = Qwen3Reranker(path, base_url=servers["seq-cls"].url, served_model_name="not-served")
+    with pytest.raises(ValueError, match=r"does not serve model .*served_model_name="):
+        wrong.score(QUERY, DOCUMENTS)
+
+
 def test_prompt_longer_than_max_model_len(servers: dict[str, Server], embedding_path: Path) -> None:
     long = Qwen3Embedder(embedding_path, base_url=servers["embedding"].url, api_key=API_KEY, max_length=4096)
     with pytest.raises(ValueError, match=r"too long .* lower max_length to the server's --max-model-len"):
