@@ -1,0 +1,142 @@
+"""qwen3-rag against a real Milvus server: Milvus Lite's gRPC server, the Milvus protocol over TCP on 127.0.0.1.
+
+The server runs in its own process, started and waited for here, and stopped by its own PID; one test kills it
+with SIGKILL in the middle of an index run, restarts it on the same data, and runs the index again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from qwen3_retrieval.rag.pipeline import RagConfig, RagPipeline
+from qwen3_retrieval.rag.store import PassageStore
+
+COLLECTION = "qwen3_rag"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MilvusServer:
+    """``python -m milvus_lite server`` on a data folder and a port of its own."""
+
+    def __init__(self, data: Path) -> None:
+        self.data, self.port = data, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = data.parent / f"milvus-{self.port}.log"
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*command, "--host", "127.0.0.1", "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # a real answer, not an open port
+            assert self.process.poll() is None, self.log.read_text()[-2000:]
+            try:
+                PassageStore(self.uri, COLLECTION, timeout=2).close()
+                return
+            except Exception:
+                time.sleep(0.3)
+        raise AssertionError(f"Milvus Lite server did not answer: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def milvus(tmp_path: Path) -> Iterator[MilvusServer]:
+    (tmp_path / "milvus-data").mkdir()
+    server = MilvusServer(tmp_path / "milvus-data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def passages(uri: str) -> list[tuple[str, str]]:
+    with PassageStore(uri, COLLECTION) as store:
+        assert store.exists()
+        rows = store.client.query(COLLECTION, filter="", output_fields=["id", "text"], limit=16384)
+    return sorted((row["id"], row["text"]) for row in rows)
+
+
+def test_index_and_ask_on_a_milvus_server_as_on_a_file(
+    tmp_path: Path, milvus: MilvusServer, docs_folder: Path, checkpoints: dict[str, Path]
+) -> None:
+    config = RagConfig(
+        uri=milvus.uri, embedding_model=str(checkpoints["embedding"]), device="cpu",
+        reranker_model=str(checkpoints["reranker"]),
+    )  # fmt: skip
+    server, file = RagPipeline(config), RagPipeline(replace(config, uri=str(tmp_path / "rag.db")))
+    report = server.index([str(docs_folder)])
+    assert report.files_indexed == 3 and report.passages_total > 0
+    assert file.index([str(docs_folder)]).passages_total == report.passages_total
+    for question in ("What is the capital of China?", "gravity"):
+        assert server.retrieve(question, mode="dense") == file.retrieve(question, mode="dense")
+        assert [s.text for s in server.retrieve(question)] == [s.text for s in file.retrieve(question)]
+    assert server.index([str(docs_folder)]).files_unchanged == 3
+
+
+def test_a_server_killed_during_index_and_restarted_is_finished_by_the_next_run(
+    tmp_path: Path, milvus: MilvusServer, checkpoints: dict[str, Path], models: list[str]
+) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i in range(600):
+        (folder / f"note-{i:03d}.md").write_text(f"# Note {i}\n\nThe river {i} runs past the mountain city.\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def index_into(uri: str) -> list[str]:
+        return [sys.executable, "-m", "qwen3_retrieval.cli", "index", str(folder), "--uri", uri, *models]
+
+    command = index_into(milvus.uri)
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None:  # kill once some files, not all, are stored
+        try:
+            with PassageStore(milvus.uri, COLLECTION, timeout=2) as store:
+                if store.exists() and store.count() > 0:
+                    break
+        except Exception:
+            pass
+        time.sleep(0.05)
+    milvus.kill()
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 1, err  # the run saw its server vanish
+    assert err.count("\n") == 1 and err.startswith("qwen3-rag: error: "), err
+
+    milvus.start()  # the same data folder and port
+    # Before: this run failed with "collection 'qwen3_rag' already exists", and only the one after it worked.
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    clean = str(tmp_path / "clean.db")
+    assert subprocess.run(index_into(clean), env=env, timeout=300, capture_output=True).returncode == 0
+    assert passages(milvus.uri) == passages(clean)
