@@ -91,3 +91,14 @@ def test_benchmark_on_a_cpu_without_native_bfloat16_skips_those_rows(
     assert set(report["matmul_gflops_by_method"]) == {"float32"}  # no bfloat16 GEMM probe
     rows = [row for block in report["results"] for row in block["rows"]]
     assert rows and {row["contender"] for row in rows} == {"ours"} and all(row["status"] == "ok" for row in rows)
+
+
+def test_index_benchmark_smoke_run(tmp_path: Path) -> None:
+    script = BENCH.parent / "index_bench.py"
+    command = [sys.executable, str(script), "--shape", "tiny", "--files", "6", "--cache", str(tmp_path / "c")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout.strip().splitlines()[-1]
+    index_s, embed_s, ratio = (cell.strip() for cell in table.strip("|").split("|"))
+    assert index_s.endswith(" s") and embed_s.endswith(" s") and ratio.endswith("x"), table
+    assert "indexed 6 files, 6 passages" in done.stdout
