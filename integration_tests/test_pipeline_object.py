@@ -102,3 +102,24 @@ def test_framework_retrievers_over_the_commands_index_give_the_commands_sources(
         LangChainRetriever(pipeline=pipeline, top_n=0)
     with pytest.raises(ValueError, match="mode must be one of hybrid, dense"):
         LlamaIndexRetriever(pipeline, mode="sparse")
+
+
+def test_index_runs_of_one_pipeline_load_each_tokenizer_once(
+    tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    embedding = shutil.copytree(checkpoints["embedding"], tmp_path / "emb")
+    counted: Counter[str] = Counter()
+    original = transformers.AutoTokenizer.from_pretrained
+
+    def counting(model: Any, *args: Any, **kwargs: Any) -> Any:
+        counted[str(model)] += 1
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", counting)
+    rag = RagPipeline(RagConfig(uri=str(tmp_path / "rag.db"), embedding_model=str(embedding), device="cpu"))
+    for _ in range(3):
+        rag.index([str(docs_folder)], recreate=True)
+    # The core's tokenizer and the one that sizes passages; before, the latter was loaded again on every run.
+    assert counted[str(embedding)] == 2

@@ -36,6 +36,7 @@ class _CoreFields(BaseModel):
     _core_field: ClassVar[str]
     """The field that holds the core object (``embedder`` or ``reranker``)."""
     _core_class: ClassVar[type[Qwen3Embedder | Qwen3Reranker]]
+    _options_class: ClassVar[type[ModelOptions]]
 
     if TYPE_CHECKING:  # the generated fields, for type checkers
 
@@ -78,7 +79,7 @@ class _CoreFields(BaseModel):
         """
         cls, what = self._core_class, self._core_field
         if given is None:
-            return cls(getattr(self, self._model_field), **self._core_options(_OPTIONS[cls]))
+            return cls(getattr(self, self._model_field), **self._core_options(self._options_class))
         theirs = given.options.dump()
         conflicts = []
         for name in sorted(self.model_fields_set):
@@ -98,9 +99,6 @@ class _CoreFields(BaseModel):
         return given
 
 
-_OPTIONS: dict[type, type[ModelOptions]] = {Qwen3Embedder: EmbedderOptions, Qwen3Reranker: RerankerOptions}
-
-
 def _same(options: ModelOptions, name: str, value: Any) -> bool:
     """Whether ``name=value`` means what the core's option does: ``"fp32"`` and ``"float32"``, ``"./m"`` and ``"m"``."""
     if isinstance(value, SecretStr):
@@ -113,8 +111,9 @@ def _same(options: ModelOptions, name: str, value: Any) -> bool:
         return False
 
 
-def _generated(name: str, cls: type[ModelOptions], base: type[BaseModel]) -> Any:
-    """A pydantic model on ``base`` with a field per option of ``cls`` (its model field is each component's)."""
+def _generated(name: str, base: type[_CoreFields]) -> Any:
+    """A pydantic model on ``base`` with a field per option of its options class (each keeps its own model)."""
+    cls = base._options_class
     hints = get_type_hints(cls)
     definitions: dict[str, Any] = {
         f.name: (
@@ -130,6 +129,7 @@ def _generated(name: str, cls: type[ModelOptions], base: type[BaseModel]) -> Any
 class _EmbedderBase(_CoreFields):
     _core_field = "embedder"
     _core_class = Qwen3Embedder
+    _options_class = EmbedderOptions
 
 
 class _Selection(_CoreFields):
@@ -137,6 +137,7 @@ class _Selection(_CoreFields):
 
     _core_field = "reranker"
     _core_class = Qwen3Reranker
+    _options_class = RerankerOptions
 
     top_n: int | None = 3
     """How many documents to return; None keeps all."""
@@ -158,8 +159,8 @@ if TYPE_CHECKING:
     EmbedderFields = _EmbedderBase
     RerankerFields = _Selection
 else:
-    EmbedderFields = _generated("EmbedderFields", EmbedderOptions, _EmbedderBase)
-    RerankerFields = _generated("RerankerFields", RerankerOptions, _Selection)
+    EmbedderFields = _generated("EmbedderFields", _EmbedderBase)
+    RerankerFields = _generated("RerankerFields", _Selection)
 
 
 def accept_alias(data: Any, field: str, alias: str) -> Any:

@@ -11,7 +11,6 @@ from tqdm.auto import tqdm
 
 from qwen3_retrieval.loading import load_shared
 from qwen3_retrieval.options import EmbedderOptions, ModelOptions
-from qwen3_retrieval.redaction import redact_url
 
 OptionsT = TypeVar("OptionsT", bound=ModelOptions)
 Loaded = TypeVar("Loaded")
@@ -20,16 +19,21 @@ T = TypeVar("T")
 
 
 class OptionView(Generic[T]):
-    """A read-only attribute that shows one option, documented by the option's own docstring."""
+    """A read-only attribute that shows one option, documented by the option's own docstring.
 
-    def __init__(self, name: str, convert: Callable[[Any], T] = lambda value: value) -> None:
-        self.name, self.convert = name, convert
+    Args:
+        name: The option.
+        read: The options' attribute to show, when not the option itself (e.g. ``torch_device``).
+    """
+
+    def __init__(self, name: str, read: str | None = None) -> None:
+        self.read = read or name
         self.__doc__ = EmbedderOptions.docs().get(name)  # the embedder's options include every shared one
 
     def __get__(self, obj: Any, owner: type | None = None) -> T:
         if obj is None:
             return self  # type: ignore[return-value]  # the class attribute, for documentation tools
-        return self.convert(getattr(obj.options, self.name))
+        return getattr(obj.options, self.read)
 
 
 class SharedModel(Generic[OptionsT, Loaded, Parts]):
@@ -42,12 +46,12 @@ class SharedModel(Generic[OptionsT, Loaded, Parts]):
     options: OptionsT
 
     model = OptionView[str]("model")
-    device = OptionView("device", torch.device)
-    dtype = OptionView[torch.dtype]("dtype", lambda name: getattr(torch, name))
+    device = OptionView[torch.device]("device", read="torch_device")
+    dtype = OptionView[torch.dtype]("dtype", read="torch_dtype")
     instruction = OptionView[str]("instruction")
     max_length = OptionView[int]("max_length")
     engine = OptionView[str]("engine")
-    base_url = OptionView[str | None]("base_url", lambda url: redact_url(url) if url is not None else None)
+    base_url = OptionView[str | None]("base_url", read="shown_url")  # a password in it shown as ***
     batch_tokens = OptionView[int | None]("batch_tokens")
     batch_wait_ms = OptionView[float | None]("batch_wait_ms")
 

@@ -58,6 +58,11 @@ def check_instruction(instruction: object) -> str:
     return check_unicode(instruction, "instruction")
 
 
+def check_call_instruction(instruction: object) -> str | None:
+    """A call's ``instruction=``: None (the object's own) or a string checked by :func:`check_instruction`."""
+    return None if instruction is None else check_instruction(instruction)
+
+
 def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     """Return ``value`` if it is an int of at least ``minimum``; raise ``ValueError`` or ``TypeError``."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from qwen3_retrieval._model import OptionView, SharedModel, off_the_loop
-from qwen3_retrieval._validation import check_instruction, check_texts
+from qwen3_retrieval._validation import check_call_instruction, check_texts
 from qwen3_retrieval.engines import EmbeddingEngine
 from qwen3_retrieval.loading import LoadedEmbedding, load_embedding
 from qwen3_retrieval.options import MIN_DIMENSIONS, EmbedderOptions, options_of
@@ -91,11 +91,11 @@ class Qwen3Embedder(SharedModel[EmbedderOptions, LoadedEmbedding, _Parts]):
         Returns:
             A float32 array of shape ``(len(texts), dimension)``.
         """
-        return self._embed(check_texts(texts), _instruction(instruction), queries=True)
+        return self._embed(check_texts(texts), check_call_instruction(instruction), queries=True)
 
     def embed_query(self, text: str, instruction: str | None = None) -> np.ndarray:
         """Embed one query; see :meth:`embed_queries`. Returns a 1-D float32 array."""
-        return self._embed(check_texts([text], "text"), _instruction(instruction), queries=True)[0]
+        return self._embed(check_texts([text], "text"), check_call_instruction(instruction), queries=True)[0]
 
     async def aembed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Async :meth:`embed_documents`: a server engine's requests run on the event loop, no thread per call."""
@@ -103,11 +103,11 @@ class Qwen3Embedder(SharedModel[EmbedderOptions, LoadedEmbedding, _Parts]):
 
     async def aembed_queries(self, texts: Sequence[str], instruction: str | None = None) -> np.ndarray:
         """Async :meth:`embed_queries`."""
-        return await self._aembed(check_texts(texts), _instruction(instruction), queries=True)
+        return await self._aembed(check_texts(texts), check_call_instruction(instruction), queries=True)
 
     async def aembed_query(self, text: str, instruction: str | None = None) -> np.ndarray:
         """Async :meth:`embed_query`."""
-        return (await self._aembed(check_texts([text], "text"), _instruction(instruction), queries=True))[0]
+        return (await self._aembed(check_texts([text], "text"), check_call_instruction(instruction), queries=True))[0]
 
     def _embed(self, texts: list[str], instruction: str | None, *, queries: bool) -> np.ndarray:
         """The one embedding path: texts -> token ids -> pooled states -> vectors."""
@@ -132,7 +132,3 @@ class Qwen3Embedder(SharedModel[EmbedderOptions, LoadedEmbedding, _Parts]):
 
     def _build(self, loaded: LoadedEmbedding) -> _Parts:
         return EmbeddingProcessor(loaded.tokenizer, self.options, loaded.hidden_size), loaded.engine
-
-
-def _instruction(instruction: str | None) -> str | None:
-    return None if instruction is None else check_instruction(instruction)

@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from qwen3_retrieval._model import SharedModel, off_the_loop
-from qwen3_retrieval._validation import check_instruction, check_query, check_score_threshold, check_texts, check_top_n
+from qwen3_retrieval._validation import (
+    check_call_instruction,
+    check_query,
+    check_score_threshold,
+    check_texts,
+    check_top_n,
+)
 from qwen3_retrieval.engines import ScoringEngine
 from qwen3_retrieval.loading import LoadedReranker, load_reranker
 from qwen3_retrieval.options import RerankerOptions, options_of
@@ -136,4 +142,4 @@ def _checked(query: str, documents: Sequence[str], instruction: str | None) -> t
     """Check a call's input before anything loads: bad input fails fast, and an empty list loads nothing."""
     docs = check_texts(documents, "documents")
     check_query(query)
-    return docs, None if instruction is None else check_instruction(instruction)
+    return docs, check_call_instruction(instruction)

@@ -76,7 +76,7 @@ def index_roots(
     todo: list[_Todo] = []
     for folder, files, whole in groups:
         todo += _changed_files(store, folder, files, whole, report, warn)
-    splitter = PassageSplitter(_tokenizer(where.embedding_model), splitting)
+    splitter = PassageSplitter(models.tokenizer(), splitting)
     batch_passages = max(INDEX_BATCH_PASSAGES, where.server_batch * where.server_requests)
     with _Reader(todo, splitter, report, warn) as reader, _Writer(store) as writer:
         for batch in _batches(reader, batch_passages, _progress(len(todo), progress)):
@@ -382,18 +382,6 @@ def add_warning(report: IndexReport, warn: Callable[[str], None], message: str) 
 
 def _relative(file: Path, folder: Path) -> str:
     return file.relative_to(folder).as_posix()
-
-
-def _tokenizer(model: str) -> Any:
-    from qwen3_retrieval.loading import load_error, loading_lock
-
-    try:
-        with loading_lock():  # another thread may be loading a model: transformers' loading is not thread-safe
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as err:
-        raise RagError(str(load_error(model, err))) from err
 
 
 def _progress(total: int, enabled: bool) -> Any:

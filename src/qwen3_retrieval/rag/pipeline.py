@@ -126,6 +126,7 @@ class RagPipeline:
         self.config = config or RagConfig()
         self._embedders: dict[int | None, Any] = {}
         self._reranker: Any = None
+        self._tokenizer: Any = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -144,6 +145,13 @@ class RagPipeline:
             if self._reranker is None:
                 self._reranker = self.config.reranker()
             return self._reranker
+
+    def tokenizer(self) -> Any:
+        """The embedding model's tokenizer, which sizes passages in its tokens, loaded once."""
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = _tokenizer(self.config.embedding_model)
+            return self._tokenizer
 
     def index(
         self,
@@ -203,8 +211,7 @@ class RagPipeline:
         _check_question(question, candidates, top_n, mode)
         store, settings = await asyncio.to_thread(self._open)
         try:
-            embedder = await asyncio.to_thread(self.embedder, settings["dimensions"])
-            vector = await embedder.aembed_query(question)
+            vector = await self.embedder(settings["dimensions"]).aembed_query(question)  # loads in a thread
             hits, roots = await asyncio.to_thread(
                 lambda: (store.search(vector, question, candidates, mode=mode), store.roots())
             )
@@ -380,3 +387,15 @@ def _source(hit: Hit, roots: dict[str, str], score: float) -> Source:
     except ValueError:
         shown = str(path)
     return Source(hit.text, shown, hit.heading, hit.location, score)
+
+
+def _tokenizer(model: str) -> Any:
+    from qwen3_retrieval.loading import load_error, loading_lock
+
+    try:
+        with loading_lock():  # another thread may be loading a model: transformers' loading is not thread-safe
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as err:
+        raise RagError(str(load_error(model, err))) from err
