@@ -140,3 +140,20 @@ def test_a_server_killed_during_index_and_restarted_is_finished_by_the_next_run(
     clean = str(tmp_path / "clean.db")
     assert subprocess.run(index_into(clean), env=env, timeout=300, capture_output=True).returncode == 0
     assert passages(milvus.uri) == passages(clean)
+
+
+def test_a_server_that_is_down_at_ask_time_is_one_line(
+    tmp_path: Path, milvus: MilvusServer, docs_folder: Path, models: list[str]
+) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cli = [sys.executable, "-m", "qwen3_retrieval.cli"]
+    indexed = subprocess.run([*cli, "index", str(docs_folder), "--uri", milvus.uri, *models], env=env, timeout=300)
+    assert indexed.returncode == 0
+    milvus.stop()
+    done = subprocess.run(
+        [*cli, "ask", "gravity", "--uri", milvus.uri, *models, "--no-llm"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"qwen3-rag: error: cannot reach the Milvus server at {milvus.uri}"), done.stderr
+    assert done.stdout == ""

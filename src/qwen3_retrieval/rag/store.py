@@ -110,11 +110,13 @@ class PassageStore:
     def open(self) -> dict[str, Any] | None:
         """The settings of the complete collection, which is then loaded for search; None if there is none yet.
 
-        None also stands for a collection left half-created (a run killed while creating it): it holds no
-        passage, and :meth:`create` completes it.
+        None also stands for a store left half-created by a run killed while creating it: settings without a
+        passage collection, which :meth:`create` completes. A passage collection is only ever created after its
+        settings are recorded, so one whose settings cannot be read is never taken for half-created, even when
+        it looks empty (a restarting server can briefly show both a collection and no records).
 
         Raises:
-            RagError: The collection holds passages but no record of the settings they were built with (it is
+            RagError: The passage collection exists but the settings it was built with cannot be read (it is
                 damaged), or it was built by an older qwen3-rag; either way ``--recreate`` rebuilds it.
         """
         has_passages = self.client.has_collection(self.collection)
@@ -139,12 +141,13 @@ class PassageStore:
                     "rebuild it"
                 )
             return dict(settings)
-        if has_passages and self.count() > 0:
+        if has_passages:
             missing = "its settings collection" if not has_meta else "the record of its settings"
+            held = "holds passages" if self.count() > 0 else "exists"
             raise RagError(
-                f"collection {self.collection!r} at {redact_url(self.uri)} is damaged: it holds passages but "
-                f"{missing} is gone, so they cannot be checked against this run; index again with --recreate to "
-                "rebuild it"
+                f"collection {self.collection!r} at {redact_url(self.uri)} is damaged: it {held} but {missing} "
+                "is gone, so it cannot be checked against this run (a Milvus server that is still starting can "
+                "show this briefly: try again); index again with --recreate to rebuild it"
             )
         return None
 
@@ -160,8 +163,10 @@ class PassageStore:
         """Create the collection for ``settings["dimensions"]``-sized vectors and record ``settings``.
 
         Safe to call on what a killed run left (see :meth:`open`): the settings are recorded before the passage
-        collection exists, so a passage collection is only ever created under recorded settings, and an empty
-        one without them is replaced.
+        collection exists, so a passage collection is only ever created under recorded settings.
+
+        Raises:
+            RagError: The passage collection exists already (another run created it since :meth:`open`).
         """
         from pymilvus import DataType, Function, FunctionType
 
@@ -174,9 +179,12 @@ class PassageStore:
             meta_index.add_index("unused", index_type="AUTOINDEX", metric_type="L2")
             self.client.create_collection(self.meta, schema=meta, index_params=meta_index, consistency_level="Strong")
         self.client.load_collection(self.meta)
+        if self.client.has_collection(self.collection):  # never replaced: open() refuses one without settings
+            raise RagError(
+                f"collection {self.collection!r} at {redact_url(self.uri)} was created by another run meanwhile; "
+                "run this one again"
+            )
         self._meta_set("settings", {**settings, "schema": SCHEMA_VERSION})
-        if self.client.has_collection(self.collection):  # empty: open() refuses one that holds passages
-            self.client.drop_collection(self.collection)
 
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
