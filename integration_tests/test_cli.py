@@ -321,6 +321,20 @@ def test_files_without_text_are_counted_and_named(
     assert "2 files gave no passages (no text in them): empty.txt, faq/headings.md." in out
 
 
+def test_progress_off_a_terminal_is_status_lines_in_passages_with_progress(
+    tmp_path: Path, docs_folder: Path, models: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = run(capsys, "index", str(docs_folder), "--uri", str(tmp_path / "rag.db"), *models)
+    assert status == 0 and "qwen3-rag: indexed" not in err  # not a terminal: quiet unless asked
+    (docs_folder / "more.md").write_text("# More\n\nAnother passage about rivers.\n")
+    status, out, err = run(capsys, "index", str(docs_folder), "--uri", str(tmp_path / "rag.db"), *models, "--progress")
+    assert status == 0 and "Indexed 1 passages from 1 files" in out
+    # Before: a bar in files, shown on a terminal only. (The second file is the broken PDF, tried again.)
+    lines = [line for line in err.splitlines() if "qwen3-rag: indexed" in line]
+    assert len(lines) == 1 and lines[0].startswith("qwen3-rag: indexed 1 of about 1 passages (2 of 2 files), "), err
+    assert lines[0].endswith(" passages/s, about 0s left"), err
+
+
 def test_help_shows_defaults_and_the_environment_variables_read(capsys: pytest.CaptureFixture[str]) -> None:
     for argv, defaults in (
         (["--help"], []),

@@ -177,7 +177,7 @@ def test_the_index_mirrors_deletes_renames_and_moves(
     assert {r["path"] for r in stored(Path(uri))} == {"a.md", "sub/c.md"}
     (folder / "sub" / "c.md").rename(folder / "sub" / "renamed.md")
     status, out, _ = run(capsys, "index", str(folder), "--uri", uri, *models)
-    assert "from 1 files (1 unchanged, 1 removed)" in out
+    assert "from 1 files (1 unchanged, 1 removed, 1 passages reused)" in out  # its vectors, not embedded again
     assert {r["path"] for r in stored(Path(uri))} == {"a.md", "sub/renamed.md"}
     # Move and rename the whole folder: the same root, nothing duplicated, nothing embedded again.
     moved = tmp_path / "elsewhere" / "manuals"

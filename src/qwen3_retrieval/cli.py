@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--follow-links", action="store_true", help="also follow symbolic links that lead out of the folders"
     )
     index.add_argument("--recreate", action="store_true", help="drop the collection first and rebuild it")
+    index.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress in passages, with rate and ETA, on stderr: a bar on a terminal, otherwise a status line "
+        "every few seconds (default: on when stderr is a terminal)",
+    )
 
     ask = command("ask", "answer a question from the index")
     ask.add_argument("question", metavar="QUESTION")
@@ -237,11 +244,12 @@ def run_index(args: argparse.Namespace) -> int:
         follow_links=args.follow_links,
         recreate=args.recreate,
         warn=lambda message: print(f"qwen3-rag: warning: {message}", file=sys.stderr),
-        progress=sys.stderr.isatty(),
+        progress=sys.stderr.isatty() if args.progress is None else args.progress,
     )
+    reused = f", {report.passages_reused} passages reused" if report.passages_reused else ""
     print(
         f"Indexed {report.passages_added} passages from {report.files_indexed} files "
-        f"({report.files_unchanged} unchanged, {report.files_removed} removed) into "
+        f"({report.files_unchanged} unchanged, {report.files_removed} removed{reused}) into "
         f"{args.collection!r} at {redact_url(args.uri)}; the collection holds {report.passages_total} passages."
     )
     if report.files_without_text:

@@ -3,7 +3,9 @@
 Files are read and split by a worker thread that runs ahead of the embedding (a bounded queue), passages of
 many files are embedded together in token-budget batches, and a writer thread stores each batch while the next
 one is embedded. A file's record is written only after all its passages are stored, so an interrupted run
-resumes where it stopped.
+resumes where it stopped. A file whose content is stored already (renamed, moved within a root, or copied)
+takes the stored vectors instead of being embedded again; files gone from a root are removed last, so that a
+renamed file still finds its old self.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
+from qwen3_retrieval.rag.progress import IndexProgress
 from qwen3_retrieval.rag.readers import FORMATS, NotText, find_files, read_file, supported
 from qwen3_retrieval.rag.store import PassageStore
 from qwen3_retrieval.rag.terminal import is_valid_name, path_name, printable
@@ -43,6 +48,8 @@ class IndexReport:
     files_removed: int = 0
     passages_added: int = 0
     passages_total: int = 0
+    passages_reused: int = 0
+    """Passages of renamed, moved or copied files that took their stored vectors instead of being embedded."""
     files_without_text: list[str] = field(default_factory=list)
     """Files read without error that gave no passages (empty, or headings alone), as given (root-relative)."""
     warnings: list[str] = field(default_factory=list)
@@ -56,9 +63,12 @@ def index_roots(
     *,
     recreate: bool,
     warn: Callable[[str], None],
-    progress: bool,
+    progress: str,
 ) -> None:
-    """Make ``store`` mirror ``groups`` (each root folder, its files, and whether it was given whole)."""
+    """Make ``store`` mirror ``groups`` (each root folder, its files, and whether it was given whole).
+
+    ``progress`` is ``"bar"``, ``"lines"`` or ``"off"`` (see :class:`~qwen3_retrieval.rag.progress.IndexProgress`).
+    """
     if recreate:
         store.drop()
     where = models.config
@@ -74,14 +84,25 @@ def index_roots(
         store.create(settings)
     _repair(store, report, warn)  # a collection rebuilt by create() may find the old records: repaired too
     todo: list[_Todo] = []
+    gone: list[tuple[str, list[str]]] = []
     for folder, files, whole in groups:
-        todo += _changed_files(store, folder, files, whole, report, warn)
+        changed, removed = _changed_files(store, folder, files, whole, report, warn)
+        todo += changed
+        gone.append(removed)
+    _find_sources(store, todo)
     splitter = PassageSplitter(models.tokenizer(), splitting)
     batch_passages = max(INDEX_BATCH_PASSAGES, where.server_batch * where.server_requests)
-    with _Reader(todo, splitter, report, warn) as reader, _Writer(store) as writer:
-        for batch in _batches(reader, batch_passages, _progress(len(todo), progress)):
-            vectors = embedder.embed_documents([p.text for item in batch for p in item.passages])
+    shown = IndexProgress(len(todo), sum(item.size for item in todo), progress)
+    with _Reader(todo, splitter, store, report, warn) as reader, _Writer(store) as writer:
+        for batch in _batches(reader, batch_passages):
+            texts = [p.text for item in batch if item.vectors is None for p in item.passages]
+            vectors = embedder.embed_documents(texts) if texts else np.zeros((0, 0), np.float32)
             writer.submit(functools.partial(_store_batch, store, batch, vectors, report))
+            shown.advance(len(batch), sum(len(item.passages) for item in batch), sum(i.todo.size for i in batch))
+    shown.close()
+    for root, keys in gone:  # last: a file renamed in this run took its old self's vectors first
+        store.remove_files(root, keys)
+        report.files_removed += len(keys)
     report.passages_total = store.count()
 
 
@@ -94,13 +115,16 @@ READ_AHEAD_FILES = 32
 
 @dataclass
 class _Todo:
-    """A file to index: where it is, its root and root-relative path, its content hash and its stored key."""
+    """A file to index: where it is, its root and root-relative path, content hash, size and stored key."""
 
     file: Path
     root: str
     rel: str
     file_hash: str
+    size: int
     stored_key: str | None
+    source: str | None = None
+    """The key of a stored file with the same content hash, whose vectors this one may reuse."""
 
 
 @dataclass
@@ -109,6 +133,10 @@ class _Read:
 
     todo: _Todo
     passages: list[Any]
+    vectors: np.ndarray | None = None
+    """The stored vectors of the same passages (a renamed or copied file), or None to embed them."""
+    skipped: bool = False
+    """The file could not be read (warned): nothing is stored, and it counts as done for the progress."""
 
 
 def _changed_files(
@@ -118,23 +146,23 @@ def _changed_files(
     whole: bool,
     report: IndexReport,
     warn: Callable[[str], None],
-) -> list[_Todo]:
-    """The files under ``folder`` that are new or changed; files gone from a whole root are removed here."""
+) -> tuple[list[_Todo], tuple[str, list[str]]]:
+    """The files under ``folder`` that are new or changed, and the root with the keys of files gone from it."""
     hashes: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     present = {_relative(file, folder) for file in files}  # unreadable ones too: their passages stay
     for file in list(files):
         try:
-            hashes[_relative(file, folder)] = hashlib.sha256(file.read_bytes()).hexdigest()[:32]
+            data = file.read_bytes()
+            hashes[_relative(file, folder)] = hashlib.sha256(data).hexdigest()[:32]
+            sizes[_relative(file, folder)] = len(data)
         except OSError as err:  # unreadable (permissions, vanished): skipped, and what is stored stays
             files.remove(file)
             add_warning(report, warn, f"skipped {path_name(file)}: {err.strerror or err}")
     root = _root_id(store, folder, hashes)
     store.set_root(root, str(folder))  # first, so an interrupted run finds this root again
     stored = store.files(root)
-    if whole:
-        gone = [entry.key for path, entry in stored.items() if path not in present]
-        store.remove_files(root, gone)
-        report.files_removed += len(gone)
+    gone = [entry.key for path, entry in stored.items() if path not in present] if whole else []
     todo = []
     for file in files:
         rel = _relative(file, folder)
@@ -142,8 +170,17 @@ def _changed_files(
         if known and known.file_hash == hashes[rel]:
             report.files_unchanged += 1
         else:
-            todo.append(_Todo(file, root, rel, hashes[rel], known.key if known else None))
-    return todo
+            todo.append(_Todo(file, root, rel, hashes[rel], sizes[rel], known.key if known else None))
+    return todo, (root, gone)
+
+
+def _find_sources(store: PassageStore, todo: list[_Todo]) -> None:
+    """Point each file to index at a stored file with the same content, if any (see :meth:`stored_vectors`)."""
+    if not todo:
+        return
+    by_hash = {entry.file_hash: entry.key for root in store.roots() for entry in store.files(root).values()}
+    for item in todo:
+        item.source = by_hash.get(item.file_hash)
 
 
 class _Reader:
@@ -154,9 +191,14 @@ class _Reader:
     """
 
     def __init__(
-        self, todo: list[_Todo], splitter: PassageSplitter, report: IndexReport, warn: Callable[[str], None]
+        self,
+        todo: list[_Todo],
+        splitter: PassageSplitter,
+        store: PassageStore,
+        report: IndexReport,
+        warn: Callable[[str], None],
     ) -> None:
-        self.todo, self.splitter, self.report, self.warn = todo, splitter, report, warn
+        self.todo, self.splitter, self.store, self.report, self.warn = todo, splitter, store, report, warn
         self.queue: queue.Queue[_Read | BaseException | None] = queue.Queue(maxsize=READ_AHEAD_FILES)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._work, name="qwen3-rag-reader", daemon=True)
@@ -188,29 +230,30 @@ class _Reader:
     def _work(self) -> None:
         try:
             for todo in self.todo:
-                read = self._read(todo)
-                if read is not None and not self._put(read):
+                if not self._put(self._read(todo)):
                     return
         except BaseException as err:  # handed to the consumer, who raises it
             self._put(err)
             return
         self._put(None)
 
-    def _read(self, todo: _Todo) -> _Read | None:
+    def _read(self, todo: _Todo) -> _Read:
         try:
             document = read_file(todo.file)
         except RagError:
             raise  # a missing extra: the user must install it, skipping every PDF would hide that
         except NotText as err:
             add_warning(self.report, self.warn, f"skipped {path_name(todo.file)}: {err}")
-            return None
+            return _Read(todo, [], skipped=True)
         except Exception as err:  # a broken or unreadable file must not stop the others
             reason = printable(" ".join(str(err).split())[:200])
             add_warning(self.report, self.warn, f"skipped {path_name(todo.file)}: {type(err).__name__}: {reason}")
-            return None
+            return _Read(todo, [], skipped=True)
         for message in document.warnings:
             add_warning(self.report, self.warn, message)
-        return _Read(todo, self.splitter.split(document.markdown, paged=document.paged))
+        passages = self.splitter.split(document.markdown, paged=document.paged)
+        vectors = self.store.stored_vectors(todo.source, passages) if todo.source else None
+        return _Read(todo, passages, vectors)
 
 
 class _Writer:
@@ -239,34 +282,47 @@ class _Writer:
         self.pending = self.pool.submit(write)
 
 
-def _batches(reader: _Reader, size: int, progress: Any) -> Iterator[list[_Read]]:
-    """Files in batches of about ``size`` passages (whole files, so that a file's passages are stored together)."""
+def _batches(reader: _Reader, size: int) -> Iterator[list[_Read]]:
+    """Files in batches of about ``size`` passages to embed, and of at most four times that in all.
+
+    Batches hold whole files, so that a file's passages are stored together; the cap on all passages (reused
+    ones included) bounds a batch's memory when most files reuse stored vectors.
+    """
     batch: list[_Read] = []
-    count = 0
+    count = held = 0
     for read in reader:
-        progress.update(1)
         batch.append(read)
-        count += len(read.passages)
-        if count >= size:
+        held += len(read.passages)
+        count += len(read.passages) if read.vectors is None else 0
+        if count >= size or held >= 4 * size:
             yield batch
-            batch, count = [], 0
+            batch, count, held = [], 0, 0
     if batch:
         yield batch
-    progress.close()
 
 
 def _store_batch(store: PassageStore, batch: list[_Read], vectors: Any, report: IndexReport) -> None:
-    """Store each file of a batch, its passages first and its record last (see :meth:`PassageStore.put_file`)."""
+    """Store each file of a batch, its passages first and its record last (see :meth:`PassageStore.put_file`).
+
+    ``vectors`` holds the embedded passages of the files that reuse none, in order.
+    """
     start = 0
     for read in batch:
         todo, passages = read.todo, read.passages
+        if read.skipped:
+            continue
         if not passages:
             report.files_without_text.append(todo.rel)
             if todo.stored_key is not None:
                 store.remove_files(todo.root, [todo.stored_key])
             continue
-        store.put_file(todo.root, todo.rel, passages, vectors[start : start + len(passages)], todo.file_hash)
-        start += len(passages)
+        if read.vectors is not None:
+            own = read.vectors
+            report.passages_reused += len(passages)
+        else:
+            own = vectors[start : start + len(passages)]
+            start += len(passages)
+        store.put_file(todo.root, todo.rel, passages, own, todo.file_hash)
         report.files_indexed += 1
         report.passages_added += len(passages)
 
@@ -382,9 +438,3 @@ def add_warning(report: IndexReport, warn: Callable[[str], None], message: str) 
 
 def _relative(file: Path, folder: Path) -> str:
     return file.relative_to(folder).as_posix()
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="Indexing", unit="file", disable=not enabled or not total)

@@ -39,6 +39,7 @@ from qwen3_retrieval.rag.indexing import (
     recorded_passages,
 )
 from qwen3_retrieval.rag.passages import Splitting
+from qwen3_retrieval.rag.progress import progress_mode
 from qwen3_retrieval.rag.store import PassageStore, is_server_uri
 from qwen3_retrieval.rag.types import MODES, Hit, Source
 from qwen3_retrieval.redaction import redact_url
@@ -161,9 +162,13 @@ class RagPipeline:
         follow_links: bool = False,
         recreate: bool = False,
         warn: Callable[[str], None] = lambda message: None,
-        progress: bool = False,
+        progress: bool | str = False,
     ) -> IndexReport:
         """Make the collection mirror ``paths``: new and changed files indexed, deleted ones removed.
+
+        A renamed, moved or copied file takes the vectors stored for its content instead of being embedded again.
+        ``progress=True`` shows progress on stderr in passages, with rate and ETA: a bar on a terminal, a status
+        line every few seconds otherwise (``"bar"`` or ``"lines"`` choose).
 
         A folder is a root: its files are stored by path relative to it, so moving or renaming the folder and
         indexing it again changes nothing stored, and files gone from it are removed. A file given alone is added
@@ -177,11 +182,12 @@ class RagPipeline:
         def note(message: str) -> None:
             add_warning(report, warn, message)
 
+        mode = progress_mode(progress)
         groups = given_roots(paths, include_hidden, follow_links, note)
         new_file = _new_local_file(self.config.uri)
         try:
             with self.config.store() as store:
-                index_roots(store, groups, self, report, recreate=recreate, warn=warn, progress=progress)
+                index_roots(store, groups, self, report, recreate=recreate, warn=warn, progress=mode)
         except BaseException:
             # A run that fails before storing anything (a model that does not load, a bad --dimensions) leaves no
             # empty Milvus Lite file behind; once a file is stored, what is there is kept for the re-run to finish.
@@ -301,7 +307,7 @@ def index(
     follow_links: bool = False,
     recreate: bool = False,
     warn: Callable[[str], None] = lambda message: None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> IndexReport:
     """:meth:`RagPipeline.index` on the process's pipeline for ``where``."""
     return pipeline_for(where).index(

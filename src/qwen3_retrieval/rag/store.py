@@ -30,6 +30,7 @@ TEXT_BYTES = 65535  # Milvus' VARCHAR limits count UTF-8 bytes, not characters
 PATH_BYTES = 4096
 # Upserts go out in pieces well under gRPC's message limit (64 MB on Milvus Lite and default servers).
 UPSERT_BYTES = 8 * 2**20
+QUERY_ROWS = 16384  # the most rows one query returns
 
 
 @dataclass(frozen=True)
@@ -241,10 +242,10 @@ class PassageStore:
         a run interrupted in between leaves the file to be indexed again.
         """
         found: dict[str, StoredFile] = {}
-        # Queries return at most 16384 rows; file keys are hex, so one query per first digit.
+        # Queries return at most QUERY_ROWS rows; file keys are hex, so one query per first digit.
         for digit in "0123456789abcdef":
             rows = self.client.query(
-                self.meta, filter=f'key like "file:{root}:{digit}%"', output_fields=["key", "value"], limit=16384
+                self.meta, filter=f'key like "file:{root}:{digit}%"', output_fields=["key", "value"], limit=QUERY_ROWS
             )
             for row in rows:
                 record = json.loads(row["value"])
@@ -300,6 +301,28 @@ class PassageStore:
         stale = f"file_key == {_literal(key)} and (file_hash != {_literal(file_hash)} or parts != {len(passages)})"
         self.client.delete(self.collection, filter=stale)
         self._meta_set(f"file:{root}:{key}", {"path": path, "hash": file_hash, "parts": len(passages)})
+
+    def stored_vectors(self, key: str, passages: Sequence[Passage]) -> np.ndarray | None:
+        """The vectors stored for the file ``key`` if it holds exactly ``passages`` (same texts, in order).
+
+        This is how a renamed or copied file reuses what was embedded for it: the caller finds a stored file
+        with the same content hash, and the texts are compared here so that a file changed since (or split
+        otherwise) is embedded again instead. None when anything differs.
+        """
+        if not passages or len(passages) > QUERY_ROWS:
+            return None
+        fields = ["id", "text", "heading", "location", "vector"]
+        rows = self.client.query(self.collection, filter=f"file_key == {_literal(key)}", output_fields=fields,
+                                 limit=QUERY_ROWS)  # fmt: skip
+        if len(rows) != len(passages):
+            return None
+        rows.sort(key=lambda row: int(row["id"].rsplit("-", 1)[1]))
+        for row, p in zip(rows, passages, strict=True):
+            if (row["text"], row["heading"], row["location"]) != (
+                fit_bytes(p.text, TEXT_BYTES), fit_bytes(p.heading, 1024), fit_bytes(p.location, 64)
+            ):  # fmt: skip
+                return None
+        return np.asarray([row["vector"] for row in rows], dtype=np.float32)
 
     def remove_files(self, root: str, keys: Sequence[str]) -> None:
         """Remove every passage and the record of the files under ``root`` with these keys."""

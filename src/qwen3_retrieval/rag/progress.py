@@ -1,0 +1,115 @@
+"""Indexing progress in passages, with rate and ETA: a bar on a terminal, otherwise a status line every few seconds.
+
+How many passages a run makes is known only once every file is split, and files are split as the run goes.
+The total is estimated from the bytes of the files read so far against those of all the files to index, and
+refined with every batch, so the ETA is sound once a few batches are done.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+STATUS_SECONDS = 5.0
+"""Seconds between two status lines when the output is not a terminal."""
+
+
+MODES = ("bar", "lines", "off")
+
+
+def progress_mode(progress: bool | str, stream: TextIO | None = None) -> str:
+    """The mode for ``progress``: True means a bar on a terminal and status lines otherwise, False ``"off"``.
+
+    Raises:
+        ValueError: ``progress`` is a string other than the :data:`MODES`.
+    """
+    if isinstance(progress, str):
+        if progress not in MODES:
+            raise ValueError(f"progress={progress!r} is not one of {', '.join(MODES)} (or True / False)")
+        return progress
+    if not progress:
+        return "off"
+    return "bar" if (stream if stream is not None else sys.stderr).isatty() else "lines"
+
+
+class IndexProgress:
+    """Counts the passages, files and bytes a run has stored, and shows them.
+
+    Args:
+        files: How many files the run has to index.
+        size: Their total size in bytes.
+        mode: ``"bar"`` (tqdm), ``"lines"`` (a status line every :data:`STATUS_SECONDS`) or ``"off"``.
+        stream: Where to write (stderr by default).
+        clock: Seconds from a monotonic clock (tests give their own).
+    """
+
+    def __init__(
+        self,
+        files: int,
+        size: int,
+        mode: str,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.files, self.size, self.clock = files, max(size, 1), clock
+        self.stream = stream if stream is not None else sys.stderr
+        self.mode = mode if files else "off"
+        self.done_files = self.done_passages = self.done_bytes = 0
+        self.start = self.shown = clock()
+        self.bar: Any = None
+        if self.mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=None, desc="Indexing", unit="passage", file=self.stream, dynamic_ncols=True)
+
+    def estimated_total(self) -> int:
+        """Passages the whole run will make: those so far, scaled by the bytes still to read (at least those)."""
+        if not self.done_bytes:
+            return self.done_passages
+        return max(self.done_passages, round(self.done_passages * self.size / self.done_bytes))
+
+    def advance(self, files: int, passages: int, size: int) -> None:
+        """Count a batch of ``files`` (``size`` bytes) that made ``passages``."""
+        self.done_files += files
+        self.done_passages += passages
+        self.done_bytes += size
+        if self.bar is not None:
+            self.bar.total = self.estimated_total()
+            self.bar.set_postfix_str(f"{self.done_files}/{self.files} files", refresh=False)
+            self.bar.update(passages)
+        elif self.mode == "lines" and self.clock() - self.shown >= STATUS_SECONDS:
+            self.shown = self.clock()
+            print(self.status(), file=self.stream, flush=True)
+
+    def status(self) -> str:
+        """One line: passages of about how many, files, rate and time left."""
+        elapsed = max(self.clock() - self.start, 1e-9)
+        rate = self.done_passages / elapsed
+        total = self.estimated_total()
+        left = f", about {_duration((total - self.done_passages) / rate)} left" if rate > 0 else ""
+        return (
+            f"qwen3-rag: indexed {self.done_passages} of about {total} passages "
+            f"({self.done_files} of {self.files} files), {rate:.1f} passages/s{left}"
+        )
+
+    def close(self) -> None:
+        """Finish the bar (its total becomes what was counted), or print the last status line."""
+        if self.bar is not None:
+            self.bar.total = self.done_passages
+            self.bar.refresh()
+            self.bar.close()
+        elif self.mode == "lines" and self.done_files:
+            print(self.status(), file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
