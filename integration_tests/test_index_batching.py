@@ -3,6 +3,9 @@ full requests side by side instead of one file's few passages at a time; the ind
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import itertools
 import json
 import threading
 import time
@@ -33,10 +36,19 @@ class Counting:
         self.lock = threading.Lock()
         self.in_flight = self.most_in_flight = self.requests = 0
 
+    def enter(self) -> None:
+        with self.lock:
+            self.requests += 1
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
 
-@pytest.fixture
-def server(embedding_path: Path) -> Iterator[tuple[Counting, str]]:
-    counting = Counting(Qwen3Embedder(embedding_path, device="cpu", normalize=False))
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+
+def replica(counting: Counting, shared: Counting | None = None) -> type[BaseHTTPRequestHandler]:
+    """A vLLM-like embedding server's handler that counts its requests in flight (and the fleet's, if shared)."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
@@ -48,18 +60,17 @@ def server(embedding_path: Path) -> Iterator[tuple[Counting, str]]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             assert body["model"] == "emb-prod"
-            with counting.lock:
-                counting.requests += 1
-                counting.in_flight += 1
-                counting.most_in_flight = max(counting.most_in_flight, counting.in_flight)
+            tallies = [counting] if shared is None else [counting, shared]
+            for tally in tallies:
+                tally.enter()
             time.sleep(0.3)
             # The raw pooled state of each token-id sequence, as vLLM computes it (the core's own engine here).
             ids = [counting.embedder.processor.documents([""])[0][-1]]  # loads the model on the first request
             assert all(sequence[-1] == ids[0] for sequence in body["input"])  # each ends in <|endoftext|>
             engine = counting.embedder.loaded.engine  # type: ignore[union-attr]
             pooled = engine.embed(body["input"], counting.embedder.options.policy, None)
-            with counting.lock:
-                counting.in_flight -= 1
+            for tally in tallies:
+                tally.leave()
             rows = [{"index": i, "embedding": row} for i, row in enumerate(pooled.tolist())]
             self._send({"object": "list", "data": rows})
 
@@ -71,14 +82,60 @@ def server(embedding_path: Path) -> Iterator[tuple[Counting, str]]:
             self.end_headers()
             self.wfile.write(data)
 
-    httpd = _Server(("127.0.0.1", 0), Handler)
+    return Handler
+
+
+def balancer(ports: list[int]) -> type[BaseHTTPRequestHandler]:
+    """An HTTP balancer's handler: each request goes to the next replica in turn (round robin), as nginx does."""
+    turn = itertools.cycle(ports)
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self._forward(None)
+
+        def do_POST(self) -> None:
+            self._forward(self.rfile.read(int(self.headers["Content-Length"])))
+
+        def _forward(self, body: bytes | None) -> None:
+            with lock:
+                port = next(turn)
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            connection.request(self.command, self.path, body=body, headers=headers)
+            answer = connection.getresponse()
+            data = answer.read()
+            connection.close()
+            self.send_response(answer.status)
+            self.send_header("Content-Type", answer.getheader("Content-Type", "application/json"))
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Serve ``handler`` on a free loopback port until the block ends; yields the port."""
+    httpd = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield counting, f"http://127.0.0.1:{httpd.server_port}/v1"
+        yield httpd.server_port
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture
+def server(embedding_path: Path) -> Iterator[tuple[Counting, str]]:
+    counting = Counting(Qwen3Embedder(embedding_path, device="cpu", normalize=False))
+    with serving(replica(counting)) as port:
+        yield counting, f"http://127.0.0.1:{port}/v1"
 
 
 def many_files(folder: Path) -> Path:
@@ -93,6 +150,17 @@ def stored(uri: str) -> dict[str, list[float]]:
         assert store.exists()
         rows = store.client.query("qwen3_rag", filter="", output_fields=["id", "vector"], limit=16384)
     return {row["id"]: list(row["vector"]) for row in rows}
+
+
+def same_as_one_process(uri: str, folder: Path, embedding_path: Path, tmp_path: Path) -> None:
+    """The index at ``uri`` holds what indexing ``folder`` in this process stores: same ids, vectors to 1e-5."""
+    local = RagConfig(uri=str(tmp_path / "local.db"), embedding_model=str(embedding_path), device="cpu")
+    RagPipeline(local).index([str(folder)])
+    ours, theirs = stored(uri), stored(local.uri)
+    assert sorted(ours) == sorted(theirs)
+    np.testing.assert_allclose(
+        np.array([ours[key] for key in sorted(ours)]), np.array([theirs[key] for key in sorted(theirs)]), atol=1e-5
+    )
 
 
 def test_indexing_keeps_a_server_busy_and_stores_what_one_process_does(
@@ -110,10 +178,24 @@ def test_indexing_keeps_a_server_busy_and_stores_what_one_process_does(
     assert counting.requests == FILES // 4
     assert counting.most_in_flight == 8, counting.most_in_flight
 
-    local = RagConfig(uri=str(tmp_path / "local.db"), embedding_model=str(embedding_path), device="cpu")
-    RagPipeline(local).index([str(folder)])
-    ours, theirs = stored(fleet.uri), stored(local.uri)
-    assert sorted(ours) == sorted(theirs)
-    np.testing.assert_allclose(
-        np.array([ours[key] for key in sorted(ours)]), np.array([theirs[key] for key in sorted(theirs)]), atol=1e-5
-    )
+    same_as_one_process(fleet.uri, folder, embedding_path, tmp_path)
+
+
+def test_indexing_keeps_every_replica_behind_one_balancing_url_busy(tmp_path: Path, embedding_path: Path) -> None:
+    embedder = Qwen3Embedder(embedding_path, device="cpu", normalize=False)
+    fleet, replicas = Counting(embedder), [Counting(embedder), Counting(embedder)]
+    folder = many_files(tmp_path / "notes")
+    with contextlib.ExitStack() as stack:
+        ports = [stack.enter_context(serving(replica(one, fleet))) for one in replicas]
+        front = stack.enter_context(serving(balancer(ports)))
+        config = RagConfig(
+            uri=str(tmp_path / "fleet.db"), embedding_model=str(embedding_path),
+            embedding_url=f"http://127.0.0.1:{front}/v1", server_requests=8, server_batch=4,
+        )  # fmt: skip
+        report = RagPipeline(config).index([str(folder)])
+    assert report.files_indexed == FILES
+    # Two replicas, one URL: the 10 requests of 4 passages are shared out, and 8 are in flight at once, 4 on each.
+    assert [one.requests for one in replicas] == [5, 5] and fleet.requests == FILES // 4
+    assert fleet.most_in_flight == 8, fleet.most_in_flight
+    assert [one.most_in_flight for one in replicas] == [4, 4], [one.most_in_flight for one in replicas]
+    same_as_one_process(config.uri, folder, embedding_path, tmp_path)
