@@ -1,8 +1,12 @@
-"""A loopback server speaking the OpenAI chat-completions wire format, recording what it receives."""
+"""Shared fixtures: a loopback chat-completions server, the test checkpoints as arguments, a Milvus Lite server."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -11,7 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+
+from qwen3_retrieval.rag.store import PassageStore
+
+COLLECTION = "qwen3_rag"
 
 
 class LoopbackServer(ThreadingHTTPServer):
@@ -149,3 +158,78 @@ def docs_folder(tmp_path: Path) -> Path:
     (folder / "faq" / "physics.txt").write_text("Gravity is a force that attracts two bodies.\n\nMass bends space.")
     (folder / "faq" / "ignored.pdf").write_bytes(b"%PDF-1.4")
     return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MilvusServer:
+    """``python -m milvus_lite server`` on a data folder and a port of its own."""
+
+    def __init__(self, data: Path) -> None:
+        self.data, self.port = data, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = data.parent / f"milvus-{self.port}.log"
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*command, "--host", "127.0.0.1", "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # a real answer, not an open port
+            assert self.process.poll() is None, self.log.read_text()[-2000:]
+            try:
+                PassageStore(self.uri, COLLECTION, timeout=2).close()
+                return
+            except Exception:
+                time.sleep(0.3)
+        raise AssertionError(f"Milvus Lite server did not answer: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def milvus(tmp_path: Path) -> Iterator[MilvusServer]:
+    (tmp_path / "milvus-data").mkdir()
+    server = MilvusServer(tmp_path / "milvus-data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def index_rows(uri: str) -> dict[str, tuple[str, str, np.ndarray]]:
+    """Every passage of a qwen3-rag collection: id -> (path, text, vector)."""
+    with PassageStore(uri, COLLECTION) as store:
+        assert store.exists()
+        found = store.client.query(COLLECTION, filter="", output_fields=["id", "path", "text", "vector"], limit=16384)
+    return {r["id"]: (r["path"], r["text"], np.asarray(r["vector"], dtype=np.float32)) for r in found}
+
+
+def same_index(a: str, b: str) -> int:
+    """Check two collections hold the same passages (ids, paths, texts; vectors to 1e-5); return how many."""
+    left, right = index_rows(a), index_rows(b)
+    assert sorted(left) == sorted(right)
+    for key, (path, text, vector) in left.items():
+        assert (path, text) == right[key][:2]
+        np.testing.assert_allclose(vector, right[key][2], atol=1e-5)
+    return len(left)

@@ -10,26 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import same_index
 from qwen3_retrieval import Qwen3Embedder
 from qwen3_retrieval.rag.pipeline import RagConfig, RagPipeline
-from qwen3_retrieval.rag.store import PassageStore
 
 COLLECTION = "qwen3_rag"
-
-
-def rows(uri: str) -> dict[str, tuple[str, str, np.ndarray]]:
-    with PassageStore(uri, COLLECTION) as store:
-        assert store.exists()
-        found = store.client.query(COLLECTION, filter="", output_fields=["id", "path", "text", "vector"], limit=16384)
-    return {r["id"]: (r["path"], r["text"], np.asarray(r["vector"], dtype=np.float32)) for r in found}
-
-
-def same_index(a: str, b: str) -> None:
-    left, right = rows(a), rows(b)
-    assert sorted(left) == sorted(right)
-    for key, (path, text, vector) in left.items():
-        assert (path, text) == right[key][:2]
-        np.testing.assert_allclose(vector, right[key][2], atol=1e-5)
 
 
 @pytest.fixture

@@ -7,78 +7,17 @@ with SIGKILL in the middle of an index run, restarts it on the same data, and ru
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
+from conftest import MilvusServer
 from qwen3_retrieval.rag.pipeline import RagConfig, RagPipeline
 from qwen3_retrieval.rag.store import PassageStore
 
 COLLECTION = "qwen3_rag"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class MilvusServer:
-    """``python -m milvus_lite server`` on a data folder and a port of its own."""
-
-    def __init__(self, data: Path) -> None:
-        self.data, self.port = data, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = data.parent / f"milvus-{self.port}.log"
-
-    def start(self) -> None:
-        command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data)]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*command, "--host", "127.0.0.1", "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # a real answer, not an open port
-            assert self.process.poll() is None, self.log.read_text()[-2000:]
-            try:
-                PassageStore(self.uri, COLLECTION, timeout=2).close()
-                return
-            except Exception:
-                time.sleep(0.3)
-        raise AssertionError(f"Milvus Lite server did not answer: {self.log.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=20)
-
-
-@pytest.fixture
-def milvus(tmp_path: Path) -> Iterator[MilvusServer]:
-    (tmp_path / "milvus-data").mkdir()
-    server = MilvusServer(tmp_path / "milvus-data")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def passages(uri: str) -> list[tuple[str, str]]:

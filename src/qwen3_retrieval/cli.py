@@ -55,6 +55,16 @@ def _at_least(minimum: int) -> Any:
     return parse
 
 
+def _gpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GPUs, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more GPUs, got {text}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -138,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress in passages, with rate and ETA, on stderr: a bar on a terminal, otherwise a status line "
         "every few seconds (default: on when stderr is a terminal)",
     )
+    index.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="read, split and embed on a Ray cluster (the [ray] extra): ADDRESS such as ray://head:10001 or "
+        "auto; alone, $RAY_ADDRESS or a Ray started on this machine (put it after the paths)",
+    )
+    index.add_argument("--ray-embedders", type=_at_least(1), default=1, help="embedding actors on Ray, one model each")
+    index.add_argument("--ray-gpus", type=_gpus, default=0.0, help="GPUs per embedding actor on Ray (0: CPU)")
 
     ask = command("ask", "answer a question from the index")
     ask.add_argument("question", metavar="QUESTION")
@@ -190,7 +211,9 @@ def _secrets(args: argparse.Namespace) -> list[str]:
 def _quiet_libraries() -> None:
     """Keep third-party chatter off stderr: every problem reaches the user as the command's own one line."""
     # pymilvus logs every failed call with a traceback, pypdf every repaired file, huggingface_hub every retry of
-    # an unreachable hub (22 lines before the one error that says what to do).
+    # an unreachable hub (22 lines before the one error that says what to do). gRPC's C core, read when pymilvus
+    # or Ray first loads it, notes every fork (Ray starting its processes) unless told to keep to errors.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     with contextlib.suppress(ImportError):
         import pymilvus  # noqa: F401  # importing it configures its loggers, with their own levels: after that
     names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] == "pymilvus"]
@@ -236,6 +259,7 @@ def _where(args: argparse.Namespace) -> Any:
 
 def run_index(args: argparse.Namespace) -> int:
     """``qwen3-rag index``: the collection mirrors the folders; unchanged files are skipped."""
+    from qwen3_retrieval.rag.on_ray import RayOptions
     from qwen3_retrieval.rag.pipeline import RagPipeline
 
     report = RagPipeline(_where(args)).index(
@@ -245,6 +269,7 @@ def run_index(args: argparse.Namespace) -> int:
         recreate=args.recreate,
         warn=lambda message: print(f"qwen3-rag: warning: {message}", file=sys.stderr),
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
+        ray=None if args.ray is None else RayOptions(args.ray or None, args.ray_embedders, args.ray_gpus),
     )
     reused = f", {report.passages_reused} passages reused" if report.passages_reused else ""
     print(

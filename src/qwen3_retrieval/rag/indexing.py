@@ -16,7 +16,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +30,10 @@ from qwen3_retrieval.rag.progress import IndexProgress
 from qwen3_retrieval.rag.readers import FORMATS, NotText, find_files, read_file, supported
 from qwen3_retrieval.rag.store import PassageStore
 from qwen3_retrieval.rag.terminal import is_valid_name, path_name, printable
+from qwen3_retrieval.rag.types import Passage
 
 if TYPE_CHECKING:
+    from qwen3_retrieval.rag.on_ray import RayOptions
     from qwen3_retrieval.rag.pipeline import RagConfig, RagPipeline
 
 # A moved or renamed folder is recognised when at least this share of its files are stored, unchanged, under
@@ -64,26 +66,28 @@ def index_roots(
     recreate: bool,
     warn: Callable[[str], None],
     progress: str,
+    ray: RayOptions | None = None,
 ) -> None:
     """Make ``store`` mirror ``groups`` (each root folder, its files, and whether it was given whole).
 
     ``progress`` is ``"bar"``, ``"lines"`` or ``"off"`` (see :class:`~qwen3_retrieval.rag.progress.IndexProgress`).
+    With ``ray``, new files are read, split and embedded on Ray (see :mod:`~qwen3_retrieval.rag.on_ray`);
+    everything else, writes included, happens here as without it.
     """
     if recreate:
         store.drop()
     where = models.config
     settings = checked_settings(store, where)
-    embedder = models.embedder(settings["dimensions"] if settings else where.dimensions)
+    dimensions = settings["dimensions"] if settings else where.dimensions
+    embedder = models.embedder(dimensions)
     splitting = (where.splitting or Splitting(**settings.get("splitting", {}))).check(embedder.max_length)
     if not settings:
-        settings = {
-            "embedding_model": where.model_id(),
-            "dimensions": embedder.dimension,
-            "splitting": splitting.as_dict(),
-        }
+        # On Ray the weights are read by the actors, not here: the model's config gives the size.
+        size = embedder.dimension if ray is None else model_dimension(where.embedding_model, where.dimensions)
+        settings = {"embedding_model": where.model_id(), "dimensions": size, "splitting": splitting.as_dict()}
         store.create(settings)
     _repair(store, report, warn)  # a collection rebuilt by create() may find the old records: repaired too
-    todo: list[_Todo] = []
+    todo: list[FileToIndex] = []
     gone: list[tuple[str, list[str]]] = []
     for folder, files, whole in groups:
         changed, removed = _changed_files(store, folder, files, whole, report, warn)
@@ -93,12 +97,25 @@ def index_roots(
     splitter = PassageSplitter(models.tokenizer(), splitting)
     batch_passages = max(INDEX_BATCH_PASSAGES, where.server_batch * where.server_requests)
     shown = IndexProgress(len(todo), sum(item.size for item in todo), progress)
-    with _Reader(todo, splitter, store, report, warn) as reader, _Writer(store) as writer:
-        for batch in _batches(reader, batch_passages):
-            texts = [p.text for item in batch if item.vectors is None for p in item.passages]
-            vectors = embedder.embed_documents(texts) if texts else np.zeros((0, 0), np.float32)
-            writer.submit(functools.partial(_store_batch, store, batch, vectors, report))
-            shown.advance(len(batch), sum(len(item.passages) for item in batch), sum(i.todo.size for i in batch))
+    # On Ray, files that may reuse stored vectors stay here: only this process reads the store.
+    here = todo if ray is None else [item for item in todo if item.source]
+    with _Writer(store) as writer:
+        with _Reader(here, splitter, store, report, warn) as reader:
+            for batch in _batches(reader, batch_passages):
+                texts = [p.text for item in batch if item.vectors is None for p in item.passages]
+                vectors = embedder.embed_documents(texts) if texts else np.zeros((0, 0), np.float32)
+                writer.submit(functools.partial(_store_batch, store, batch, vectors, report))
+                shown.advance(len(batch), sum(len(i.passages) for i in batch), sum(i.todo.size for i in batch))
+        if ray is not None and (there := [item for item in todo if not item.source]):
+            from qwen3_retrieval.rag.on_ray import embedded_on_ray
+
+            def note(message: str) -> None:
+                add_warning(report, warn, message)
+
+            on_ray = embedded_on_ray(there, where, splitting, dimensions, ray, note)
+            for batch in _batches(on_ray, batch_passages):
+                writer.submit(functools.partial(_store_batch, store, batch, np.zeros((0, 0), np.float32), report))
+                shown.advance(len(batch), sum(len(i.passages) for i in batch), sum(i.todo.size for i in batch))
     shown.close()
     for root, keys in gone:  # last: a file renamed in this run took its old self's vectors first
         store.remove_files(root, keys)
@@ -114,7 +131,7 @@ READ_AHEAD_FILES = 32
 
 
 @dataclass
-class _Todo:
+class FileToIndex:
     """A file to index: where it is, its root and root-relative path, content hash, size and stored key."""
 
     file: Path
@@ -128,13 +145,15 @@ class _Todo:
 
 
 @dataclass
-class _Read:
+class FileRead:
     """A file read and split, ready to embed."""
 
-    todo: _Todo
-    passages: list[Any]
+    todo: FileToIndex
+    passages: list[Passage]
     vectors: np.ndarray | None = None
-    """The stored vectors of the same passages (a renamed or copied file), or None to embed them."""
+    """The passages' vectors if they are known (stored for a renamed or copied file, or embedded on Ray)."""
+    reused: bool = False
+    """The vectors are those stored for the same content."""
     skipped: bool = False
     """The file could not be read (warned): nothing is stored, and it counts as done for the progress."""
 
@@ -146,7 +165,7 @@ def _changed_files(
     whole: bool,
     report: IndexReport,
     warn: Callable[[str], None],
-) -> tuple[list[_Todo], tuple[str, list[str]]]:
+) -> tuple[list[FileToIndex], tuple[str, list[str]]]:
     """The files under ``folder`` that are new or changed, and the root with the keys of files gone from it."""
     hashes: dict[str, str] = {}
     sizes: dict[str, int] = {}
@@ -170,11 +189,11 @@ def _changed_files(
         if known and known.file_hash == hashes[rel]:
             report.files_unchanged += 1
         else:
-            todo.append(_Todo(file, root, rel, hashes[rel], sizes[rel], known.key if known else None))
+            todo.append(FileToIndex(file, root, rel, hashes[rel], sizes[rel], known.key if known else None))
     return todo, (root, gone)
 
 
-def _find_sources(store: PassageStore, todo: list[_Todo]) -> None:
+def _find_sources(store: PassageStore, todo: list[FileToIndex]) -> None:
     """Point each file to index at a stored file with the same content, if any (see :meth:`stored_vectors`)."""
     if not todo:
         return
@@ -192,14 +211,14 @@ class _Reader:
 
     def __init__(
         self,
-        todo: list[_Todo],
+        todo: list[FileToIndex],
         splitter: PassageSplitter,
         store: PassageStore,
         report: IndexReport,
         warn: Callable[[str], None],
     ) -> None:
         self.todo, self.splitter, self.store, self.report, self.warn = todo, splitter, store, report, warn
-        self.queue: queue.Queue[_Read | BaseException | None] = queue.Queue(maxsize=READ_AHEAD_FILES)
+        self.queue: queue.Queue[FileRead | BaseException | None] = queue.Queue(maxsize=READ_AHEAD_FILES)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._work, name="qwen3-rag-reader", daemon=True)
 
@@ -214,13 +233,13 @@ class _Reader:
                 self.queue.get(timeout=0.1)
         self.thread.join()
 
-    def __iter__(self) -> Iterator[_Read]:
+    def __iter__(self) -> Iterator[FileRead]:
         while (item := self.queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
 
-    def _put(self, item: _Read | BaseException | None) -> bool:
+    def _put(self, item: FileRead | BaseException | None) -> bool:
         while not self.stop.is_set():
             with contextlib.suppress(queue.Full):
                 self.queue.put(item, timeout=0.1)
@@ -237,23 +256,33 @@ class _Reader:
             return
         self._put(None)
 
-    def _read(self, todo: _Todo) -> _Read:
-        try:
-            document = read_file(todo.file)
-        except RagError:
-            raise  # a missing extra: the user must install it, skipping every PDF would hide that
-        except NotText as err:
-            add_warning(self.report, self.warn, f"skipped {path_name(todo.file)}: {err}")
-            return _Read(todo, [], skipped=True)
-        except Exception as err:  # a broken or unreadable file must not stop the others
-            reason = printable(" ".join(str(err).split())[:200])
-            add_warning(self.report, self.warn, f"skipped {path_name(todo.file)}: {type(err).__name__}: {reason}")
-            return _Read(todo, [], skipped=True)
-        for message in document.warnings:
+    def _read(self, todo: FileToIndex) -> FileRead:
+        passages, warnings = split_file(todo.file, self.splitter)
+        for message in warnings:
             add_warning(self.report, self.warn, message)
-        passages = self.splitter.split(document.markdown, paged=document.paged)
+        if passages is None:
+            return FileRead(todo, [], skipped=True)
         vectors = self.store.stored_vectors(todo.source, passages) if todo.source else None
-        return _Read(todo, passages, vectors)
+        return FileRead(todo, passages, vectors, reused=vectors is not None)
+
+
+def split_file(file: Path, splitter: PassageSplitter) -> tuple[list[Passage] | None, list[str]]:
+    """A file's passages (None if it is skipped) and the warnings reading it gave.
+
+    Raises:
+        RagError: An extra that reads this format is missing: the user must install it, since skipping every
+            PDF would hide that.
+    """
+    try:
+        document = read_file(file)
+    except RagError:
+        raise
+    except NotText as err:
+        return None, [f"skipped {path_name(file)}: {err}"]
+    except Exception as err:  # a broken or unreadable file must not stop the others
+        reason = printable(" ".join(str(err).split())[:200])
+        return None, [f"skipped {path_name(file)}: {type(err).__name__}: {reason}"]
+    return splitter.split(document.markdown, paged=document.paged), list(document.warnings)
 
 
 class _Writer:
@@ -282,13 +311,13 @@ class _Writer:
         self.pending = self.pool.submit(write)
 
 
-def _batches(reader: _Reader, size: int) -> Iterator[list[_Read]]:
+def _batches(reader: Iterable[FileRead], size: int) -> Iterator[list[FileRead]]:
     """Files in batches of about ``size`` passages to embed, and of at most four times that in all.
 
     Batches hold whole files, so that a file's passages are stored together; the cap on all passages (reused
     ones included) bounds a batch's memory when most files reuse stored vectors.
     """
-    batch: list[_Read] = []
+    batch: list[FileRead] = []
     count = held = 0
     for read in reader:
         batch.append(read)
@@ -301,7 +330,7 @@ def _batches(reader: _Reader, size: int) -> Iterator[list[_Read]]:
         yield batch
 
 
-def _store_batch(store: PassageStore, batch: list[_Read], vectors: Any, report: IndexReport) -> None:
+def _store_batch(store: PassageStore, batch: list[FileRead], vectors: Any, report: IndexReport) -> None:
     """Store each file of a batch, its passages first and its record last (see :meth:`PassageStore.put_file`).
 
     ``vectors`` holds the embedded passages of the files that reuse none, in order.
@@ -318,7 +347,7 @@ def _store_batch(store: PassageStore, batch: list[_Read], vectors: Any, report: 
             continue
         if read.vectors is not None:
             own = read.vectors
-            report.passages_reused += len(passages)
+            report.passages_reused += len(passages) if read.reused else 0
         else:
             own = vectors[start : start + len(passages)]
             start += len(passages)
@@ -350,6 +379,22 @@ def checked_settings(store: PassageStore, where: RagConfig) -> dict[str, Any]:
             f"--overlap-tokens {splitting.overlap_tokens}; use those, or --recreate to rebuild it"
         )
     return settings
+
+
+def model_dimension(model: str, dimensions: int | None) -> int:
+    """The size of the vectors ``model`` makes at ``dimensions``, from its config alone (no weights read)."""
+    from qwen3_retrieval.loading import load_error
+    from qwen3_retrieval.options import model_source
+
+    try:
+        from transformers import AutoConfig
+
+        hidden = int(AutoConfig.from_pretrained(model_source(model)).hidden_size)
+    except (OSError, ValueError) as err:
+        raise RagError(str(load_error(model, err))) from err
+    if dimensions is not None and dimensions > hidden:
+        raise RagError(f"--dimensions {dimensions} is larger than the model's size {hidden}")
+    return dimensions or hidden
 
 
 def recorded_passages(store: PassageStore) -> int:

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.rag.errors import RagError
@@ -43,6 +43,9 @@ from qwen3_retrieval.rag.progress import progress_mode
 from qwen3_retrieval.rag.store import PassageStore, is_server_uri
 from qwen3_retrieval.rag.types import MODES, Hit, Source
 from qwen3_retrieval.redaction import redact_url
+
+if TYPE_CHECKING:
+    from qwen3_retrieval.rag.on_ray import RayOptions
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ class RagPipeline:
         """The embedding model's tokenizer, which sizes passages in its tokens, loaded once."""
         with self._lock:
             if self._tokenizer is None:
-                self._tokenizer = _tokenizer(self.config.embedding_model)
+                self._tokenizer = passage_tokenizer(self.config.embedding_model)
             return self._tokenizer
 
     def index(
@@ -163,12 +166,15 @@ class RagPipeline:
         recreate: bool = False,
         warn: Callable[[str], None] = lambda message: None,
         progress: bool | str = False,
+        ray: RayOptions | None = None,
     ) -> IndexReport:
         """Make the collection mirror ``paths``: new and changed files indexed, deleted ones removed.
 
         A renamed, moved or copied file takes the vectors stored for its content instead of being embedded again.
         ``progress=True`` shows progress on stderr in passages, with rate and ETA: a bar on a terminal, a status
         line every few seconds otherwise (``"bar"`` or ``"lines"`` choose).
+        ``ray=RayOptions(...)`` reads, splits and embeds the new files on a Ray cluster (the ``[ray]`` extra;
+        see :mod:`~qwen3_retrieval.rag.on_ray`); the index is the same as without it.
 
         A folder is a root: its files are stored by path relative to it, so moving or renaming the folder and
         indexing it again changes nothing stored, and files gone from it are removed. A file given alone is added
@@ -187,7 +193,8 @@ class RagPipeline:
         new_file = _new_local_file(self.config.uri)
         try:
             with self.config.store() as store:
-                index_roots(store, groups, self, report, recreate=recreate, warn=warn, progress=mode)
+                index_roots(store, groups, self, report, recreate=recreate, warn=warn, progress=mode,
+                            ray=ray)  # fmt: skip
         except BaseException:
             # A run that fails before storing anything (a model that does not load, a bad --dimensions) leaves no
             # empty Milvus Lite file behind; once a file is stored, what is there is kept for the re-run to finish.
@@ -308,11 +315,12 @@ def index(
     recreate: bool = False,
     warn: Callable[[str], None] = lambda message: None,
     progress: bool | str = False,
+    ray: RayOptions | None = None,
 ) -> IndexReport:
     """:meth:`RagPipeline.index` on the process's pipeline for ``where``."""
     return pipeline_for(where).index(
         paths, include_hidden=include_hidden, follow_links=follow_links, recreate=recreate, warn=warn,
-        progress=progress,
+        progress=progress, ray=ray,
     )  # fmt: skip
 
 
@@ -395,7 +403,8 @@ def _source(hit: Hit, roots: dict[str, str], score: float) -> Source:
     return Source(hit.text, shown, hit.heading, hit.location, score)
 
 
-def _tokenizer(model: str) -> Any:
+def passage_tokenizer(model: str) -> Any:
+    """The tokenizer of ``model`` that sizes passages (a one-line :class:`RagError` if it cannot be loaded)."""
     from qwen3_retrieval.loading import load_error, loading_lock
 
     try:

@@ -57,6 +57,7 @@ class IndexProgress:
         self.stream = stream if stream is not None else sys.stderr
         self.mode = mode if files else "off"
         self.done_files = self.done_passages = self.done_bytes = 0
+        self.printed = 0  # files done at the last line printed
         self.start = self.shown = clock()
         self.bar: Any = None
         if self.mode == "bar":
@@ -80,8 +81,7 @@ class IndexProgress:
             self.bar.set_postfix_str(f"{self.done_files}/{self.files} files", refresh=False)
             self.bar.update(passages)
         elif self.mode == "lines" and self.clock() - self.shown >= STATUS_SECONDS:
-            self.shown = self.clock()
-            print(self.status(), file=self.stream, flush=True)
+            self._line()
 
     def status(self) -> str:
         """One line: passages of about how many, files, rate and time left."""
@@ -100,8 +100,12 @@ class IndexProgress:
             self.bar.total = self.done_passages
             self.bar.refresh()
             self.bar.close()
-        elif self.mode == "lines" and self.done_files:
-            print(self.status(), file=self.stream, flush=True)
+        elif self.mode == "lines" and self.done_files and self.printed != self.done_files:
+            self._line()
+
+    def _line(self) -> None:
+        self.shown, self.printed = self.clock(), self.done_files
+        print(self.status(), file=self.stream, flush=True)
 
 
 def _duration(seconds: float) -> str:

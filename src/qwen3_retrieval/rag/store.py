@@ -72,7 +72,10 @@ class PassageStore:
         self.is_server = is_server = is_server_uri(uri)
         secrets = [token, *url_secrets(uri)]
         try:
-            self.client = pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout)
+            # A server gets a connection of its own, closed with the store: pymilvus otherwise shares one per
+            # address across clients and keeps it after close(), and a connection left idle between runs is sent
+            # GOAWAY ("too_many_pings") by a server that limits keepalive pings, which failed the next store.
+            self.client = pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout, dedicated=is_server)
             # pymilvus 2.6.17 connects on first use: ask once here, so an unreachable server is reported as such.
             self.client.list_collections()
         except pymilvus.exceptions.MilvusException as err:
