@@ -1,12 +1,31 @@
-"""Both frameworks' Milvus stores, dense and hybrid, in one environment, on real Milvus Lite."""
+"""Both frameworks' Milvus stores, dense and hybrid, in one environment, on real Milvus Lite: as a file, and as
+its gRPC server (the Milvus protocol over TCP) for the main tests."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import MilvusServer
 from qwen3_retrieval.milvus import langchain_store, llama_index_store
+
+
+@pytest.fixture(params=["file", "server"])
+def milvus_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A Milvus Lite file, or a Milvus Lite server started for the test (``http://127.0.0.1:PORT``)."""
+    if request.param == "file":
+        yield str(tmp_path / "store.db")
+        return
+    (tmp_path / "milvus-data").mkdir()
+    server = MilvusServer(tmp_path / "milvus-data")
+    server.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
 
 TEXTS = ["Milvus is a vector database.", "The capital of China is Beijing.", "Gravity is a force."]
 
@@ -19,13 +38,13 @@ def document_vectors(embedding_path: Path) -> list[list[float]]:
 
 
 @pytest.mark.parametrize("hybrid", [False, True])
-def test_langchain_store(tmp_path: Path, embedding_path: Path, hybrid: bool) -> None:
+def test_langchain_store(milvus_uri: str, embedding_path: Path, hybrid: bool) -> None:
     from langchain_core.documents import Document
 
     from qwen3_retrieval.langchain import Qwen3Embeddings
 
     embeddings = Qwen3Embeddings(model=str(embedding_path), device="cpu")
-    store = langchain_store(embeddings, uri=str(tmp_path / "lc.db"), hybrid=hybrid, drop_old=True)
+    store = langchain_store(embeddings, uri=milvus_uri, hybrid=hybrid, drop_old=True)
     store.add_documents([Document(page_content=t, metadata={"source": f"s{i}"}) for i, t in enumerate(TEXTS)])
     found = store.similarity_search("capital of China", k=3)
     assert sorted(d.page_content for d in found) == sorted(TEXTS)
@@ -42,13 +61,13 @@ def test_langchain_store(tmp_path: Path, embedding_path: Path, hybrid: bool) -> 
 
 
 @pytest.mark.parametrize("hybrid", [False, True])
-def test_llama_index_store(tmp_path: Path, embedding_path: Path, hybrid: bool) -> None:
+def test_llama_index_store(milvus_uri: str, embedding_path: Path, hybrid: bool) -> None:
     from llama_index.core import Document, StorageContext, VectorStoreIndex
 
     from qwen3_retrieval.llama_index import Qwen3Embedding
 
     embed_model = Qwen3Embedding(model=str(embedding_path), device="cpu")
-    store = llama_index_store(64, uri=str(tmp_path / "li.db"), hybrid=hybrid, overwrite=True)
+    store = llama_index_store(64, uri=milvus_uri, hybrid=hybrid, overwrite=True)
     index = VectorStoreIndex.from_documents(
         [Document(text=t) for t in TEXTS],
         storage_context=StorageContext.from_defaults(vector_store=store),

@@ -102,3 +102,13 @@ def test_index_benchmark_smoke_run(tmp_path: Path) -> None:
     index_s, embed_s, ratio = (cell.strip() for cell in table.strip("|").split("|"))
     assert index_s.endswith(" s") and embed_s.endswith(" s") and ratio.endswith("x"), table
     assert "indexed 6 files, 6 passages" in done.stdout
+
+
+def test_index_benchmark_pdf_smoke_run(tmp_path: Path) -> None:
+    script = BENCH.parent / "index_bench.py"
+    command = [sys.executable, str(script), "--shape", "tiny", "--files", "3", "--pdf", "--cache", str(tmp_path / "c")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "indexed 3 files, 12 passages" in done.stdout, done.stdout  # one passage a page
+    cells = [cell.strip() for cell in done.stdout.strip().splitlines()[-1].strip("|").split("|")]
+    assert len(cells) == 5 and all(c.endswith(" s") for c in cells[:3]) and all(c.endswith("x") for c in cells[3:])
