@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FakeOpenAI
+from qwen3_retrieval.rag.answer import SYSTEM_PROMPT
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -91,6 +92,11 @@ def test_rag_examples_answer_from_the_reranked_passages(
     )
     positions = [prompt.index(s["text"]) for s in sources]
     assert positions == sorted(positions)  # the chat model got the reranked passages, best first
+    # qwen3-rag's prompt in both: the passages inside delimiters, under the instruction that they are data.
+    # Before: LlamaIndex's default prompt, whose dashes a passage could forge.
+    system, user = (m["content"] for m in fake_openai.requests[-1]["body"]["messages"])
+    assert system == SYSTEM_PROMPT and user.startswith("<passages>\n") and user.count("</passages>") == 1
+    assert all(s["text"] in user.split("</passages>")[0] for s in sources)
 
 
 def test_hybrid_example(tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path]) -> None:

@@ -123,3 +123,33 @@ def test_index_runs_of_one_pipeline_load_each_tokenizer_once(
         rag.index([str(docs_folder)], recreate=True)
     # The core's tokenizer and the one that sizes passages; before, the latter was loaded again on every run.
     assert counted[str(embedding)] == 2
+
+
+def test_questions_read_the_file_records_once_until_the_index_changes(
+    tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qwen3_retrieval.rag.store import PassageStore
+
+    reads: list[str] = []
+    original = PassageStore.files
+
+    def counting(self: PassageStore, root: str) -> Any:
+        reads.append(root)
+        return original(self, root)
+
+    monkeypatch.setattr(PassageStore, "files", counting)
+    where = RagConfig(uri=str(tmp_path / "rag.db"), embedding_model=str(checkpoints["embedding"]), device="cpu",
+                      reranker_model=str(checkpoints["reranker"]))  # fmt: skip
+    rag = RagPipeline(where)
+    rag.index([str(docs_folder)])
+    reads.clear()
+    for question in QUESTIONS:
+        assert rag.retrieve(question)
+    # Before: every question read every file record (16 queries a root) to check the index was not damaged.
+    assert len(reads) == 1, reads
+    (docs_folder / "extra.md").write_text("# Extra\n\nA passage about deserts.\n")
+    rag.index([str(docs_folder)])
+    reads.clear()
+    rag.retrieve("deserts")
+    rag.retrieve("deserts")
+    assert len(reads) == 1, reads  # the count changed: checked again, once

@@ -76,7 +76,7 @@ def stream_chat(question: str, passages: Sequence[Source], *, model: str, timeou
         if credentials is not None:
             options["http_client"] = httpx.Client(auth=credentials, timeout=timeout)
     try:
-        client = openai.OpenAI(timeout=timeout, max_retries=0, **options)
+        client = openai.OpenAI(api_key=key, timeout=timeout, max_retries=0, **options)  # the key checked above
     except openai.OpenAIError as err:
         raise RagError(mask(f"the chat model cannot be used: {err}", secrets)) from None
     shown_url = redact_url(str(client.base_url))

@@ -131,6 +131,7 @@ class RagPipeline:
         self._embedders: dict[int | None, Any] = {}
         self._reranker: Any = None
         self._tokenizer: Any = None
+        self._sound_count: int | None = None  # passages held when the file records last agreed with them
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -257,7 +258,10 @@ class RagPipeline:
                 raise RagError(
                     f"collection {where.collection!r} does not exist at {redact_url(where.uri)}; {_index_first(where)}"
                 )
-            held, recorded = store.count(), recorded_passages(store)
+            held = store.count()
+            # The file records are read (a query per 16th of every root's files) only when the passage count
+            # differs from the one last found sound: passages are lost only by damage, which lowers it.
+            recorded = held if held == self._sound_count else recorded_passages(store)
             if held < recorded:  # what is missing can be neither found nor cited: say so instead of answering
                 raise RagError(
                     f"the index at {redact_url(where.uri)} is damaged: its file records list {recorded} passages "
@@ -265,6 +269,7 @@ class RagPipeline:
                     f"{_index_first(where).replace('first', 'again')} to repair it (the files whose passages are "
                     "missing are indexed again), or add --recreate to rebuild it"
                 )
+            self._sound_count = held
         except BaseException:
             store.close()
             raise
