@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import queue
 import threading
@@ -99,23 +100,21 @@ def index_roots(
     shown = IndexProgress(len(todo), sum(item.size for item in todo), progress)
     # On Ray, files that may reuse stored vectors stay here: only this process reads the store.
     here = todo if ray is None else [item for item in todo if item.source]
-    with _Writer(store) as writer:
-        with _Reader(here, splitter, store, report, warn) as reader:
-            for batch in _batches(reader, batch_passages):
-                texts = [p.text for item in batch if item.vectors is None for p in item.passages]
-                vectors = embedder.embed_documents(texts) if texts else np.zeros((0, 0), np.float32)
-                writer.submit(functools.partial(_store_batch, store, batch, vectors, report))
-                shown.advance(len(batch), sum(len(i.passages) for i in batch), sum(i.todo.size for i in batch))
+    with _Writer(store) as writer, _Reader(here, splitter, store, report, warn) as reader:
+        batches: Iterator[list[FileRead]] = _batches(reader, batch_passages)
         if ray is not None and (there := [item for item in todo if not item.source]):
             from qwen3_retrieval.rag.on_ray import embedded_on_ray
 
             def note(message: str) -> None:
                 add_warning(report, warn, message)
 
-            on_ray = embedded_on_ray(there, where, splitting, dimensions, ray, note)
-            for batch in _batches(on_ray, batch_passages):
-                writer.submit(functools.partial(_store_batch, store, batch, np.zeros((0, 0), np.float32), report))
-                shown.advance(len(batch), sum(len(i.passages) for i in batch), sum(i.todo.size for i in batch))
+            on_ray = embedded_on_ray(there, where, splitting, dimensions, ray, note)  # their vectors come along
+            batches = itertools.chain(batches, _batches(on_ray, batch_passages))
+        for batch in batches:
+            texts = [p.text for item in batch if item.vectors is None for p in item.passages]
+            vectors = embedder.embed_documents(texts) if texts else np.zeros((0, 0), np.float32)
+            writer.submit(functools.partial(_store_batch, store, batch, vectors, report))
+            shown.advance(len(batch), sum(len(i.passages) for i in batch), sum(i.todo.size for i in batch))
     shown.close()
     for root, keys in gone:  # last: a file renamed in this run took its old self's vectors first
         store.remove_files(root, keys)

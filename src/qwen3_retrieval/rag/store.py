@@ -58,6 +58,15 @@ def is_server_uri(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
 
+def _stored_text(passage: Passage) -> dict[str, str]:
+    """A passage's text fields as a row stores them: cut to Milvus' byte limits (one place for the limits)."""
+    return {
+        "text": fit_bytes(passage.text, TEXT_BYTES),
+        "heading": fit_bytes(passage.heading, 1024),
+        "location": fit_bytes(passage.location, 64),
+    }
+
+
 def _file_key(root: str, path: str) -> str:
     return hashlib.sha1(f"{root}\0{path}".encode()).hexdigest()[:40]
 
@@ -288,12 +297,10 @@ class PassageStore:
             {
                 "id": f"{key}-{i}",
                 "vector": vector.tolist(),
-                "text": fit_bytes(p.text, TEXT_BYTES),
+                **_stored_text(p),
                 "root": root,
                 "path": fit_bytes(path, PATH_BYTES),
                 "file_key": key,
-                "heading": fit_bytes(p.heading, 1024),
-                "location": fit_bytes(p.location, 64),
                 "file_hash": file_hash,
                 "parts": len(passages),
             }
@@ -321,9 +328,7 @@ class PassageStore:
             return None
         rows.sort(key=lambda row: int(row["id"].rsplit("-", 1)[1]))
         for row, p in zip(rows, passages, strict=True):
-            if (row["text"], row["heading"], row["location"]) != (
-                fit_bytes(p.text, TEXT_BYTES), fit_bytes(p.heading, 1024), fit_bytes(p.location, 64)
-            ):  # fmt: skip
+            if any(row[name] != value for name, value in _stored_text(p).items()):
                 return None
         return np.asarray([row["vector"] for row in rows], dtype=np.float32)
 
