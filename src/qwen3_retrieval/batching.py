@@ -9,6 +9,8 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from qwen3_retrieval.forking import fork_point
+
 
 def token_budget_batches(
     lengths: Sequence[int],
@@ -60,6 +62,7 @@ def run_in_batches(
     """
     out: torch.Tensor | None = None
     for batch in batches:
+        fork_point()  # a fork waiting for this call goes now, between batches (see qwen3_retrieval.forking)
         rows = run(batch)
         if out is None:
             out = torch.empty((sum(map(len, batches)), rows.shape[1]), dtype=rows.dtype, device=device)

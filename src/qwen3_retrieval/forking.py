@@ -1,11 +1,18 @@
 """Keeping a forked child usable: gunicorn, Celery and multiprocessing's ``fork`` copy a process mid-flight.
 
 A fork copies memory, not threads. Each module that holds process-wide thread state resets it in the child with
-its own ``os.register_at_fork`` handler (the loading locks, the micro-batch queues). This module covers the one
-thing that cannot be reset: OpenMP. When the fork happens while another thread is inside a model's forward pass,
-the child inherits OpenMP's thread team mid-region and its next parallel region waits for ever. Such a child
-runs torch on one thread, which needs no team, and says so once; a child forked between calls keeps every
-thread.
+its own ``os.register_at_fork`` handler (the loading locks, the micro-batch queues). This module covers torch,
+whose state cannot be reset from Python, in two ways:
+
+- A lock or a parallel region that another thread is inside at the fork is copied as it is, with no thread left
+  to finish it: MKL's buffer lock in the middle of a matrix product, OpenMP's team in the middle of a region. The
+  child's first call then waits for ever. So a fork waits until no thread is inside a :func:`compute_section`,
+  and no section starts until the fork is done. A long call lets a waiting fork through between two batches
+  (:func:`fork_point`), so a fork waits for at most the batch in flight, not for the whole call.
+- GNU OpenMP, which torch's Linux CPU builds use, cannot start its threads again in a child once the parent has
+  used them, even when they sit idle at the fork: the child's first parallel region waits for ever. So a child
+  forked after this process loaded or ran a model runs torch on one thread, as torch's own DataLoader workers
+  do, and says so once. A child forked before the first load keeps every thread.
 """
 
 from __future__ import annotations
@@ -16,38 +23,82 @@ import threading
 import warnings
 from collections.abc import Iterator
 
-_running = 0
-_running_lock = threading.Lock()
+_cond = threading.Condition()
+_running = 0  # sections open now, over all threads (a nested section counts again)
+_forks = 0  # forks waiting for the open sections to finish
+_used = False  # a section ran in this process: OpenMP's threads may exist
+_depth = threading.local()  # sections open in this thread
+
+
+def _mine() -> int:
+    return getattr(_depth, "n", 0)
 
 
 @contextlib.contextmanager
 def compute_section() -> Iterator[None]:
-    """Mark a block that runs torch's parallel kernels, so that a fork during it is made safe in the child."""
-    global _running
-    with _running_lock:
+    """Mark a block that runs torch kernels (loading weights, a forward pass), so that no fork splits it."""
+    global _running, _used
+    mine = _mine()
+    with _cond:
+        while _forks and not mine:  # a thread already inside a section must finish it, or the fork waits for ever
+            _cond.wait()
         _running += 1
+        _used = True
+    _depth.n = mine + 1
     try:
         yield
     finally:
-        with _running_lock:
+        _depth.n = mine
+        with _cond:
             _running -= 1
+            _cond.notify_all()
+
+
+def fork_point() -> None:
+    """Between two batches of a section: let a fork that is waiting happen now instead of after the whole call."""
+    global _running
+    mine = _mine()
+    if not mine:
+        return
+    with _cond:
+        if not _forks:
+            return
+        _running -= mine
+        _cond.notify_all()
+        while _forks:
+            _cond.wait()
+        _running += mine
+
+
+def _before_fork() -> None:
+    global _forks
+    with _cond:
+        _forks += 1
+        while _running > _mine():  # the forking thread's own sections are its own business
+            _cond.wait()
+
+
+def _after_fork_in_parent() -> None:
+    global _forks
+    with _cond:
+        _forks -= 1
+        _cond.notify_all()
 
 
 def _after_fork_in_child() -> None:
-    global _running, _running_lock
-    forked_mid_call = _running > 0
-    _running, _running_lock = 0, threading.Lock()
-    if forked_mid_call:
+    global _cond, _running, _forks
+    _cond, _running, _forks = threading.Condition(), _mine(), 0
+    if _used:
         import torch
 
         torch.set_num_threads(1)
         warnings.warn(
-            "qwen3_retrieval: this process was forked while a model call was running in another thread, so torch "
-            "runs on one thread here (OpenMP cannot resume after such a fork). For full speed in worker processes, "
-            "fork before the first call or start them with multiprocessing's 'spawn' or 'forkserver'",
+            "qwen3_retrieval: this process was forked after its parent loaded or ran a model, so torch runs on one "
+            "thread here (GNU OpenMP cannot start its threads again after a fork). For full speed in worker "
+            "processes, fork before the first load, or start them with multiprocessing's 'spawn' or 'forkserver'",
             RuntimeWarning,
             stacklevel=1,
         )
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

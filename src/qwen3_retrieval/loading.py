@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from qwen3_retrieval.engines import EmbeddingEngine, ScoringEngine
+from qwen3_retrieval.forking import compute_section
 from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
 from qwen3_retrieval.packed import register_packed_attention
 from qwen3_retrieval.processors import answer_token_ids
@@ -183,7 +184,8 @@ def _transformers_scoring(options: RerankerOptions, tokenizer: TextTokenizer, ye
         head = model.get_output_embeddings().weight
         # softmax([z_no, z_yes])[1] == sigmoid((w_yes - w_no) . h); the difference is taken in float32 to avoid
         # cancellation in low precision.
-        direction = head[yes_no[0]].float() - head[yes_no[1]].float()
+        with compute_section():
+            direction = head[yes_no[0]].float() - head[yes_no[1]].float()
     backbone = getattr(model, model.base_model_prefix)
     pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
     return TransformersScoring(backbone, direction.detach().to(options.torch_device), pad_id, options.torch_device)
@@ -204,8 +206,9 @@ def _weights(options: ModelOptions, auto_class: str) -> Any:
     # The packed layout owns attention (its own function, registered with transformers); a kernel the caller
     # names runs padded batches instead.
     attention = options.attn_implementation or register_packed_attention()
-    model = _pretrained(options, auto_class, dtype=options.torch_dtype, attn_implementation=attention)
-    return model.to(options.torch_device).eval()
+    with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.forking)
+        model = _pretrained(options, auto_class, dtype=options.torch_dtype, attn_implementation=attention)
+        return model.to(options.torch_device).eval()
 
 
 def _server(options: ModelOptions) -> Any:

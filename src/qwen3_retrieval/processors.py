@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from qwen3_retrieval.forking import compute_section
 from qwen3_retrieval.options import MIN_DIMENSIONS, EmbedderOptions, RerankerOptions
 from qwen3_retrieval.prompts import (
     EOS_TOKEN,
@@ -76,10 +77,11 @@ class EmbeddingProcessor:
 
         Truncating first, then normalising, is the models' Matryoshka rule (QwenLM/Qwen3-Embedding#5).
         """
-        vectors = pooled[:, : self.dimension].float()
-        if self.options.normalize:
-            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-        return vectors.cpu().numpy()
+        with compute_section():  # no fork splits it (see qwen3_retrieval.forking)
+            vectors = pooled[:, : self.dimension].float()
+            if self.options.normalize:
+                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+            return vectors.cpu().numpy()
 
 
 class RerankingProcessor:

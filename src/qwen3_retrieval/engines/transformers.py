@@ -52,7 +52,7 @@ class _Runner:
 
     def _run(self, calls: list[_Call]) -> list[torch.Tensor]:
         """Run ``calls`` (one policy) together; return each call's last-token states."""
-        with compute_section():  # a fork meanwhile leaves the child on one thread (see qwen3_retrieval.forking)
+        with compute_section():  # no fork splits a batch (see qwen3_retrieval.forking)
             return self._run_calls(calls)
 
     def _run_calls(self, calls: list[_Call]) -> list[torch.Tensor]:
@@ -120,4 +120,5 @@ class TransformersScoring(_Runner):
         return _Call(prefix, tails, policy, progress)
 
     def _probabilities(self, hidden: torch.Tensor) -> list[float]:
-        return torch.sigmoid(hidden.float() @ self.direction).cpu().tolist()
+        with compute_section():
+            return torch.sigmoid(hidden.float() @ self.direction).cpu().tolist()
