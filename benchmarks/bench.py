@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from qwen3_bench.contenders import (
+    BF16_CONTENDERS,
     CONCURRENT_CONTENDERS,
     CONTENDERS,
     LABELS,
     OWN_VARIANTS,
     PREFIX_CONTENDERS,
+    SERVER_DTYPES,
     VLLM_CONTENDERS,
     child,
 )
@@ -117,7 +119,7 @@ def main() -> None:
         dtypes.append("bfloat16")
     else:  # the bfloat16 GEMM probe and rows: oneDNN refuses them, or they would time an emulation
         print(cpu["note"], flush=True)
-        jobs = [(t, n, w, [c for c in cs if c not in OWN_VARIANTS]) for t, n, w, cs in jobs]
+        jobs = [(t, n, w, [c for c in cs if c not in BF16_CONTENDERS]) for t, n, w, cs in jobs]
     rates = {dtype: matmul_gflops(args.threads, args.device, dtype) for dtype in dtypes}
     peaks = {dtype: max(by_method.values()) for dtype, by_method in rates.items()}
     report: dict[str, Any] = {"machine": machine(args), "matmul_gflops": peaks["float32"], "results": []}
@@ -134,16 +136,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as servers:
             server: VLLMServerProcess | None = None
             for contender in contenders:
-                if contender in ("vllm_server", "ours_vllm_http") and server is None:
-                    server = servers.enter_context(VLLMServerProcess(args.vllm_python, model, task, args.threads))
+                dtype = SERVER_DTYPES.get(contender) or OWN_VARIANTS.get(contender, "float32")
+                if contender in SERVER_DTYPES and (server is None or server.dtype != dtype):
+                    servers.close()  # one server at a time: the one before would take memory and cores
+                    server = servers.enter_context(
+                        VLLMServerProcess(args.vllm_python, model, task, args.threads, dtype=dtype)
+                    )
                 save = Path(scratch) / f"{contender}.npy" if contender.startswith("ours") else None
                 result = run_child(args, contender, task, inputs, model, save, server.url if server else None)
-                if contender in ("vllm_server", "ours_vllm_http") and server is not None:
+                if contender in SERVER_DTYPES and server is not None:
                     result["peak_rss_mb"] = server.peak_rss_mb()  # the server does the work and holds the model
                 if save is not None and save.exists():
                     outputs[contender] = np.load(save)
                 median = statistics.median(result["times"]) if result["times"] else None
-                peak = peaks[OWN_VARIANTS.get(contender, "float32")]
+                peak = peaks[dtype]
                 rows.append(
                     {
                         "contender": contender,
@@ -157,8 +163,11 @@ def main() -> None:
                 )
                 print(f"{name:24s} {contender:24s} {median or float('nan'):8.3f}s  {result['status']}", flush=True)
         ours = rows[0]["median_s"]
+        ours_bf16 = next((row["median_s"] for row in rows if row["contender"] == "ours_bf16"), None)
         for row in rows:
             row["our_speedup"] = row["median_s"] / ours if row["median_s"] and ours else None
+            if row["contender"] == "vllm_server_bf16" and row["median_s"] and ours_bf16:
+                row["our_bf16_speedup"] = row["median_s"] / ours_bf16  # like for like: both in bfloat16
             row["memory_ratio"] = (rows[0]["peak_rss_mb"] / row["peak_rss_mb"]) if row["peak_rss_mb"] else None
             if row["contender"] in OWN_VARIANTS and {"ours", row["contender"]} <= outputs.keys():
                 row["fidelity"] = fidelity(task, outputs["ours"], outputs[row["contender"]])

@@ -194,8 +194,11 @@ def test_indexing_keeps_every_replica_behind_one_balancing_url_busy(tmp_path: Pa
         )  # fmt: skip
         report = RagPipeline(config).index([str(folder)])
     assert report.files_indexed == FILES
-    # Two replicas, one URL: the 10 requests of 4 passages are shared out, and 8 are in flight at once, 4 on each.
+    # Two replicas, one URL: the 10 requests of 4 passages are shared out, and 8 are in flight at once. The
+    # balancer takes turns without looking at load, so when 8 are in flight each replica holds at least 3 of them
+    # (it has only 2 others) and together they hold 8; a late request may make one hold 5 (before: 1 each).
     assert [one.requests for one in replicas] == [5, 5] and fleet.requests == FILES // 4
     assert fleet.most_in_flight == 8, fleet.most_in_flight
-    assert [one.most_in_flight for one in replicas] == [4, 4], [one.most_in_flight for one in replicas]
+    most = [one.most_in_flight for one in replicas]
+    assert min(most) >= 3 and sum(most) >= 8, most
     same_as_one_process(config.uri, folder, embedding_path, tmp_path)

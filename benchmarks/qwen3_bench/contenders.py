@@ -25,7 +25,12 @@ PREFIX_CONTENDERS = ["ours", "ours_plain"]
 
 # With --vllm-python: a real vLLM server (same float32 weights and token ids), our client on that server, and
 # vllm.LLM in process through our engine. They run last in each job, while the server is up.
-VLLM_CONTENDERS = ["vllm_server", "ours_vllm_http", "ours_vllm"]
+VLLM_CONTENDERS = ["vllm_server", "ours_vllm_http", "ours_vllm", "vllm_server_bf16"]
+
+
+# The dtype each vLLM server row's server runs in: bfloat16 is vLLM's default for the released (bf16) checkpoints
+# on CPUs with native bf16, and is compared with our own bfloat16 row.
+SERVER_DTYPES = {"vllm_server": "float32", "ours_vllm_http": "float32", "vllm_server_bf16": "bfloat16"}
 
 
 # Many small calls at once (64 single-query embeds, 16 ten-candidate reranks): merged into shared batches (the
@@ -37,11 +42,16 @@ CONCURRENT_CONTENDERS = ["ours_merged", "ours_thread_per_call", "ours_one_at_a_t
 OWN_VARIANTS = {"ours_bf16": "bfloat16"}
 
 
+# Rows that need a CPU with native bfloat16: skipped elsewhere, where they would time an emulation or crash.
+BF16_CONTENDERS = {*OWN_VARIANTS, "vllm_server_bf16"}
+
+
 LABELS = {
     "ours": "qwen3-retrieval",
     "ours_bf16": "qwen3-retrieval, bfloat16 (fast path)",
     "ours_plain": "qwen3-retrieval without shared-prefix reuse",
     "vllm_server": "vLLM-CPU server, token ids over HTTP",
+    "vllm_server_bf16": "vLLM-CPU server, bfloat16 (--dtype bfloat16), token ids over HTTP",
     "ours_vllm_http": "qwen3-retrieval on that vLLM server (base_url=)",
     "ours_vllm": "qwen3-retrieval, vLLM in process (engine='vllm')",
     "st_cross_encoder": "sentence-transformers CrossEncoder (batch 32)",
@@ -93,7 +103,7 @@ def _prepare(contender: str, task: str, model: str, device: str, url: str | None
         engine = {"engine": "vllm", "engine_options": {"kv_cache_memory_bytes": VLLM_KV_BYTES}}
     elif contender == "ours_thread_per_call":
         engine["batch_wait_ms"] = None  # each call alone in its own thread: what 0.2 did
-    if contender == "vllm_server":
+    if contender in ("vllm_server", "vllm_server_bf16"):
         return _vllm_server_call(task, model, str(url))
     if contender in CONCURRENT_CONTENDERS:
         return _concurrent_call(contender, task, model, engine)

@@ -89,6 +89,11 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{fmt(row['tokens_per_s'], '.0f')} | {fmt(row['our_speedup'], '.2f')}x | "
                 f"{fmt(row['peak_rss_mb'], '.0f')} | {fmt(row['matmul_fraction'], '.0%')} |"
             )
+            if "our_bf16_speedup" in row:
+                notes.append(
+                    f"- {block['name']}, bfloat16 against bfloat16: qwen3-retrieval is "
+                    f"{row['our_bf16_speedup']:.2f}x {row['label']}."
+                )
             if "fidelity" in row:
                 measures = ", ".join(f"{k} {v:.6g}" for k, v in row["fidelity"].items())
                 notes.append(f"- {block['name']}, {row['label']} vs float32: {measures}.")

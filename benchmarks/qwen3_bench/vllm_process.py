@@ -25,18 +25,18 @@ def vllm_speed_env(threads: int) -> dict[str, str]:
 
 
 class VLLMServerProcess:
-    """A vLLM server for one benchmark job, with the flags a user runs it with for speed (compiled, float32)."""
+    """A vLLM server for one benchmark job, with the flags a user runs it with for speed (compiled, ``dtype``)."""
 
-    def __init__(self, python: str, model: str, task: str, threads: int) -> None:
+    def __init__(self, python: str, model: str, task: str, threads: int, dtype: str = "float32") -> None:
         import socket
 
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.url, self.dtype = f"http://127.0.0.1:{self.port}/v1", dtype
         self.command = [
             python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
-            "--port", str(self.port), "--runner", "pooling", "--dtype", "float32", "--max-model-len", "8192",
+            "--port", str(self.port), "--runner", "pooling", "--dtype", dtype, "--max-model-len", "8192",
             "--kv-cache-memory-bytes", str(VLLM_KV_BYTES),
         ]  # fmt: skip
         if task == "reranking" and "ForSequenceClassification" not in (Path(model) / "config.json").read_text():

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from qwen3_retrieval.engines import EmbeddingEngine, ScoringEngine
 from qwen3_retrieval.forking import compute_section
+from qwen3_retrieval.fused import fuse_rms_norms
 from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
 from qwen3_retrieval.packed import register_packed_attention
 from qwen3_retrieval.processors import answer_token_ids
@@ -208,7 +209,7 @@ def _weights(options: ModelOptions, auto_class: str) -> Any:
     attention = options.attn_implementation or register_packed_attention()
     with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.forking)
         model = _pretrained(options, auto_class, dtype=options.torch_dtype, attn_implementation=attention)
-        return model.to(options.torch_device).eval()
+        return fuse_rms_norms(model.to(options.torch_device).eval())
 
 
 def _server(options: ModelOptions) -> Any:

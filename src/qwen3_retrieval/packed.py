@@ -78,11 +78,10 @@ def packed_attention(
             v = torch.cat([prefix_values.expand(count, -1, -1, -1), v], dim=2)
             # Every prefix token, then causal over the sequence's own tokens (the diagonal sits at the right).
             mask = torch.ones((length, k.shape[2]), dtype=torch.bool, device=q.device).tril_(k.shape[2] - length)
-        if kv_heads != heads:  # grouped-query attention: each key/value head serves heads // kv_heads queries
-            k = k.repeat_interleave(heads // kv_heads, dim=1)
-            v = v.repeat_interleave(heads // kv_heads, dim=1)
+        # Grouped-query attention: each key/value head serves heads // kv_heads queries. SDPA shares them in
+        # place (enable_gqa) instead of copying every key and value head that many times first.
         attended = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=kv_heads != heads
         )
         out[0, span] = attended.transpose(1, 2).reshape(length * count, heads, head_dim)
     return out, None
