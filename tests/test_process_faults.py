@@ -115,7 +115,7 @@ FORK_DURING_A_CALL = textwrap.dedent(
     pid = os.fork()
     if pid == 0:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the one-thread notice is checked in the parent's output
+            warnings.simplefilter("ignore")  # the one-thread notice, given at the fork, is checked on stderr
             vectors, scores = embedder.embed_documents(mine), reranker.score("q", mine)
         same = abs(vectors - expected[0]).max() < 1e-5 and max(map(abs, np.subtract(scores, expected[1]))) < 1e-5
         os._exit(0 if same else 3)
@@ -158,6 +158,8 @@ def _fork_during_calls(embedding_path: Path, reranker_path: Path, mode: str) -> 
     ]
     outcomes = _outcomes(runs)
     assert all(code == 0 and "child exit 0" in out and "pool same" in out for out, _, code in outcomes), outcomes
+    # Both children (the forked one and the pool's worker) were forked after a load: each says it runs on one thread.
+    assert all(err.count("so torch runs on one thread here") == 2 for _, err, _ in outcomes), outcomes
 
 
 def test_a_child_forked_during_a_merged_call_works(embedding_path: Path, reranker_path: Path) -> None:
