@@ -5,6 +5,8 @@ Jobs:
     rerank-long CHECKPOINT DOC_WORDS                        one long document against a short query
     embed-long CHECKPOINT DOC_WORDS                         the same long document embedded
     huge EMBEDDING MEGABYTES RERANKER                        one string of that size embedded, then reranked
+    lengths CHECKPOINT WORDS CALLS                          CALLS texts embedded one at a time, each of another
+                                                            length up to WORDS words
 
 Prints the growth of the peak resident set (MB) caused by the measured call alone: the model is loaded and run
 once on a tiny input first, so loading and first-call allocations are not counted.
@@ -75,6 +77,13 @@ def main() -> None:
         before = start_measuring()
         embedder.embed_documents([text])
         reranker.score("what is this about?", [text])
+    elif job == "lengths":
+        embedder = Qwen3Embedder(path, device="cpu")
+        embedder.embed_documents(["tiny"])
+        calls = int(sys.argv[4])
+        before = start_measuring()
+        for i in range(calls):  # every call a token count of its own, the longest first
+            embedder.embed_documents([" ".join(f"word{j % 89}" for j in range(size - i * (size // 2) // calls))])
     else:
         raise SystemExit(f"unknown job {job!r}")
     print(f"{peak_mb() - before:.1f}")

@@ -87,8 +87,24 @@ def child(args: argparse.Namespace) -> None:
             np.save(args.save, np.asarray(output, dtype=np.float32))
     except (RuntimeError, MemoryError) as err:  # out of memory is a result
         status = f"failed: {type(err).__name__}: {str(err)[:200]}"
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"times": times, "status": status, "peak_rss_mb": peak_mb}))
+    print(json.dumps({"times": times, "status": status, "peak_rss_mb": _own_peak_rss_mb()}))
+
+
+def _own_peak_rss_mb() -> float:
+    """This process's peak resident set in MB.
+
+    Linux's ``VmHWM`` starts anew at exec. ``ru_maxrss`` does not: a child started by a parent of N MB reports
+    at least N MB, so the parent's growth during a run (its GEMM probes, the outputs it keeps) showed up as the
+    children's memory, and rows run later looked larger.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux (no /proc: another OS)
 
 
 def _prepare(contender: str, task: str, model: str, device: str, url: str | None) -> Callable[[dict[str, Any]], Any]:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from qwen3_retrieval.engines import EmbeddingEngine, ScoringEngine
 from qwen3_retrieval.forking import compute_section
-from qwen3_retrieval.fused import fuse_rms_norms
+from qwen3_retrieval.fused import fuse_rms_norms, pack_linears
 from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
 from qwen3_retrieval.packed import register_packed_attention
 from qwen3_retrieval.processors import answer_token_ids
@@ -131,7 +131,7 @@ def load_embedding(options: EmbedderOptions) -> LoadedEmbedding:
     if options.engine == "transformers":
         from qwen3_retrieval.engines.transformers import TransformersEmbedding
 
-        backbone = _weights(options, "AutoModel")
+        backbone = _packed(_weights(options, "AutoModel"))
         eos_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
         return LoadedEmbedding(tokenizer, TransformersEmbedding(backbone, eos_id, options.torch_device),
                                backbone.config.hidden_size)  # fmt: skip
@@ -187,7 +187,7 @@ def _transformers_scoring(options: RerankerOptions, tokenizer: TextTokenizer, ye
         # cancellation in low precision.
         with compute_section():
             direction = head[yes_no[0]].float() - head[yes_no[1]].float()
-    backbone = getattr(model, model.base_model_prefix)
+    backbone = _packed(getattr(model, model.base_model_prefix))  # after the head is read: it stays unpacked
     pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
     return TransformersScoring(backbone, direction.detach().to(options.torch_device), pad_id, options.torch_device)
 
@@ -210,6 +210,11 @@ def _weights(options: ModelOptions, auto_class: str) -> Any:
     with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.forking)
         model = _pretrained(options, auto_class, dtype=options.torch_dtype, attn_implementation=attention)
         return fuse_rms_norms(model.to(options.torch_device).eval())
+
+
+def _packed(backbone: Any) -> Any:
+    with compute_section():  # packing copies the weights with torch's parallel kernels
+        return pack_linears(backbone)
 
 
 def _server(options: ModelOptions) -> Any:
