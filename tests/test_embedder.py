@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -245,3 +249,36 @@ def test_objects_share_one_load_even_from_threads(embedding_path: Path, monkeypa
     assert all(e.loaded is embedders[0].loaded for e in embedders)
     for r in results[1:]:
         np.testing.assert_allclose(r, results[0], atol=TOL)
+
+
+# An AVX2-only CPU as oneDNN, ATen and MKL see it (as in test_benchmark_smoke): the packed float32 linear layers
+# then run oneDNN's AVX2 kernels, which the in-process tests on an AVX-512 machine never reach.
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+_AVX2_CHECK = """
+import sys, numpy as np, torch
+sys.path.insert(0, sys.argv[2])
+from test_embedder import model_card_embeddings, card_query
+from texts import DOCUMENTS, QUERIES
+from qwen3_retrieval import Qwen3Embedder
+from qwen3_retrieval.fused import onednn_linears_available
+embedder = Qwen3Embedder(sys.argv[1], device="cpu")
+texts = DOCUMENTS * 30  # batches of hundreds of rows: the chunked, padded oneDNN calls
+ours = np.concatenate([embedder.embed_documents(texts), embedder.embed_queries(QUERIES)])
+queries = [card_query(q) for q in QUERIES]
+reference = np.concatenate([model_card_embeddings(sys.argv[1], texts), model_card_embeddings(sys.argv[1], queries)])
+print(torch.backends.cpu.get_cpu_capability(), onednn_linears_available(), float(np.abs(ours - reference).max()))
+"""
+
+
+def test_an_avx2_only_cpu_gives_the_model_card_vectors(embedding_path: Path) -> None:
+    env = {**os.environ, **AVX2_ONLY}
+    tests = str(Path(__file__).parent)
+    done = subprocess.run(
+        [sys.executable, "-c", _AVX2_CHECK, str(embedding_path), tests], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    capability, packed, difference = done.stdout.split()
+    assert capability == "AVX2"
+    assert packed == str(platform.machine().lower() in ("x86_64", "amd64"))  # the fast path is what ran
+    assert float(difference) < TOL, difference
