@@ -84,9 +84,12 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
     for block in report["results"]:
         for row in block["rows"]:
             fmt = _formatter(row["status"][:40])
+            # A row that ran has no speed-up when our own row failed: say that, not its "ok".
+            missing = "ours failed" if row["status"] == "ok" else row["status"][:40]
+            speedup = missing if row["our_speedup"] is None else f"{row['our_speedup']:.2f}x"
             lines.append(
                 f"| {block['name']} ({block['tokens']} tokens) | {row['label']} | {fmt(row['median_s'], '.2f')} | "
-                f"{fmt(row['tokens_per_s'], '.0f')} | {fmt(row['our_speedup'], '.2f')}x | "
+                f"{fmt(row['tokens_per_s'], '.0f')} | {speedup} | "
                 f"{fmt(row['peak_rss_mb'], '.0f')} | {fmt(row['matmul_fraction'], '.0%')} |"
             )
             if "our_bf16_speedup" in row:
