@@ -10,10 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cpu_kinds import AVX2_ONLY
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
-# An AVX2-only CPU as oneDNN, ATen and MKL see it: oneDNN then refuses bf16 weight packing, as on the AMD EPYC
-# machines where the benchmark's bf16 GEMM probe used to crash.
-AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def bench(out: Path, progress: Callable[[str], None], *options: str, env: dict[str, str] | None = None) -> Any:

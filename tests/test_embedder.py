@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from cpu_kinds import AVX2_ONLY
 from policies import POLICIES
 from qwen3_retrieval import DEFAULT_INSTRUCTION, Qwen3Embedder
 from qwen3_retrieval.loading import cached_keys
@@ -251,10 +252,8 @@ def test_objects_share_one_load_even_from_threads(embedding_path: Path, monkeypa
         np.testing.assert_allclose(r, results[0], atol=TOL)
 
 
-# An AVX2-only CPU as oneDNN, ATen and MKL see it (as in test_benchmark_smoke): the packed float32 linear layers
-# then run oneDNN's AVX2 kernels, which the in-process tests on an AVX-512 machine never reach.
-AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-
+# On an AVX2-only CPU the packed float32 linear layers run oneDNN's AVX2 kernels, which the in-process tests on
+# an AVX-512 machine never reach.
 _AVX2_CHECK = """
 import sys, numpy as np, torch
 sys.path.insert(0, sys.argv[2])

@@ -187,7 +187,7 @@ def _transformers_scoring(options: RerankerOptions, tokenizer: TextTokenizer, ye
         # cancellation in low precision.
         with compute_section():
             direction = head[yes_no[0]].float() - head[yes_no[1]].float()
-    backbone = _packed(getattr(model, model.base_model_prefix))  # after the head is read: it stays unpacked
+    backbone = _packed(getattr(model, model.base_model_prefix))  # the head, outside it, is only read above
     pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
     return TransformersScoring(backbone, direction.detach().to(options.torch_device), pad_id, options.torch_device)
 
