@@ -1,6 +1,7 @@
 """Qwen3-Embedding and Qwen3-Reranker, exact and fast, for LangChain, LlamaIndex and Milvus RAG.
 
-The core (:class:`Qwen3Embedder`, :class:`Qwen3Reranker`) has no LangChain or LlamaIndex dependency. Framework
+The core (:class:`Qwen3Embedder`, :class:`Qwen3Reranker`, and for texts and images :class:`Qwen3VLEmbedder`,
+:class:`Qwen3VLReranker`) has no LangChain or LlamaIndex dependency. Framework
 adapters live in :mod:`qwen3_retrieval.langchain` and :mod:`qwen3_retrieval.llama_index`.
 """
 
@@ -13,6 +14,7 @@ from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_INSTRUCTION
 if TYPE_CHECKING:
     from qwen3_retrieval.embedder import Qwen3Embedder
     from qwen3_retrieval.reranker import Qwen3Reranker
+    from qwen3_retrieval.vl import Qwen3VLEmbedder, Qwen3VLReranker
 
 __version__ = "0.1.0"
 __all__ = [
@@ -21,11 +23,18 @@ __all__ = [
     "DEFAULT_RERANKER_MODEL",
     "Qwen3Embedder",
     "Qwen3Reranker",
+    "Qwen3VLEmbedder",
+    "Qwen3VLReranker",
     "__version__",
 ]
 
 # torch and transformers load only when a model class is first used, so `import qwen3_retrieval` stays cheap.
-_LAZY = {"Qwen3Embedder": "qwen3_retrieval.embedder", "Qwen3Reranker": "qwen3_retrieval.reranker"}
+_LAZY = {
+    "Qwen3Embedder": "qwen3_retrieval.embedder",
+    "Qwen3Reranker": "qwen3_retrieval.reranker",
+    "Qwen3VLEmbedder": "qwen3_retrieval.vl",
+    "Qwen3VLReranker": "qwen3_retrieval.vl",
+}
 
 
 def __getattr__(name: str) -> Any:

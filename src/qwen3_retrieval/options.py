@@ -26,6 +26,7 @@ from qwen3_retrieval._validation import (
 )
 from qwen3_retrieval.batching import BatchPolicy, default_policy
 from qwen3_retrieval.devices import resolve_device, resolve_dtype
+from qwen3_retrieval.media import MAX_PIXELS, MIN_PIXELS
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_INSTRUCTION, DEFAULT_RERANKER_MODEL
 from qwen3_retrieval.redaction import (
     check_secret,
@@ -33,6 +34,12 @@ from qwen3_retrieval.redaction import (
     environment_secret,
     redact_url,
     split_credentials,
+)
+from qwen3_retrieval.vl_prompts import (
+    DEFAULT_VL_EMBEDDING_MODEL,
+    DEFAULT_VL_RERANKER_MODEL,
+    VL_QUERY_INSTRUCTION,
+    VL_RERANK_INSTRUCTION,
 )
 
 MIN_DIMENSIONS = 32
@@ -323,3 +330,67 @@ def options_of(model: str | os.PathLike[str], given: Mapping[str, Any], cls: typ
     if unknown:
         raise TypeError(f"unknown option {unknown[0]!r}; the options are those of {cls.__name__}")
     return cls(model=model, **given)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class VisionOptions(ModelOptions):
+    """What the Qwen3-VL embedder and reranker add: how images are read and sized."""
+
+    min_pixels: int = _option(MIN_PIXELS, "Smallest area an image is resized to (the official 4 x 32 x 32: 4 tokens).")
+    max_pixels: int = _option(
+        MAX_PIXELS,
+        "Largest area an image is resized to (the official 1800 x 32 x 32: 1800 tokens); lower it to spend "
+        "fewer tokens and less memory per image.",
+    )
+    allow_urls: bool = _option(
+        False,
+        "Fetch images given as ``http(s)://`` URLs. Off by default: a URL in untrusted input would make this "
+        "process fetch it.",
+    )
+
+    def _resolved(self) -> dict[str, Any]:
+        values = super()._resolved()
+        if values["engine"] != "transformers":
+            raise ValueError(
+                f"engine={values['engine']!r}: the Qwen3-VL models run on engine='transformers' only, for now; "
+                "drop engine= and base_url="
+            )
+        if self.attn_implementation is None:
+            values["attn_implementation"] = "sdpa"  # packed batches serve the text models only
+        values["min_pixels"] = check_positive_int(self.min_pixels, "min_pixels", minimum=MIN_PIXELS)
+        values["max_pixels"] = check_positive_int(self.max_pixels, "max_pixels", minimum=values["min_pixels"])
+        values["allow_urls"] = bool(self.allow_urls)
+        return values
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class VLEmbedderOptions(VisionOptions, EmbedderOptions):
+    """The options of :class:`~qwen3_retrieval.Qwen3VLEmbedder`."""
+
+    kind: ClassVar[str] = "vl-embedding"
+
+    model: str = _option(
+        DEFAULT_VL_EMBEDDING_MODEL, "Hub id or local folder of a Qwen3-VL-Embedding checkpoint.", kw_only=False
+    )
+    instruction: str = _option(
+        VL_QUERY_INSTRUCTION,
+        "The queries' instruction (the official README's); documents get the official default, \"Represent the "
+        "user's input.\". A final '.' is added unless it ends in punctuation, as the official code does.",
+    )
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class VLRerankerOptions(VisionOptions, RerankerOptions):
+    """The options of :class:`~qwen3_retrieval.Qwen3VLReranker`."""
+
+    kind: ClassVar[str] = "vl-reranker"
+
+    model: str = _option(
+        DEFAULT_VL_RERANKER_MODEL, "Hub id or local folder of a Qwen3-VL-Reranker checkpoint.", kw_only=False
+    )
+    instruction: str = _option(VL_RERANK_INSTRUCTION, "Default task instruction (the official reranker's).")
+    max_length: int = _option(
+        10240,
+        "Longest prompt before its 5 closing tokens, as the official reranker counts it; longer prompts keep "
+        "every special token (images are never cut) and lose the end of their text.",
+    )

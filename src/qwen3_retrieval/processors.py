@@ -45,11 +45,7 @@ class EmbeddingProcessor:
         eos_id = tokenizer.token_id(EOS_TOKEN)
         if eos_id is None:
             raise ValueError(f"{options.model!r} has no {EOS_TOKEN} token; is it a Qwen3-Embedding checkpoint?")
-        if options.dimensions is not None and options.dimensions > hidden_size:
-            raise ValueError(
-                f"dimensions={options.dimensions} is larger than the model's hidden size {hidden_size}; "
-                f"use a value from {MIN_DIMENSIONS} to {hidden_size}, or None for the full size"
-            )
+        check_dimensions(options, hidden_size)
         self.tokenizer, self.options, self.eos_id = tokenizer, options, eos_id
         self.dimension = options.dimensions or hidden_size
 
@@ -77,11 +73,25 @@ class EmbeddingProcessor:
 
         Truncating first, then normalising, is the models' Matryoshka rule (QwenLM/Qwen3-Embedding#5).
         """
-        with compute_section():  # no fork splits it (see qwen3_retrieval.forking)
-            vectors = pooled[:, : self.dimension].float()
-            if self.options.normalize:
-                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-            return vectors.cpu().numpy()
+        return finished_vectors(pooled, self.dimension, self.options.normalize)
+
+
+def check_dimensions(options: EmbedderOptions, hidden_size: int) -> None:
+    """Raise ``ValueError`` if the options' Matryoshka ``dimensions`` exceed the model's ``hidden_size``."""
+    if options.dimensions is not None and options.dimensions > hidden_size:
+        raise ValueError(
+            f"dimensions={options.dimensions} is larger than the model's hidden size {hidden_size}; "
+            f"use a value from {MIN_DIMENSIONS} to {hidden_size}, or None for the full size"
+        )
+
+
+def finished_vectors(pooled: torch.Tensor, dimension: int, normalize: bool) -> np.ndarray:
+    """Return pooled states as float32 vectors: cut to ``dimension``, then L2-normalised if ``normalize``."""
+    with compute_section():  # no fork splits it (see qwen3_retrieval.forking)
+        vectors = pooled[:, :dimension].float()
+        if normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return vectors.cpu().numpy()
 
 
 class RerankingProcessor:

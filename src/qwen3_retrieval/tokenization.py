@@ -52,6 +52,7 @@ class TextTokenizer:
         self._template = Tokenizer.from_str(json.dumps(spec))
         # Without its added vocabulary the tokenizer cannot match "<|im_end|>", "<think>" and the like: they go
         # through the normaliser, the pre-tokenizer and the BPE model as the characters they are.
+        self._special_ids = [int(t["id"]) for t in spec["added_tokens"] if t.get("special")]
         spec["added_tokens"] = []
         self._plain = Tokenizer.from_str(json.dumps(spec))
         # No token covers more characters than its bytes, so ``limit`` tokens never reach past this many per token.
@@ -97,6 +98,10 @@ class TextTokenizer:
     def template(self, text: str) -> list[int]:
         """Return the token ids of a prompt-template piece, whose control-token strings are control tokens."""
         return list(self._template.encode(text, add_special_tokens=False).ids)
+
+    def special_ids(self) -> list[int]:
+        """Return the ids of the added tokens marked special (what transformers' ``all_special_ids`` lists)."""
+        return list(self._special_ids)
 
     def token_id(self, token: str) -> int | None:
         """Return the id of ``token`` in the full vocabulary (added tokens included), or None."""

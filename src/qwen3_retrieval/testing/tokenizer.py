@@ -16,6 +16,14 @@ CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MARKUP_TOKENS = ["<think>", "</think>"]
 """Added tokens that Qwen3 tokenizers do not mark special (transformers' ``split_special_tokens`` keeps them)."""
 SPECIAL_TOKENS = CONTROL_TOKENS + MARKUP_TOKENS
+VISION_TOKENS = [
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+"""The Qwen3-VL tokenizers' vision markers, all special (so ``all_special_ids`` holds them, as it does there)."""
 
 # Qwen2/Qwen3 pre-tokenizer: merges never cross these boundaries.
 PRETOKENIZE_REGEX = (
@@ -50,7 +58,9 @@ def _corpus(seed: int = 0) -> list[str]:
     return lines
 
 
-def build_tokenizer(folder: str | os.PathLike[str], *, append_eos: bool = True, vocab_size: int = 2000) -> Path:
+def build_tokenizer(
+    folder: str | os.PathLike[str], *, append_eos: bool = True, vocab_size: int = 2000, vision: bool = False
+) -> Path:
     """Train a Qwen-style byte-level BPE tokenizer and save it as ``tokenizer.json`` + ``tokenizer_config.json``.
 
     Args:
@@ -58,6 +68,7 @@ def build_tokenizer(folder: str | os.PathLike[str], *, append_eos: bool = True, 
         append_eos: Add the post-processor that appends ``<|endoftext|>`` to every sequence, as the current
             Qwen3-Embedding tokenizers do. Early embedding revisions and the reranker tokenizers have none.
         vocab_size: Target vocabulary size, special tokens included.
+        vision: Also add the Qwen3-VL vision markers (:data:`VISION_TOKENS`) as special tokens.
 
     Returns:
         The folder.
@@ -85,8 +96,9 @@ def build_tokenizer(folder: str | os.PathLike[str], *, append_eos: bool = True, 
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
+    added = len(SPECIAL_TOKENS) + (len(VISION_TOKENS) if vision else 0)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        vocab_size=vocab_size - added,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -95,6 +107,8 @@ def build_tokenizer(folder: str | os.PathLike[str], *, append_eos: bool = True, 
     # control tokens are marked special.
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CONTROL_TOKENS])
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKUP_TOKENS])
+    if vision:
+        tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in VISION_TOKENS])
     for token in (YES_TOKEN, NO_TOKEN):
         if tokenizer.token_to_id(token) is None:
             raise RuntimeError(f"the trained tokenizer has no single token {token!r}; raise vocab_size")

@@ -1,0 +1,77 @@
+"""The Qwen3-VL models in this process, run by transformers' ``Qwen3VLModel``: last-token states of prompts.
+
+Prompts with images run as right-padded batches within the token budget, images' tokens counted like any
+other, so memory follows ``batch_tokens`` (and the largest single prompt) whatever the inputs. The text
+models' packed layout and call merging are bypassed here: the vision tower and M-RoPE positions come from
+transformers' own code, which takes padded batches. One batch runs at a time per model; calls from other
+threads wait for it rather than split the cores.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from qwen3_retrieval.batching import BatchPolicy, run_in_batches, token_budget_batches
+from qwen3_retrieval.forking import compute_section
+from qwen3_retrieval.pooling import right_pad, take_positions
+from qwen3_retrieval.vl_processors import VLSequence
+
+MAX_PADDING = 0.25
+"""Largest share of a batch that may be pad tokens (the text models' padded CPU rule)."""
+
+
+class TransformersVL:
+    """Runs prompts with images through a ``Qwen3VLModel``; returns each prompt's final state at its last token.
+
+    Args:
+        model: The ``Qwen3VLModel`` (its output is after the final norm, as the official code pools it).
+        pad_id: Any token id; pads are masked out.
+        device: Where the model is.
+        direction: For a reranker, ``W[yes] - W[no]`` of the LM head: the score is ``sigmoid(direction . h)``.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, pad_id: int, device: torch.device, direction: torch.Tensor | None = None
+    ) -> None:
+        self.model, self.pad_id, self.device, self.direction = model, pad_id, device, direction
+        self.image_id = int(getattr(model, "config").image_token_id)  # noqa: B009  (a Module attribute to mypy)
+        # transformers 5 places images by token type; 4.57 finds them by id and takes no such argument.
+        self.typed = "mm_token_type_ids" in inspect.signature(model.forward).parameters
+        self.lock = threading.Lock()
+
+    def embed(self, sequences: Sequence[VLSequence], policy: BatchPolicy, progress: tqdm | None) -> torch.Tensor:
+        """Return an ``(n, hidden)`` tensor of last-token states, rows in input order."""
+        lengths = [len(s.ids) for s in sequences]
+        batches = token_budget_batches(lengths, policy.batch_tokens, max_padding=MAX_PADDING)
+        with self.lock, compute_section():
+            return run_in_batches(
+                batches, lambda batch: self._run([sequences[i] for i in batch]), device=self.device, progress=progress
+            )
+
+    def score(self, sequences: Sequence[VLSequence], policy: BatchPolicy, progress: tqdm | None) -> list[float]:
+        """Return ``sigmoid(direction . h)`` at each prompt's last token, in input order."""
+        assert self.direction is not None, "an embedding model has no yes/no direction"
+        hidden = self.embed(sequences, policy, progress)
+        with compute_section():
+            return torch.sigmoid(hidden.float() @ self.direction).cpu().tolist()
+
+    @torch.inference_mode()
+    def _run(self, rows: list[VLSequence]) -> torch.Tensor:
+        input_ids, last = right_pad([row.ids for row in rows], self.pad_id)
+        lengths = torch.tensor([len(row.ids) for row in rows])
+        mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+        images = [image for row in rows for image in row.images]
+        inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": mask}
+        if images:
+            inputs["pixel_values"] = torch.cat([image.patches for image in images])
+            inputs["image_grid_thw"] = torch.tensor([image.grid for image in images])
+            if self.typed:
+                inputs["mm_token_type_ids"] = (input_ids == self.image_id).int()
+        inputs = {name: value.to(self.device) for name, value in inputs.items()}
+        hidden = self.model(**inputs, use_cache=False).last_hidden_state
+        return take_positions(hidden, last)
