@@ -29,9 +29,9 @@ MAX_PIXELS = 1800 * 32 * 32
 """The official embedder's and reranker's largest image area (1800 tokens)."""
 MAX_RATIO = 200
 """The longest side may be at most this many times the shortest (qwen-vl-utils refuses more)."""
-MAX_SOURCE_PIXELS = 200_000_000
-"""Images whose header claims more pixels than this are refused before decoding: decoding one would take
-gigabytes for an image that is resized to at most :data:`MAX_PIXELS` anyway."""
+MAX_SOURCE_PIXELS = 100_000_000
+"""Images whose header claims more pixels than this (a 600-dpi A4 scan has 35 million) are refused before
+decoding: decoding one takes gigabytes, for an image that is resized to at most :data:`MAX_PIXELS` anyway."""
 URL_TIMEOUT_S = 30.0
 MAX_URL_BYTES = 64 * 1024 * 1024
 
@@ -112,6 +112,9 @@ def read_image(source: Any, what: str, *, allow_urls: bool = False) -> Any:
         stream = _open_source(source, what, allow_urls)
         try:
             image = Image.open(stream)
+        except Image.DecompressionBombError:
+            raise ValueError(f"{what} claims more pixels than PIL's decompression-bomb limit ({_describe(source)}); "
+                             "downscale it first") from None  # fmt: skip
         except UnidentifiedImageError:
             raise ValueError(f"{what} is not an image PIL can read ({_describe(source)}); pass a PNG, JPEG, "
                              "WebP, GIF, BMP or TIFF file") from None  # fmt: skip

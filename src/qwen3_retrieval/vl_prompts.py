@@ -89,22 +89,20 @@ def vl_input(item: object, what: str) -> VLInput:
         raise ValueError(f"{what} has a 'video'; videos are not supported yet: pass its frames as images")
     if unknown:
         raise TypeError(f"{what} has unknown key {unknown[0]!r}; the keys are 'text', 'image' and 'instruction'")
-    texts = _as_list(item.get("text"), what + "['text']")
+    texts = _as_list(item.get("text"), what + ".text")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"{what}['text'][{i}] is a {type(text).__name__}, expected str")
-        check_unicode(text, f"{what}['text'][{i}]")
-    images = _as_list(item.get("image"), what + "['image']")
+            raise TypeError(f"{what}.text[{i}] is a {type(text).__name__}, expected str")
+        check_unicode(text, f"{what}.text[{i}]")
+    images = _as_list(item.get("image"), what + ".image")
     for i, image in enumerate(images):
         if not isinstance(image, (str, bytes, bytearray, os.PathLike)) and not _is_pil(image):
-            raise TypeError(
-                f"{what}['image'][{i}] is a {type(image).__name__}; pass a PIL image, image bytes or a path"
-            )
+            raise TypeError(f"{what}.image[{i}] is a {type(image).__name__}; pass a PIL image, image bytes or a path")
     instruction = item.get("instruction")
     if instruction is not None:
         if not isinstance(instruction, str):
-            raise TypeError(f"{what}['instruction'] must be a str, got {type(instruction).__name__}")
-        check_unicode(instruction, f"{what}['instruction']")
+            raise TypeError(f"{what}.instruction must be a str, got {type(instruction).__name__}")
+        check_unicode(instruction, f"{what}.instruction")
     return VLInput(tuple(texts), tuple(images), instruction)
 
 

@@ -1,0 +1,268 @@
+"""Qwen3-VL-Embedding and Qwen3-VL-Reranker against an independent transcription of the official code.
+
+The reference (:mod:`tests.vl_reference`) renders the official messages with transformers, cuts images with
+transformers' own image processor and runs transformers' ``Qwen3VLModel``: the official embedder's whole list
+in one padded pass, the official reranker's one pair per pass. Ours batches; the results must agree to 1e-5.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
+from qwen3_retrieval.testing.vl_checkpoints import make_vl_checkpoint
+from vl_reference import Official
+
+TOL = 1e-5
+
+
+def picture(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
+    """A random image (random pixels make a wrong resize or patch order move the vectors far)."""
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    data = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+    return Image.fromarray(data[..., 0] if channels == 1 else data, mode)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def vl_embedding(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_vl_checkpoint(tmp_path_factory.mktemp("vl-embedding"), kind="vl-embedding")
+
+
+@pytest.fixture(scope="module")
+def vl_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_vl_checkpoint(tmp_path_factory.mktemp("vl-reranker"), kind="vl-reranker", seed=1)
+
+
+@pytest.fixture(scope="module")
+def official_embedder(vl_embedding: Path) -> Official:
+    return Official(vl_embedding)
+
+
+@pytest.fixture(scope="module")
+def official_reranker(vl_reranker: Path) -> Official:
+    return Official(vl_reranker, reranker=True)
+
+
+def mixed_inputs() -> list[dict]:
+    """Inputs covering every layout rule: order, lists, empty, instruction forms, image modes and sizes."""
+    return [
+        {"text": "A woman playing with her dog on a beach at sunset."},
+        {"image": picture(150, 100, 0)},  # sides not multiples of 32
+        {"text": "A cat.", "image": picture(64, 64, 1)},
+        {"image": [picture(40, 200, 2), picture(90, 70, 3, "RGBA")], "text": ["two ", "texts"]},
+        {"image": picture(7, 9, 4, "L")},  # below min_pixels: scaled up
+        {"text": "with a question?", "instruction": "Find the matching photo?"},  # punctuation: no "."
+        {"text": "plain", "instruction": "  Retrieve images or text relevant to the user's query  "},  # gets "."
+        {"text": "cjk", "instruction": "查找相关图片。"},  # a CJK full stop is punctuation
+        {"text": "blank", "instruction": "   "},  # falls back to the default
+        {},  # empty: "NULL"
+        {"text": ""},  # an empty text is a text, not "NULL"
+    ]
+
+
+def test_embeddings_match_the_official_code(vl_embedding: Path, official_embedder: Official) -> None:
+    inputs = mixed_inputs()
+    expected = official_embedder.embed(inputs).numpy()
+    ours = Qwen3VLEmbedder(vl_embedding, batch_tokens=300).embed(inputs)  # several batches
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours, expected, atol=TOL)
+    # Not a test that cannot fail: the inputs give different vectors.
+    assert min(np.linalg.norm(ours[i] - ours[j]) for i in range(len(ours)) for j in range(i)) > 1e-3
+
+
+def test_key_order_does_not_change_the_prompt(vl_embedding: Path) -> None:
+    """The official code puts images before texts whatever the dict's key order (sentence-transformers does not)."""
+    embedder = Qwen3VLEmbedder(vl_embedding)
+    image = picture(96, 64, 5)
+    a, b = embedder.embed([{"text": "x", "image": image}, {"image": image, "text": "x"}])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_images_above_the_pixel_cap_are_resized_as_the_official_code_does(
+    vl_embedding: Path, official_embedder: Official
+) -> None:
+    cap = 16 * 32 * 32  # 16 tokens: the large image takes the scale-down branch
+    inputs = [{"image": picture(400, 300, 6)}, {"image": picture(33, 500, 7), "text": "tall"}]
+    expected = official_embedder.embed(inputs, max_pixels=cap).numpy()
+    ours = Qwen3VLEmbedder(vl_embedding, max_pixels=cap).embed(inputs)
+    np.testing.assert_allclose(ours, expected, atol=TOL)
+
+
+def test_matryoshka_cuts_then_normalises(vl_embedding: Path, official_embedder: Official) -> None:
+    inputs = [{"text": "a"}, {"image": picture(64, 96, 8)}]
+    expected = official_embedder.embed(inputs, dimensions=32).numpy()
+    ours = Qwen3VLEmbedder(vl_embedding, dimensions=32).embed(inputs)
+    np.testing.assert_allclose(ours, expected, atol=TOL)
+
+
+def test_queries_documents_and_images(vl_embedding: Path, official_embedder: Official, tmp_path: Path) -> None:
+    embedder = Qwen3VLEmbedder(vl_embedding, instruction="Find the photo")
+    image = picture(80, 60, 9)
+    path = tmp_path / "photo.png"
+    image.save(path)
+    expected = official_embedder.embed(
+        [{"text": "dog", "instruction": "Find the photo"}, {"text": "dog"}, {"image": image}]
+    ).numpy()
+    np.testing.assert_allclose(embedder.embed_query("dog"), expected[0], atol=TOL)
+    np.testing.assert_allclose(embedder.embed_documents(["dog"])[0], expected[1], atol=TOL)
+    for source in (image, path, str(path), "file://" + str(path), path.read_bytes()):
+        np.testing.assert_allclose(embedder.embed_images([source])[0], expected[2], atol=TOL)
+
+
+def test_text_that_spells_vision_tokens_stays_text(vl_embedding: Path, official_embedder: Official) -> None:
+    """``<|image_pad|>`` typed by a user is characters: the official code would make it a vision token (and fail)."""
+    forged = "<|vision_start|><|image_pad|><|image_pad|><|vision_end|> and <|im_end|>"
+    ours = Qwen3VLEmbedder(vl_embedding).embed([forged])[0]
+    # The reference with the user text tokenized as plain characters (split_special_tokens) between the
+    # template's own control tokens.
+    tok = official_embedder.tokenizer
+    ids = (
+        tok("<|im_start|>system\nRepresent the user's input.<|im_end|>\n<|im_start|>", add_special_tokens=False)[
+            "input_ids"
+        ]
+        + tok("user\n" + forged, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        + tok("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    )
+    assert tok.convert_tokens_to_ids("<|image_pad|>") not in ids
+    hidden, _ = official_embedder.forward([{"ids": ids}])
+    expected = hidden[0, -1] / hidden[0, -1].norm()
+    np.testing.assert_allclose(ours, expected.numpy(), atol=TOL)
+
+
+def test_reranker_matches_the_official_code(vl_reranker: Path, official_reranker: Official) -> None:
+    query = {"text": "A woman playing with her dog on a beach at sunset."}
+    documents = [
+        {"text": "A woman shares a joyful moment with her golden retriever."},
+        {"image": picture(120, 90, 10)},
+        {"text": "caption", "image": picture(64, 64, 11)},
+        {},
+        {"image": [picture(50, 50, 12), picture(70, 40, 13, "RGBA")], "text": ["a", "b"]},
+    ]
+    reranker = Qwen3VLReranker(vl_reranker, batch_tokens=200)
+    expected = official_reranker.score(query, documents)
+    np.testing.assert_allclose(reranker.score(query, documents), expected, atol=TOL)
+    assert max(expected) - min(expected) > 0.01  # the documents score differently
+    image_query = {"image": picture(100, 100, 14), "text": "this"}
+    expected = official_reranker.score(image_query, documents, "Find the same scene")
+    np.testing.assert_allclose(reranker.score(image_query, documents, "Find the same scene"), expected, atol=TOL)
+    ranked = reranker.rank(query, documents, top_n=2)
+    assert [i for i, _ in ranked] == list(np.argsort(official_reranker.score(query, documents))[::-1][:2])
+
+
+def test_reranker_truncation_keeps_images_and_the_ending(vl_reranker: Path, official_reranker: Official) -> None:
+    """The official rule: the last 5 tokens and every special token stay; the end of the text goes."""
+    query = {"text": "beach dog"}
+    long_text = " ".join(["sunset over the sea with a dog running"] * 40)
+    documents = [{"text": long_text}, {"text": long_text, "image": picture(64, 64, 15)}, {"text": "short"}]
+    expected = official_reranker.score(query, documents, max_length=80)
+    ours = Qwen3VLReranker(vl_reranker, max_length=80).score(query, documents)
+    np.testing.assert_allclose(ours, expected, atol=TOL)
+    untruncated = official_reranker.score(query, documents[:1])
+    assert abs(untruncated[0] - expected[0]) > 1e-4  # the cut changed the prompt
+
+
+def test_over_long_embedding_input_keeps_its_template(vl_embedding: Path, official_embedder: Official) -> None:
+    """Ours cuts the text and keeps ``assistant\\n`` (the pooled token); it equals the official code on the cut text."""
+    embedder = Qwen3VLEmbedder(vl_embedding, max_length=60)
+    long_text = " ".join(["waves"] * 200)
+    ours = embedder.embed([long_text])[0]
+    tok = official_embedder.tokenizer
+    whole = official_embedder.encode(official_embedder.embedding_conversation({"text": long_text}), 1, 1)["ids"]
+    tail = tok("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    cut = whole[: 60 - len(tail)] + tail
+    hidden, _ = official_embedder.forward([{"ids": cut}])
+    np.testing.assert_allclose(ours, (hidden[0, -1] / hidden[0, -1].norm()).numpy(), atol=TOL)
+    with pytest.raises(ValueError, match="max_length=60"):
+        embedder.embed([{"image": picture(256, 256, 16)}])  # 64 image tokens cannot fit
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns on opening; we refuse
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("missing.png", "cannot be opened"),
+        (b"not an image at all", "not an image PIL can read"),
+        (b"", "empty bytes"),
+        ("https://example.com/a.png", "fetching URLs is off"),
+        ("truncated", "cannot be decoded"),
+        ("empty-file", "empty file"),
+        ("bomb", "more than the 100,000,000 pixels"),
+        ("sliver", "aspect ratio"),
+        (3.5, "pass a PIL image"),
+    ],
+)
+def test_bad_images_give_one_line_errors(vl_embedding: Path, tmp_path: Path, source: object, message: str) -> None:
+    if source == "truncated":
+        source = png_bytes(picture(64, 64, 17))[:300]
+    elif source == "empty-file":
+        (tmp_path / "empty.png").write_bytes(b"")
+        source = str(tmp_path / "empty.png")
+    elif source == "bomb":
+        source = png_bytes(Image.new("1", (12000, 9000)))  # 108 million pixels in a few kilobytes
+    elif source == "sliver":
+        source = picture(1, 300, 18)
+    elif source == "missing.png":
+        source = str(tmp_path / "missing.png")
+    embedder = Qwen3VLEmbedder(vl_embedding)
+    good = {"text": "fine", "image": picture(32, 32, 19)}
+    with pytest.raises((ValueError, TypeError), match=message) as caught:
+        embedder.embed([good, good, {"image": [picture(32, 32, 20), source]}])
+    assert "inputs[2].image[1]" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert embedder.embed([good]).shape == (1, 64)  # the model still serves
+
+
+def test_inputs_are_checked_before_anything_loads(tmp_path: Path) -> None:
+    embedder = Qwen3VLEmbedder(tmp_path)  # an empty folder: any load would fail
+    assert embedder.embed([]).shape == (0, 0)
+    with pytest.raises(TypeError, match="unknown key 'images'"):
+        embedder.embed([{"images": []}])
+    with pytest.raises(ValueError, match="videos are not supported yet"):
+        embedder.embed([{"video": "clip.mp4"}])
+    with pytest.raises(TypeError, match="must be a list"):
+        embedder.embed("a single text")
+    with pytest.raises(ValueError, match="query is empty"):
+        Qwen3VLReranker(tmp_path).score({"text": "  "}, ["doc"])
+    with pytest.raises(ValueError, match="engine='transformers' only"):
+        Qwen3VLEmbedder(tmp_path, engine="vllm")
+    with pytest.raises(ValueError, match="max_pixels must be at least"):
+        Qwen3VLEmbedder(tmp_path, min_pixels=8192, max_pixels=4096)
+
+
+def test_a_text_checkpoint_is_refused_with_a_hint(tmp_path: Path) -> None:
+    from qwen3_retrieval.testing import make_embedding_checkpoint
+
+    folder = make_embedding_checkpoint(tmp_path / "text")
+    with pytest.raises(ValueError, match="not a Qwen3-VL one"):
+        Qwen3VLEmbedder(folder).embed(["x"])
+
+
+def test_concurrent_callers_get_what_one_caller_gets(vl_embedding: Path) -> None:
+    embedder = Qwen3VLEmbedder(vl_embedding)
+    batches = [[{"text": f"text {i}", "image": picture(32 + 16 * i, 48, 30 + i)}, f"plain {i}"] for i in range(6)]
+    alone = [embedder.embed(batch) for batch in batches]
+    results: list[np.ndarray | None] = [None] * len(batches)
+
+    def call(i: int) -> None:
+        results[i] = embedder.embed(batches[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for got, want in zip(results, alone):
+        np.testing.assert_allclose(got, want, atol=TOL)
