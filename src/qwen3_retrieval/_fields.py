@@ -16,11 +16,18 @@ from typing_extensions import Self
 
 from qwen3_retrieval._validation import check_score_threshold, check_top_n
 from qwen3_retrieval.embedder import Qwen3Embedder
-from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
+from qwen3_retrieval.options import (
+    EmbedderOptions,
+    ModelOptions,
+    RerankerOptions,
+    VLEmbedderOptions,
+    VLRerankerOptions,
+)
 from qwen3_retrieval.redaction import redact_url, split_credentials
 from qwen3_retrieval.reranker import Qwen3Reranker
+from qwen3_retrieval.vl import Qwen3VLEmbedder, Qwen3VLReranker
 
-__all__ = ["COMPONENT_CONFIG", "EmbedderFields", "RerankerFields"]
+__all__ = ["COMPONENT_CONFIG", "EmbedderFields", "RerankerFields", "VLEmbedderFields", "VLRerankerFields"]
 
 COMPONENT_CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 """Unknown fields are errors (a typo is not silently dropped); the core object is an arbitrary type."""
@@ -35,7 +42,7 @@ class _CoreFields(BaseModel):
     """The other name accepted for it, as ``HuggingFaceEmbeddings`` and LlamaIndex components accept."""
     _core_field: ClassVar[str]
     """The field that holds the core object (``embedder`` or ``reranker``)."""
-    _core_class: ClassVar[type[Qwen3Embedder | Qwen3Reranker]]
+    _core_class: ClassVar[type[Qwen3Embedder | Qwen3Reranker | Qwen3VLEmbedder | Qwen3VLReranker]]
     _options_class: ClassVar[type[ModelOptions]]
 
     if TYPE_CHECKING:  # the generated fields, for type checkers
@@ -128,7 +135,7 @@ def _generated(name: str, base: type[_CoreFields]) -> Any:
 
 class _EmbedderBase(_CoreFields):
     _core_field = "embedder"
-    _core_class = Qwen3Embedder
+    _core_class: ClassVar[type[Qwen3Embedder | Qwen3VLEmbedder]] = Qwen3Embedder
     _options_class = EmbedderOptions
 
 
@@ -136,7 +143,7 @@ class _Selection(_CoreFields):
     """The reranking components' selection, applied to the core's scores (a framework convention, not an option)."""
 
     _core_field = "reranker"
-    _core_class = Qwen3Reranker
+    _core_class: ClassVar[type[Qwen3Reranker | Qwen3VLReranker]] = Qwen3Reranker
     _options_class = RerankerOptions
 
     top_n: int | None = 3
@@ -155,12 +162,26 @@ class _Selection(_CoreFields):
         return check_score_threshold(value)
 
 
+class _VLEmbedderBase(_EmbedderBase):
+    _core_class = Qwen3VLEmbedder
+    _options_class = VLEmbedderOptions
+
+
+class _VLSelection(_Selection):
+    _core_class = Qwen3VLReranker
+    _options_class = VLRerankerOptions
+
+
 if TYPE_CHECKING:
     EmbedderFields = _EmbedderBase
     RerankerFields = _Selection
+    VLEmbedderFields = _VLEmbedderBase
+    VLRerankerFields = _VLSelection
 else:
     EmbedderFields = _generated("EmbedderFields", _EmbedderBase)
     RerankerFields = _generated("RerankerFields", _Selection)
+    VLEmbedderFields = _generated("VLEmbedderFields", _VLEmbedderBase)
+    VLRerankerFields = _generated("VLRerankerFields", _VLSelection)
 
 
 def accept_alias(data: Any, field: str, alias: str) -> Any:

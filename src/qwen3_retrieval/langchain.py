@@ -30,7 +30,13 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from pydantic import ConfigDict, Field
 
-from qwen3_retrieval._fields import COMPONENT_CONFIG, EmbedderFields, RerankerFields
+from qwen3_retrieval._fields import (
+    COMPONENT_CONFIG,
+    EmbedderFields,
+    RerankerFields,
+    VLEmbedderFields,
+    VLRerankerFields,
+)
 from qwen3_retrieval._validation import check_texts
 from qwen3_retrieval.embedder import Qwen3Embedder
 from qwen3_retrieval.processors import ranked
@@ -38,8 +44,10 @@ from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MO
 from qwen3_retrieval.rag.pipeline import RagPipeline
 from qwen3_retrieval.rag.types import Source
 from qwen3_retrieval.reranker import Qwen3Reranker
+from qwen3_retrieval.vl import Qwen3VLEmbedder, Qwen3VLReranker
+from qwen3_retrieval.vl_prompts import DEFAULT_VL_EMBEDDING_MODEL, DEFAULT_VL_RERANKER_MODEL
 
-__all__ = ["Qwen3Embeddings", "Qwen3RagRetriever", "Qwen3Rerank"]
+__all__ = ["Qwen3Embeddings", "Qwen3RagRetriever", "Qwen3Rerank", "Qwen3VLEmbeddings", "Qwen3VLRerank"]
 
 
 class Qwen3Embeddings(EmbedderFields, Embeddings):
@@ -146,6 +154,81 @@ class Qwen3Rerank(RerankerFields, BaseDocumentCompressor):
         assert self.reranker is not None
         scores = await self.reranker.ascore(query, [d.page_content for d in documents])
         return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
+
+
+class Qwen3VLEmbeddings(VLEmbedderFields, Embeddings):
+    """Qwen3-VL-Embedding as a LangChain ``Embeddings``, with ``embed_image`` as LangChain's image embedders have.
+
+    Texts and images share one vector space: a text query finds images, and an image finds texts. Queries get
+    the ``instruction`` (the official README's by default), documents and images the official default. The
+    async methods are ``Embeddings``' own (the core runs in a worker thread).
+
+    Example:
+        .. code-block:: python
+
+            embeddings = Qwen3VLEmbeddings(model="Qwen/Qwen3-VL-Embedding-2B")
+            pages = embeddings.embed_image(["scan/page-1.png", "scan/page-2.png"])
+            query = embeddings.embed_query("the invoice total")
+    """
+
+    model_config = COMPONENT_CONFIG
+
+    model: str = DEFAULT_VL_EMBEDDING_MODEL
+    """Hub id or local folder of a Qwen3-VL-Embedding checkpoint."""
+    embedder: Qwen3VLEmbedder | None = Field(default=None, exclude=True)
+    """An existing core embedder to use; options given next to it must agree with it."""
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed texts as documents; returns one list of Python floats per text."""
+        assert self.embedder is not None
+        return self.embedder.embed_documents(check_texts(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed a text query with the instruction."""
+        assert self.embedder is not None
+        return self.embedder.embed_query(check_texts([text], "text")[0]).tolist()
+
+    def embed_image(self, uris: list[str]) -> list[list[float]]:
+        """Embed images given as local paths (or ``http(s)`` URLs with ``allow_urls=True``)."""
+        assert self.embedder is not None
+        return self.embedder.embed_images(uris).tolist()
+
+
+class Qwen3VLRerank(VLRerankerFields, BaseDocumentCompressor):
+    """Qwen3-VL-Reranker as a LangChain document compressor: documents that are texts, images, or both.
+
+    A document whose ``metadata[image_key]`` names an image (a path, bytes, or a URL with ``allow_urls=True``)
+    is scored as that image with its ``page_content`` as text; the others as their text. Returns copies, best
+    first, with ``metadata["relevance_score"]``; the inputs are never changed.
+    """
+
+    model_config = COMPONENT_CONFIG
+
+    model: str = DEFAULT_VL_RERANKER_MODEL
+    """Hub id or local folder of a Qwen3-VL-Reranker checkpoint."""
+    image_key: str = "image"
+    """The metadata key that names a document's image."""
+    reranker: Qwen3VLReranker | None = Field(default=None, exclude=True)
+    """An existing core reranker to use; options given next to it must agree with it."""
+
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Return copies of the best ``top_n`` documents at or above ``score_threshold``, best first."""
+        assert self.reranker is not None
+        inputs = [self._input(d) for d in documents]
+        scores = self.reranker.score(query, inputs)
+        return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
+
+    def _input(self, document: Document) -> dict[str, Any]:
+        image = document.metadata.get(self.image_key)
+        item: dict[str, Any] = {"text": document.page_content} if document.page_content or image is None else {}
+        if image is not None:
+            item["image"] = image
+        return item
 
 
 def _with_score(document: Document, score: float) -> Document:
