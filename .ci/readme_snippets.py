@@ -21,9 +21,14 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("## LangChain", "## LlamaIndex", "## The core")
+SECTIONS = ("## LangChain", "## LlamaIndex", "## The core", "## Texts and images: Qwen3-VL")
 TRY_IT = "To try it with no model download"
-CHECKPOINTS = {"Qwen/Qwen3-Embedding-0.6B": "test-models/emb", "Qwen/Qwen3-Reranker-0.6B": "test-models/rr"}
+CHECKPOINTS = {
+    "Qwen/Qwen3-Embedding-0.6B": "test-models/emb",
+    "Qwen/Qwen3-Reranker-0.6B": "test-models/rr",
+    "Qwen/Qwen3-VL-Embedding-2B": "test-models/vl-emb",  # built below: the "To try it" block has no VL models
+    "Qwen/Qwen3-VL-Reranker-2B": "test-models/vl-rr",
+}
 
 
 def section(readme: str, heading: str) -> str:
@@ -57,6 +62,10 @@ def main() -> None:
         for run in (1, 2):
             print(f"--- README: {TRY_IT} (run {run})", flush=True)
             subprocess.run(["bash", "-euo", "pipefail", "-c", try_it], check=True)
+        from qwen3_retrieval.testing import make_vl_checkpoint
+
+        make_vl_checkpoint("test-models/vl-emb", kind="vl-embedding")
+        make_vl_checkpoint("test-models/vl-rr", kind="vl-reranker")
         for heading in SECTIONS:
             code = first_block(section(readme, heading), "python", heading)
             for hub_id, folder in CHECKPOINTS.items():

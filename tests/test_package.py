@@ -20,7 +20,10 @@ def test_import_loads_no_torch_and_no_framework() -> None:
 
 
 def test_core_never_imports_frameworks() -> None:
-    imports = "from qwen3_retrieval import Qwen3Embedder, Qwen3Reranker\nimport qwen3_retrieval.testing"
+    imports = (
+        "from qwen3_retrieval import Qwen3Embedder, Qwen3Reranker, Qwen3VLEmbedder, Qwen3VLReranker\n"
+        "import qwen3_retrieval.testing, qwen3_retrieval.testing.vl_checkpoints"
+    )
     assert loaded_after(imports, ("langchain_core", "llama_index")) == []
 
 
@@ -34,6 +37,8 @@ def test_public_api() -> None:
             "DEFAULT_RERANKER_MODEL",
             "Qwen3Embedder",
             "Qwen3Reranker",
+            "Qwen3VLEmbedder",
+            "Qwen3VLReranker",
             "__version__",
         ]
     )

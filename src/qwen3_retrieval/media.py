@@ -104,8 +104,7 @@ def read_image(source: Any, what: str, *, allow_urls: bool = False) -> Any:
         ValueError: The image cannot be read (the message names ``what`` and the fix).
         TypeError: ``source`` is none of the accepted types.
     """
-    from PIL import Image, UnidentifiedImageError
-
+    Image, UnidentifiedImageError = _pil()
     if isinstance(source, Image.Image):
         image = source
     else:
@@ -166,6 +165,14 @@ def prepare_image(image: Any, settings: ImageSettings, what: str) -> PreparedIma
     patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
     flat = patches.reshape(grid_h * grid_w, 3 * t * p * p).contiguous()
     return PreparedImage(flat, (1, grid_h, grid_w))
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as err:  # pragma: no cover - exercised only without the extra
+        raise ImportError("reading images needs Pillow: pip install 'qwen3-retrieval[vl]'") from err
+    return Image, UnidentifiedImageError
 
 
 def _open_source(source: Any, what: str, allow_urls: bool) -> Any:

@@ -19,6 +19,7 @@ from qwen3_retrieval.testing.checkpoints import (
     tiny_checkpoint,
 )
 from qwen3_retrieval.testing.tokenizer import SPECIAL_TOKENS, build_tokenizer
+from qwen3_retrieval.testing.vl_checkpoints import make_vl_checkpoint, tiny_vl_checkpoint
 
 __all__ = [
     "RERANKER_CHAT_TEMPLATE",
@@ -27,5 +28,7 @@ __all__ = [
     "build_tokenizer",
     "make_embedding_checkpoint",
     "make_reranker_checkpoint",
+    "make_vl_checkpoint",
     "tiny_checkpoint",
+    "tiny_vl_checkpoint",
 ]
