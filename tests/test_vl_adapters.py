@@ -65,8 +65,8 @@ def test_langchain_rerank_scores_images_named_in_metadata(vl_reranker: Path, ima
     before = [d.model_copy(deep=True) for d in docs]
     rerank = Qwen3VLRerank(model=str(vl_reranker), top_n=None)
     core = Qwen3VLReranker(vl_reranker)
-    expected = core.score(QUERY, ["sand and waves", {"image": str(images[0])}, {"text": "a caption",
-                                                                                  "image": str(images[1])}])  # fmt: skip
+    as_inputs = ["sand and waves", {"image": str(images[0])}, {"text": "a caption", "image": str(images[1])}]
+    expected = core.score(QUERY, as_inputs)
     out = rerank.compress_documents(docs, QUERY)
     assert [d.metadata["relevance_score"] for d in out] == pytest.approx(sorted(expected, reverse=True), abs=TOL)
     assert docs == before  # inputs untouched
