@@ -64,6 +64,20 @@ def reranker_path(checkpoints: dict[str, Path]) -> Path:
     return checkpoints["reranker"]
 
 
+@pytest.fixture(scope="session")
+def vl_embedding() -> Path:
+    from qwen3_retrieval.testing import tiny_vl_checkpoint
+
+    return tiny_vl_checkpoint("vl-embedding")
+
+
+@pytest.fixture(scope="session")
+def vl_reranker() -> Path:
+    from qwen3_retrieval.testing import tiny_vl_checkpoint
+
+    return tiny_vl_checkpoint("vl-reranker")
+
+
 @pytest.fixture
 def progress(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Callable[[str], None]:
     """Print a line past pytest's capture, so a test that runs for minutes shows what it is doing."""

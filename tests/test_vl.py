@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
-from qwen3_retrieval.testing.vl_checkpoints import make_vl_checkpoint
 from vl_reference import Official
 
 TOL = 1e-5
@@ -34,16 +33,6 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def vl_embedding(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_vl_checkpoint(tmp_path_factory.mktemp("vl-embedding"), kind="vl-embedding")
-
-
-@pytest.fixture(scope="module")
-def vl_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_vl_checkpoint(tmp_path_factory.mktemp("vl-reranker"), kind="vl-reranker", seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -17,22 +17,11 @@ from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
 from qwen3_retrieval.langchain import Qwen3VLEmbeddings, Qwen3VLRerank
 from qwen3_retrieval.llama_index import Qwen3VLEmbedding
 from qwen3_retrieval.llama_index import Qwen3VLRerank as LlamaVLRerank
-from qwen3_retrieval.testing.vl_checkpoints import make_vl_checkpoint
 from test_llama_index import Collect
 from test_vl import picture, png_bytes
 
 TOL = 1e-5
 QUERY = "a photo of the beach"
-
-
-@pytest.fixture(scope="module")
-def vl_embedding(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_vl_checkpoint(tmp_path_factory.mktemp("vl-embedding"), kind="vl-embedding")
-
-
-@pytest.fixture(scope="module")
-def vl_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_vl_checkpoint(tmp_path_factory.mktemp("vl-reranker"), kind="vl-reranker", seed=1)
 
 
 @pytest.fixture(scope="module")

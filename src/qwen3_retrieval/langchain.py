@@ -50,7 +50,23 @@ from qwen3_retrieval.vl_prompts import DEFAULT_VL_EMBEDDING_MODEL, DEFAULT_VL_RE
 __all__ = ["Qwen3Embeddings", "Qwen3RagRetriever", "Qwen3Rerank", "Qwen3VLEmbeddings", "Qwen3VLRerank"]
 
 
-class Qwen3Embeddings(EmbedderFields, Embeddings):
+class _TextEmbeddings:
+    """The embedding components' text path: documents with no instruction, a query with the instruction."""
+
+    embedder: Qwen3Embedder | Qwen3VLEmbedder | None
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents (no instruction); returns one list of Python floats per text."""
+        assert self.embedder is not None
+        return self.embedder.embed_documents(check_texts(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed a query with the instruction."""
+        assert self.embedder is not None
+        return self.embedder.embed_query(check_texts([text], "text")[0]).tolist()
+
+
+class Qwen3Embeddings(_TextEmbeddings, EmbedderFields, Embeddings):
     """Qwen3-Embedding as a LangChain ``Embeddings``: queries get the instruction, documents do not.
 
     Construction loads nothing; the model loads on the first call and is shared with every other object using
@@ -71,16 +87,6 @@ class Qwen3Embeddings(EmbedderFields, Embeddings):
     """Hub id or local folder of a Qwen3-Embedding checkpoint."""
     embedder: Qwen3Embedder | None = Field(default=None, exclude=True)
     """An existing core embedder to use; options given next to it must agree with it."""
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Embed documents (no instruction); returns one list of Python floats per text."""
-        assert self.embedder is not None
-        return self.embedder.embed_documents(texts).tolist()
-
-    def embed_query(self, text: str) -> list[float]:
-        """Embed a query with the instruction (``"Instruct: {instruction}\\nQuery:{text}"``)."""
-        assert self.embedder is not None
-        return self.embedder.embed_query(text).tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Async :meth:`embed_documents`: awaits the core (no thread per call; concurrent requests to a server)."""
@@ -156,7 +162,7 @@ class Qwen3Rerank(RerankerFields, BaseDocumentCompressor):
         return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
 
 
-class Qwen3VLEmbeddings(VLEmbedderFields, Embeddings):
+class Qwen3VLEmbeddings(_TextEmbeddings, VLEmbedderFields, Embeddings):
     """Qwen3-VL-Embedding as a LangChain ``Embeddings``, with ``embed_image`` as LangChain's image embedders have.
 
     Texts and images share one vector space: a text query finds images, and an image finds texts. Queries get
@@ -177,16 +183,6 @@ class Qwen3VLEmbeddings(VLEmbedderFields, Embeddings):
     """Hub id or local folder of a Qwen3-VL-Embedding checkpoint."""
     embedder: Qwen3VLEmbedder | None = Field(default=None, exclude=True)
     """An existing core embedder to use; options given next to it must agree with it."""
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Embed texts as documents; returns one list of Python floats per text."""
-        assert self.embedder is not None
-        return self.embedder.embed_documents(check_texts(texts)).tolist()
-
-    def embed_query(self, text: str) -> list[float]:
-        """Embed a text query with the instruction."""
-        assert self.embedder is not None
-        return self.embedder.embed_query(check_texts([text], "text")[0]).tolist()
 
     def embed_image(self, uris: list[str]) -> list[list[float]]:
         """Embed images given as local paths (or ``http(s)`` URLs with ``allow_urls=True``)."""

@@ -58,7 +58,24 @@ __all__ = ["Qwen3Embedding", "Qwen3RagRetriever", "Qwen3Rerank", "Qwen3VLEmbeddi
 dispatcher = get_dispatcher(__name__)
 
 
-class Qwen3Embedding(EmbedderFields, BaseEmbedding):
+class _TextEmbeddingCalls:
+    """The embedding components' text path: queries through ``embed_query``, texts through ``embed_documents``."""
+
+    @property
+    def _core(self) -> Qwen3Embedder | Qwen3VLEmbedder:
+        raise NotImplementedError
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._core.embed_query(query).tolist()
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._core.embed_documents([text])[0].tolist()
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._core.embed_documents(texts).tolist()
+
+
+class Qwen3Embedding(_TextEmbeddingCalls, EmbedderFields, BaseEmbedding):
     """Qwen3-Embedding as a LlamaIndex ``BaseEmbedding``: queries get the instruction, texts do not.
 
     ``model`` and ``model_name`` name the same thing. ``BaseEmbedding`` already emits the embedding events;
@@ -84,15 +101,6 @@ class Qwen3Embedding(EmbedderFields, BaseEmbedding):
     def _core(self) -> Qwen3Embedder:
         assert self.embedder is not None
         return self.embedder
-
-    def _get_query_embedding(self, query: str) -> Embedding:
-        return self._core.embed_query(query).tolist()
-
-    def _get_text_embedding(self, text: str) -> Embedding:
-        return self._core.embed_documents([text])[0].tolist()
-
-    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._core.embed_documents(texts).tolist()
 
     # The async methods await the core's: no thread per call, and concurrent requests to a vLLM server.
     async def _aget_query_embedding(self, query: str) -> Embedding:
@@ -177,7 +185,7 @@ class Qwen3Rerank(_NodeRanking, RerankerFields, BaseNodePostprocessor):
         return [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
 
 
-class Qwen3VLEmbedding(VLEmbedderFields, MultiModalEmbedding):
+class Qwen3VLEmbedding(_TextEmbeddingCalls, VLEmbedderFields, MultiModalEmbedding):
     """Qwen3-VL-Embedding as a LlamaIndex ``MultiModalEmbedding``: texts and images in one vector space.
 
     Queries get the ``instruction`` (the official README's by default); texts and images the official default.
@@ -202,15 +210,6 @@ class Qwen3VLEmbedding(VLEmbedderFields, MultiModalEmbedding):
     def _core(self) -> Qwen3VLEmbedder:
         assert self.embedder is not None
         return self.embedder
-
-    def _get_query_embedding(self, query: str) -> Embedding:
-        return self._core.embed_query(query).tolist()
-
-    def _get_text_embedding(self, text: str) -> Embedding:
-        return self._core.embed_documents([text])[0].tolist()
-
-    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._core.embed_documents(texts).tolist()
 
     def _get_image_embedding(self, img_file_path: ImageType) -> Embedding:
         return self._get_image_embeddings([img_file_path])[0]
