@@ -7,6 +7,8 @@ Jobs:
     huge EMBEDDING MEGABYTES RERANKER                        one string of that size embedded, then reranked
     lengths CHECKPOINT WORDS CALLS                          CALLS texts embedded one at a time, each of another
                                                             length up to WORDS words
+    images VL_CHECKPOINT SIDE COUNT                         COUNT image files of SIDE x SIDE pixels embedded in
+                                                            one call (Qwen3-VL), batch budget 600 tokens
 
 Prints the growth of the peak resident set (MB) caused by the measured call alone: the model is loaded and run
 once on a tiny input first, so loading and first-call allocations are not counted.
@@ -84,6 +86,24 @@ def main() -> None:
         before = start_measuring()
         for i in range(calls):  # every call a token count of its own, the longest first
             embedder.embed_documents([" ".join(f"word{j % 89}" for j in range(size - i * (size // 2) // calls))])
+    elif job == "images":
+        import tempfile
+
+        import numpy as np
+        from PIL import Image
+
+        from qwen3_retrieval import Qwen3VLEmbedder
+
+        folder = tempfile.mkdtemp(prefix="probe-images-")
+        rng = np.random.default_rng(0)
+        paths = []
+        for i in range(int(sys.argv[4])):
+            paths.append(f"{folder}/{i}.png")
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(paths[-1])
+        vl = Qwen3VLEmbedder(path, device="cpu", batch_tokens=600)
+        vl.embed_images([paths[0]])
+        before = start_measuring()
+        vl.embed_images(paths)
     else:
         raise SystemExit(f"unknown job {job!r}")
     print(f"{peak_mb() - before:.1f}")

@@ -84,3 +84,14 @@ def test_a_50_mb_string_costs_what_its_kept_tokens_cost(
     # Before, the string was tokenized whole and cut afterwards: 8.2 GB and 202 s for the 8,191 tokens kept.
     extra = extra_peak_mb("huge", checkpoints["embedding"], 50, checkpoints["reranker"])
     assert extra < 200, extra
+
+
+@pytest.mark.slow
+def test_many_images_in_one_call_cost_what_one_batch_costs(
+    vl_embedding: Path, extra_peak_mb: Callable[..., float]
+) -> None:
+    """Images are checked and sized up front, and cut into patches batch by batch (6 MB each at 512 x 512)."""
+    one = extra_peak_mb("images", vl_embedding, 512, 2)
+    many = extra_peak_mb("images", vl_embedding, 512, 48)
+    assert many <= 1.5 * one + 20, (one, many)
+    assert one > 10, one

@@ -4,7 +4,8 @@ The official code (``qwen3_vl_embedding.py`` with qwen-vl-utils) reads an image,
 white, resizes it with PIL so that both sides are multiples of 32 and its area lies within the pixel bounds
 (:func:`smart_resize`), then lets the processor only rescale, normalise and cut patches (``do_resize=False``).
 This module does the same, so one image always costs ``H * W / 1024`` tokens and never more than
-``max_pixels / 1024``.
+``max_pixels / 1024``. An image is read once to check and size it (:func:`size_image`) and again when its batch
+runs (:meth:`SizedImage.patches`), so a call holds no more pixels than its batch needs.
 
 Reading is where untrusted input arrives, so every failure is a one-line ``ValueError`` naming the input and
 the fix: a missing or unreadable file, bytes that are no image, a truncated image, a zero-size one, one whose
@@ -50,17 +51,35 @@ class ImageSettings:
 
 
 @dataclass(frozen=True, eq=False)
-class PreparedImage:
-    """One image as the model takes it: its patches, its ``(t, h, w)`` patch grid, and its token count."""
+class SizedImage:
+    """An image read once, to check it and to size it; its pixels are read again when its batch runs.
 
-    patches: torch.Tensor
-    grid: tuple[int, int, int]
+    So a call with many images holds their sources (which the caller holds anyway), not their pixels: memory
+    follows the batch, whose image tokens count against the token budget like any other.
+    """
+
+    source: Any
+    """A ``PIL.Image``, bytes, or a path (a URL's bytes once fetched)."""
+    what: str
+    settings: ImageSettings
+    height: int
+    """The height the image is resized to (a multiple of patch x merge)."""
+    width: int
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """The ``(t, h, w)`` patch grid (``image_grid_thw``)."""
+        return 1, self.height // self.settings.patch_size, self.width // self.settings.patch_size
 
     @property
     def tokens(self) -> int:
         """How many ``<|image_pad|>`` tokens stand for this image in the prompt."""
         t, h, w = self.grid
-        return t * h * w // 4
+        return t * h * w // self.settings.merge_size**2
+
+    def patches(self) -> torch.Tensor:
+        """Read the image again and cut it into the vision tower's patches (see :func:`patches_of`)."""
+        return patches_of(read_image(self.source, self.what), self.settings, (self.height, self.width))
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -135,23 +154,33 @@ def read_image(source: Any, what: str, *, allow_urls: bool = False) -> Any:
             from None  # fmt: skip
 
 
-def prepare_image(image: Any, settings: ImageSettings, what: str) -> PreparedImage:
-    """Resize a decoded RGB image the official way and cut it into the vision tower's patches.
-
-    The resize is PIL's bicubic to :func:`smart_resize`'s size; then, as the processor does with
-    ``do_resize=False``: rescale by 1/255, normalise by the mean and std, repeat the still image to the temporal
-    patch size, and order the patches merge-group by merge-group.
+def size_image(source: Any, settings: ImageSettings, what: str, *, allow_urls: bool = False) -> SizedImage:
+    """Read ``source`` once to check it (see :func:`read_image`) and return it with its official resized size.
 
     Raises:
-        ValueError: The aspect ratio is out of bounds (the message names ``what``).
+        ValueError: The image cannot be read, or its aspect ratio is out of bounds (the message names ``what``).
     """
-    from PIL import Image
-
+    if isinstance(source, str) and source.startswith(("http://", "https://")) and allow_urls:
+        source = _fetch(source, what)  # fetched once: the batch reads these bytes, not the URL again
+    image = read_image(source, what, allow_urls=allow_urls)
     factor = settings.patch_size * settings.merge_size
     try:
         height, width = smart_resize(image.height, image.width, factor, settings.min_pixels, settings.max_pixels)
     except ValueError as err:
         raise ValueError(f"{what}: {err}") from None
+    return SizedImage(source, what, settings, height, width)
+
+
+def patches_of(image: Any, settings: ImageSettings, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a decoded RGB image to ``size`` the official way and cut it into the vision tower's patches.
+
+    The resize is PIL's bicubic; then, as the processor does with ``do_resize=False``: rescale by 1/255,
+    normalise by the mean and std, repeat the still image to the temporal patch size, and order the patches
+    merge-group by merge-group.
+    """
+    from PIL import Image
+
+    height, width = size
     resized = image.resize((width, height), Image.Resampling.BICUBIC)
     pixels = torch.frombuffer(bytearray(resized.tobytes()), dtype=torch.uint8).view(height, width, 3)
     pixels = pixels.permute(2, 0, 1).to(torch.float32) / 255.0
@@ -163,8 +192,7 @@ def prepare_image(image: Any, settings: ImageSettings, what: str) -> PreparedIma
     frames = pixels.unsqueeze(0).expand(t, 3, height, width)  # a still image fills one temporal patch
     patches = frames.reshape(1, t, 3, grid_h // m, m, p, grid_w // m, m, p)
     patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    flat = patches.reshape(grid_h * grid_w, 3 * t * p * p).contiguous()
-    return PreparedImage(flat, (1, grid_h, grid_w))
+    return patches.reshape(grid_h * grid_w, 3 * t * p * p).contiguous()
 
 
 def _pil() -> Any:

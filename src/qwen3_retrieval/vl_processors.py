@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qwen3_retrieval.media import ImageSettings, PreparedImage, prepare_image, read_image
+from qwen3_retrieval.media import ImageSettings, SizedImage, size_image
 from qwen3_retrieval.options import VLEmbedderOptions, VLRerankerOptions
 from qwen3_retrieval.processors import finished_vectors
 from qwen3_retrieval.tokenization import TextTokenizer
@@ -49,7 +49,7 @@ class VLSequence:
     """One prompt as an engine runs it: token ids, and the images its ``<|image_pad|>`` runs stand for."""
 
     ids: list[int]
-    images: list[PreparedImage]
+    images: list[SizedImage]
 
 
 class VLPrompts:
@@ -76,13 +76,12 @@ class VLPrompts:
         self.ids = ids
         self.special = set(tokenizer.special_ids())
 
-    def images(self, item: VLInput, what: str) -> list[PreparedImage]:
-        """Read and cut ``item``'s images (errors name ``what``)."""
+    def images(self, item: VLInput, what: str) -> list[SizedImage]:
+        """Check and size ``item``'s images (errors name ``what``); their pixels are read when they run."""
         return [
-            prepare_image(read_image(source, f"{what}.image[{i}]", allow_urls=self.allow_urls), self.settings,
-                          f"{what}.image[{i}]")
+            size_image(source, self.settings, f"{what}.image[{i}]", allow_urls=self.allow_urls)
             for i, source in enumerate(item.images)
-        ]  # fmt: skip
+        ]
 
     def chunks(self, parts: Sequence[Part]) -> list[str | Control | ImageSlot]:
         """Join consecutive texts: transformers tokenizes the text between two special tokens as one string."""
@@ -94,7 +93,7 @@ class VLPrompts:
                 joined.append(part)
         return joined
 
-    def token_ids(self, chunk: str | Control | ImageSlot, images: list[PreparedImage], limit: int) -> list[int]:
+    def token_ids(self, chunk: str | Control | ImageSlot, images: list[SizedImage], limit: int) -> list[int]:
         """The ids of one chunk: plain text (at most ``limit`` tokens), a control token, or an image's markers."""
         if isinstance(chunk, Control):
             return [self.ids[chunk.token]]
