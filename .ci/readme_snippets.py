@@ -84,7 +84,7 @@ def main() -> None:
 
 
 def rag_on_every_format(work: Path, hub_ids: dict[str, str]) -> None:
-    """`qwen3-rag index` + `ask` over Markdown, HTML, DOCX and PDF files: every format's extra is in [all]."""
+    """`qwen3-rag index` + `ask` over Markdown, HTML, DOCX and PDF files, then with --pages: every extra in [all]."""
     import docx  # python-docx, from [docx]
     from pypdf import PdfWriter  # from [pdf]: a PDF without a text layer, which must be a warning
 
@@ -108,6 +108,15 @@ def rag_on_every_format(work: Path, hub_ids: dict[str, str]) -> None:
     if done.returncode != 0 or "from 3 files" not in done.stdout or "d.pdf: no text on page(s) 1" not in done.stderr:
         raise SystemExit(f"qwen3-rag index failed:\n{done.stdout}\n{done.stderr}")
     ask = [command, "ask", "capital", *uri, *models, "--reranker-model", hub_ids["Qwen/Qwen3-Reranker-0.6B"]]
+    subprocess.run([*ask, "--no-llm"], check=True, stdout=subprocess.DEVNULL)
+    # --pages, from [all] alone: the blank PDF page becomes an image passage instead of a warning.
+    print("--- qwen3-rag index / ask --pages", flush=True)
+    vl = ["--pages", "--embedding-model", hub_ids["Qwen/Qwen3-VL-Embedding-2B"], "--device", "cpu"]
+    uri = ["--uri", str(work / "pages.db")]
+    done = subprocess.run([command, "index", str(folder), *uri, *vl], capture_output=True, text=True)
+    if done.returncode != 0 or "from 4 files" not in done.stdout or "no text on page" in done.stderr:
+        raise SystemExit(f"qwen3-rag index --pages failed:\n{done.stdout}\n{done.stderr}")
+    ask = [command, "ask", "capital", *uri, *vl, "--reranker-model", hub_ids["Qwen/Qwen3-VL-Reranker-2B"]]
     subprocess.run([*ask, "--no-llm"], check=True, stdout=subprocess.DEVNULL)
 
 

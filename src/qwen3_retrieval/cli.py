@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qwen3-rag",
         description="Index Markdown, text, PDF, HTML and DOCX files into Milvus with Qwen3-Embedding (dense + BM25); "
-        "answer questions with Qwen3-Reranker and an OpenAI-compatible chat model, citing sources.",
+        "answer questions with Qwen3-Reranker and an OpenAI-compatible chat model, citing sources. With --pages, "
+        "PDF pages and images too, with the Qwen3-VL models.",
         epilog=ENVIRONMENT,
         formatter_class=_HelpFormatter,
     )
@@ -116,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--device", default=None, help="cpu, cuda, mps; None: the best available")
         sub.add_argument("--milvus-timeout", type=_seconds, default=10.0, help="seconds to wait for Milvus")
+        sub.add_argument(
+            "--pages",
+            action="store_true",
+            help="also index PDF pages and .png/.jpg/.webp files as images, with Qwen3-VL-Embedding and "
+            "Qwen3-VL-Reranker (the [pages] extra); scanned PDFs become searchable; ask cites page images",
+        )
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return commands.add_parser(
@@ -176,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--llm-model", default="gpt-4o-mini", help="chat model name")
     ask.add_argument("--llm-timeout", type=_seconds, default=60.0, help="seconds to wait for the chat model")
     ask.add_argument("--no-llm", action="store_true", help="only show the reranked passages")
+    ask.add_argument(
+        "--no-images",
+        action="store_true",
+        help="with --pages, send the chat model the pages' extracted text instead of their images (for a chat "
+        "model that takes no images)",
+    )
     ask.add_argument("--json", action="store_true", help="print {answer, sources} as one JSON object")
     return parser
 
@@ -254,6 +267,7 @@ def _where(args: argparse.Namespace) -> Any:
         dimensions=args.dimensions,
         device=args.device,
         splitting=splitting,
+        pages=args.pages,
     )
 
 
@@ -286,9 +300,10 @@ def run_index(args: argparse.Namespace) -> int:
 
 def run_ask(args: argparse.Namespace) -> int:
     """``qwen3-rag ask``: retrieve, rerank, and stream an answer that cites the sources."""
-    from qwen3_retrieval.rag.pipeline import RagPipeline, stream_answer
+    from qwen3_retrieval.rag.pipeline import RagPipeline
 
-    sources = RagPipeline(_where(args)).retrieve(
+    pipeline = RagPipeline(_where(args))
+    sources = pipeline.retrieve(
         args.question,
         candidates=args.candidates,
         top_n=args.top_n,
@@ -299,7 +314,11 @@ def run_ask(args: argparse.Namespace) -> int:
     error: RagError | None = None
     if use_llm:
         try:
-            for piece in stream_answer(args.question, sources, model=args.llm_model, timeout=args.llm_timeout):
+            images = args.pages and not args.no_images
+            chat = pipeline.stream_answer(
+                args.question, sources, model=args.llm_model, timeout=args.llm_timeout, images=images
+            )
+            for piece in chat:
                 if not args.json:
                     # The header waits for the first words: a chat model that cannot be reached leaves none behind.
                     shown = printable(piece, lines=True)  # the model may repeat a document's escape sequences
@@ -331,6 +350,7 @@ def _print_sources(sources: Sequence[Any], *, show_hint: bool) -> None:
         snippet = printable(" ".join(item.text.split()))  # a file's text and name reach the terminal as text
         snippet = snippet if len(snippet) <= 240 else snippet[:237] + "..."
         where = ", ".join(path_name(part) for part in (item.path, item.location) if part)
+        where += " (image)" if item.image else ""
         print(f"[{n}] {item.score:.3f}  {where}\n    {snippet}")
     if show_hint:
         print(f"\n{NO_LLM_HINT}")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.extras import require
+from qwen3_retrieval.rag.pages import data_url
 from qwen3_retrieval.rag.terminal import printable
 from qwen3_retrieval.rag.types import Source
 from qwen3_retrieval.redaction import check_secret, mask, redact_url, split_credentials, url_secrets
@@ -29,12 +31,15 @@ def quoted(text: str) -> str:
     return _DELIMITER.sub("&lt;", text)
 
 
-def build_messages(question: str, passages: Sequence[Source]) -> list[dict[str, str]]:
+def build_messages(question: str, passages: Sequence[Source], *, images: bool = False) -> list[dict[str, Any]]:
     """Return the chat messages: the passages, numbered from 1 best first with their sources, then the question.
 
     Each passage sits inside ``<passage n=… source=…>`` … ``</passage>``, all inside ``<passages>`` …
     ``</passages>``; a passage's text and source cannot close or forge those tags (:func:`quoted`), and the system
     message says that passages are data, never instructions.
+
+    With ``images``, a page passage (``--pages``) is sent as its image, after the text, each image introduced by
+    its passage number; without, as its extracted text. A page whose file is gone since indexing is sent as text.
     """
 
     def where(p: Source) -> str:
@@ -42,18 +47,33 @@ def build_messages(question: str, passages: Sequence[Source]) -> list[dict[str, 
         source = ", ".join(part for part in parts if part)
         return printable(quoted(source)).replace('"', "&quot;")  # one line, one attribute
 
-    blocks = [f'<passage n="{n}" source="{where(p)}">\n{quoted(p.text)}\n</passage>' for n, p in enumerate(passages, 1)]
+    attached: list[dict[str, Any]] = []
+    blocks = []
+    for n, p in enumerate(passages, 1):
+        body = quoted(p.text)
+        if images and p.image:
+            try:
+                url = data_url(Path(p.path), p.image)
+            except (OSError, ValueError, RagError):
+                url = None
+            if url is not None:
+                attached += [{"type": "text", "text": f"Image of passage [{n}]:"},
+                             {"type": "image_url", "image_url": {"url": url}}]  # fmt: skip
+                body = f"(the page image is attached below){chr(10) + body if body else ''}"
+        blocks.append(f'<passage n="{n}" source="{where(p)}">\n{body}\n</passage>')
     context = "\n".join(blocks)
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": f"<passages>\n{context}\n</passages>\n\nQuestion: {question}"},
-    ]
+    prompt = f"<passages>\n{context}\n</passages>\n\nQuestion: {question}"
+    user: Any = [{"type": "text", "text": prompt}, *attached] if attached else prompt
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def stream_chat(question: str, passages: Sequence[Source], *, model: str, timeout: float) -> Iterator[str]:
+def stream_chat(
+    question: str, passages: Sequence[Source], *, model: str, timeout: float, images: bool = False
+) -> Iterator[str]:
     """Yield the answer's text as the chat model streams it; raise :class:`RagError` (one line) on any failure.
 
-    Uses ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` from the environment.
+    Uses ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` from the environment. ``images`` sends page passages as
+    images (see :func:`build_messages`).
     """
     openai = require("openai", "rag", "the chat model")
     import httpx
@@ -80,7 +100,7 @@ def stream_chat(question: str, passages: Sequence[Source], *, model: str, timeou
     except openai.OpenAIError as err:
         raise RagError(mask(f"the chat model cannot be used: {err}", secrets)) from None
     shown_url = redact_url(str(client.base_url))
-    messages: Any = build_messages(question, passages)  # plain dicts are what the wire format takes
+    messages: Any = build_messages(question, passages, images=images)  # plain dicts: what the wire format takes
     started = False
     try:
         stream = client.chat.completions.create(model=model, messages=messages, temperature=0, stream=True)

@@ -26,9 +26,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qwen3_retrieval.rag.errors import RagError
+from qwen3_retrieval.rag.pages import image_file_passage, is_image_file, model_input, page_passages
 from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
 from qwen3_retrieval.rag.progress import IndexProgress
-from qwen3_retrieval.rag.readers import FORMATS, NotText, find_files, read_file, supported
+from qwen3_retrieval.rag.readers import (
+    PAGE_SUFFIXES,
+    READERS,
+    NotText,
+    find_files,
+    no_text_warning,
+    read_file,
+    supported,
+)
 from qwen3_retrieval.rag.store import PassageStore
 from qwen3_retrieval.rag.terminal import is_valid_name, path_name, printable
 from qwen3_retrieval.rag.types import Passage
@@ -80,13 +89,15 @@ def index_roots(
     where = models.config
     settings = checked_settings(store, where)
     dimensions = settings["dimensions"] if settings else where.dimensions
+    if where.pages and ray is not None:
+        raise RagError("--pages does not run on Ray yet; index without --ray")
     embedder = models.embedder(dimensions)
     splitting = (where.splitting or Splitting(**settings.get("splitting", {}))).check(embedder.max_length)
     if not settings:
         # On Ray the weights are read by the actors, not here: the model's config gives the size.
         size = embedder.dimension if ray is None else model_dimension(where.embedding_model, where.dimensions)
         settings = {"embedding_model": where.model_id(), "dimensions": size, "splitting": splitting.as_dict()}
-        store.create(settings)
+        store.create({**settings, "pages": True} if where.pages else settings)
     _repair(store, report, warn)  # a collection rebuilt by create() may find the old records: repaired too
     todo: list[FileToIndex] = []
     gone: list[tuple[str, list[str]]] = []
@@ -100,7 +111,7 @@ def index_roots(
     shown = IndexProgress(len(todo), sum(item.size for item in todo), progress)
     # On Ray, files that may reuse stored vectors stay here: only this process reads the store.
     here = todo if ray is None else [item for item in todo if item.source]
-    with _Writer(store) as writer, _Reader(here, splitter, store, report, warn) as reader:
+    with _Writer(store) as writer, _Reader(here, splitter, store, report, warn, where.pages) as reader:
         batches: Iterator[list[FileRead]] = _batches(reader, batch_passages)
         if ray is not None and (there := [item for item in todo if not item.source]):
             from qwen3_retrieval.rag.on_ray import embedded_on_ray
@@ -111,8 +122,14 @@ def index_roots(
             on_ray = embedded_on_ray(there, where, splitting, dimensions, ray, note)  # their vectors come along
             batches = itertools.chain(batches, _batches(on_ray, batch_passages))
         for batch in batches:
-            texts = [p.text for item in batch if item.vectors is None for p in item.passages]
-            vectors = embedder.embed_documents(texts) if texts else np.zeros((0, 0), np.float32)
+            # A page passage is embedded as its image (rendered again here: the reader holds no pixels).
+            inputs = [
+                model_input(item.todo.file, p.text, p.image) if p.image else p.text
+                for item in batch
+                if item.vectors is None
+                for p in item.passages
+            ]
+            vectors = embedder.embed_documents(inputs) if inputs else np.zeros((0, 0), np.float32)
             writer.submit(functools.partial(_store_batch, store, batch, vectors, report))
             shown.advance(len(batch), sum(len(i.passages) for i in batch), sum(i.todo.size for i in batch))
     shown.close()
@@ -215,8 +232,10 @@ class _Reader:
         store: PassageStore,
         report: IndexReport,
         warn: Callable[[str], None],
+        pages: bool = False,
     ) -> None:
         self.todo, self.splitter, self.store, self.report, self.warn = todo, splitter, store, report, warn
+        self.pages = pages
         self.queue: queue.Queue[FileRead | BaseException | None] = queue.Queue(maxsize=READ_AHEAD_FILES)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._work, name="qwen3-rag-reader", daemon=True)
@@ -256,7 +275,7 @@ class _Reader:
         self._put(None)
 
     def _read(self, todo: FileToIndex) -> FileRead:
-        passages, warnings = split_file(todo.file, self.splitter)
+        passages, warnings = split_file(todo.file, self.splitter, self.pages)
         for message in warnings:
             add_warning(self.report, self.warn, message)
         if passages is None:
@@ -265,14 +284,18 @@ class _Reader:
         return FileRead(todo, passages, vectors, reused=vectors is not None)
 
 
-def split_file(file: Path, splitter: PassageSplitter) -> tuple[list[Passage] | None, list[str]]:
+def split_file(file: Path, splitter: PassageSplitter, pages: bool = False) -> tuple[list[Passage] | None, list[str]]:
     """A file's passages (None if it is skipped) and the warnings reading it gave.
+
+    With ``pages`` an image file is one image passage, and a PDF's pages are image passages after its text ones.
 
     Raises:
         RagError: An extra that reads this format is missing: the user must install it, since skipping every
             PDF would hide that.
     """
     try:
+        if pages and is_image_file(file):
+            return [image_file_passage(file)], []
         document = read_file(file)
     except RagError:
         raise
@@ -281,7 +304,11 @@ def split_file(file: Path, splitter: PassageSplitter) -> tuple[list[Passage] | N
     except Exception as err:  # a broken or unreadable file must not stop the others
         reason = printable(" ".join(str(err).split())[:200])
         return None, [f"skipped {path_name(file)}: {type(err).__name__}: {reason}"]
-    return splitter.split(document.markdown, paged=document.paged), list(document.warnings)
+    passages = splitter.split(document.markdown, paged=document.paged)
+    if pages and document.paged:
+        images, said = page_passages(file, document.pages)
+        return passages + images, [*document.warnings, *said]
+    return passages, [*document.warnings, *no_text_warning(file, document)]
 
 
 class _Writer:
@@ -371,6 +398,12 @@ def checked_settings(store: PassageStore, where: RagConfig) -> dict[str, Any]:
             f"collection {where.collection!r} holds {settings['dimensions']}-dimensional vectors, not "
             f"{where.dimensions}; use --dimensions {settings['dimensions']}, or --recreate to rebuild it"
         )
+    if bool(settings.get("pages")) != where.pages:
+        built, fix = ("with", "add --pages") if settings.get("pages") else ("without", "drop --pages")
+        raise RagError(
+            f"collection {where.collection!r} was built {built} --pages; {fix}, or index again with --recreate to "
+            "rebuild it"
+        )
     splitting = Splitting(**settings["splitting"])
     if where.splitting is not None and where.splitting != splitting:
         raise RagError(
@@ -423,9 +456,18 @@ def _repair(store: PassageStore, report: IndexReport, warn: Callable[[str], None
 
 
 def given_roots(
-    paths: Sequence[str | os.PathLike[str]], include_hidden: bool, follow_links: bool, warn: Callable[[str], None]
+    paths: Sequence[str | os.PathLike[str]],
+    include_hidden: bool,
+    follow_links: bool,
+    warn: Callable[[str], None],
+    pages: bool = False,
 ) -> list[tuple[Path, list[Path], bool]]:
-    """Each root folder with its files, and whether it was given whole (then files gone from it are removed)."""
+    """Each root folder with its files, and whether it was given whole (then files gone from it are removed).
+
+    With ``pages``, image files are taken too.
+    """
+    suffixes = PAGE_SUFFIXES if pages else READERS.keys()
+    formats = ", ".join(sorted(suffixes))
     if not paths:
         raise RagError("no files or folders to index")
     groups: list[tuple[Path, list[Path], bool]] = []
@@ -437,16 +479,18 @@ def given_roots(
             raise RagError(f"no such file or folder: {path_name(raw)}")
         path = path.resolve()
         if path.is_dir():
-            files = find_files(path, include_hidden=include_hidden, follow_links=follow_links, warn=warn)
+            files = find_files(path, include_hidden=include_hidden, follow_links=follow_links, warn=warn,
+                               suffixes=suffixes)  # fmt: skip
             groups.append((path, files, True))
-        elif supported([path]):
+        elif supported([path], suffixes):
             groups.append((path.parent, [path], False))
         else:
-            raise RagError(f"{path_name(raw)} is not a file qwen3-rag reads ({FORMATS})")
+            hint = "" if pages or not is_image_file(path) else "; --pages indexes images"
+            raise RagError(f"{path_name(raw)} is not a file qwen3-rag reads ({formats}){hint}")
     if not any(files for _, files, _ in groups):
         names = ", ".join(map(str, paths))
         raise RagError(
-            f"no files to index ({FORMATS}) under {names}; hidden folders are skipped without --include-hidden"
+            f"no files to index ({formats}) under {names}; hidden folders are skipped without --include-hidden"
         )
     return groups
 

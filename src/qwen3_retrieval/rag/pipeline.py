@@ -38,6 +38,7 @@ from qwen3_retrieval.rag.indexing import (
     index_roots,
     recorded_passages,
 )
+from qwen3_retrieval.rag.pages import model_input, require_pages
 from qwen3_retrieval.rag.passages import Splitting
 from qwen3_retrieval.rag.progress import progress_mode
 from qwen3_retrieval.rag.store import PassageStore, is_server_uri
@@ -74,6 +75,20 @@ class RagConfig:
     """Requests in flight at once to a vLLM server, per call (raise it for a fleet behind one URL)."""
     server_batch: int = 32
     """Sequences per request to a vLLM server."""
+    pages: bool = False
+    """Index PDF pages and image files as images too, with the Qwen3-VL models (``--pages``); the default models
+    become Qwen3-VL-Embedding-2B and Qwen3-VL-Reranker-2B. The collection records it."""
+
+    def __post_init__(self) -> None:
+        if self.pages:  # the text models cannot read pages: their defaults mean the VL ones here
+            from qwen3_retrieval.vl_prompts import DEFAULT_VL_EMBEDDING_MODEL, DEFAULT_VL_RERANKER_MODEL
+
+            if self.embedding_model == DEFAULT_EMBEDDING_MODEL:
+                object.__setattr__(self, "embedding_model", DEFAULT_VL_EMBEDDING_MODEL)
+            if self.reranker_model == DEFAULT_RERANKER_MODEL:
+                object.__setattr__(self, "reranker_model", DEFAULT_VL_RERANKER_MODEL)
+            if self.embedding_url or self.reranker_url:
+                raise RagError("--pages runs the Qwen3-VL models in this process; drop the vLLM server URLs")
 
     def store(self) -> PassageStore:
         """Open the collection (one-line error if Milvus cannot be reached)."""
@@ -86,8 +101,10 @@ class RagConfig:
 
     def embedder(self, dimensions: int | None) -> Any:
         """The embedding model, cut to ``dimensions`` (None: full size)."""
-        from qwen3_retrieval import Qwen3Embedder
+        from qwen3_retrieval import Qwen3Embedder, Qwen3VLEmbedder
 
+        if self.pages:
+            return Qwen3VLEmbedder(self.embedding_model, dimensions=dimensions, device=self.device)
         return Qwen3Embedder(
             self.embedding_model,
             dimensions=dimensions,
@@ -96,8 +113,10 @@ class RagConfig:
 
     def reranker(self) -> Any:
         """The reranking model."""
-        from qwen3_retrieval import Qwen3Reranker
+        from qwen3_retrieval import Qwen3Reranker, Qwen3VLReranker
 
+        if self.pages:
+            return Qwen3VLReranker(self.reranker_model, device=self.device)
         return Qwen3Reranker(
             self.reranker_model, **self._engine(self.reranker_url, self.reranker_api_key, self.reranker_served_name)
         )
@@ -190,7 +209,9 @@ class RagPipeline:
             add_warning(report, warn, message)
 
         mode = progress_mode(progress)
-        groups = given_roots(paths, include_hidden, follow_links, note)
+        if self.config.pages:
+            require_pages()
+        groups = given_roots(paths, include_hidden, follow_links, note, self.config.pages)
         new_file = _new_local_file(self.config.uri)
         try:
             with self.config.store() as store:
@@ -215,7 +236,7 @@ class RagPipeline:
             embedder = self.embedder(settings["dimensions"])
             hits = store.search(embedder.embed_query(question), question, candidates, mode=mode)
             roots = store.roots()
-        ranked = self.reranker().rank(question, [h.text for h in hits], top_n=top_n)
+        ranked = self.reranker().rank(question, _rerank_inputs(hits, roots), top_n=top_n)
         return [_source(hits[i], roots, score) for i, score in ranked]
 
     async def aretrieve(
@@ -231,20 +252,42 @@ class RagPipeline:
             )
         finally:
             await asyncio.to_thread(store.close)
-        ranked = await self.reranker().arank(question, [h.text for h in hits], top_n=top_n)
+        reranker = self.reranker()
+        if self.config.pages:  # the VL reranker has no async path: it runs in a worker thread
+            inputs = await asyncio.to_thread(_rerank_inputs, hits, roots)
+            ranked = await asyncio.to_thread(reranker.rank, question, inputs, top_n=top_n)
+        else:
+            ranked = await reranker.arank(question, [h.text for h in hits], top_n=top_n)
         return [_source(hits[i], roots, score) for i, score in ranked]
 
     def stream_answer(
-        self, question: str, sources: Sequence[Source], *, model: str = "gpt-4o-mini", timeout: float = 60.0
+        self,
+        question: str,
+        sources: Sequence[Source],
+        *,
+        model: str = "gpt-4o-mini",
+        timeout: float = 60.0,
+        images: bool | None = None,
     ) -> Iterator[str]:
-        """Yield the chat model's answer as it streams, citing ``sources`` as ``[n]`` (see :func:`stream_answer`)."""
-        return stream_answer(question, sources, model=model, timeout=timeout)
+        """Yield the chat model's answer as it streams, citing ``sources`` as ``[n]`` (see :func:`stream_answer`).
+
+        ``images``: send page passages as images (the default with ``pages``), or False for their extracted text,
+        for a chat model that takes no images.
+        """
+        send = self.config.pages if images is None else images
+        return stream_answer(question, sources, model=model, timeout=timeout, images=send)
 
     def answer(
-        self, question: str, sources: Sequence[Source], *, model: str = "gpt-4o-mini", timeout: float = 60.0
+        self,
+        question: str,
+        sources: Sequence[Source],
+        *,
+        model: str = "gpt-4o-mini",
+        timeout: float = 60.0,
+        images: bool | None = None,
     ) -> str:
         """The chat model's whole answer (see :meth:`stream_answer`)."""
-        return "".join(self.stream_answer(question, sources, model=model, timeout=timeout))
+        return "".join(self.stream_answer(question, sources, model=model, timeout=timeout, images=images))
 
     def _open(self) -> tuple[PassageStore, dict[str, Any]]:
         """The store, opened, and its settings; refused if there is no index or it is damaged."""
@@ -352,16 +395,21 @@ def retrieve(
 
 
 def stream_answer(
-    question: str, sources: Sequence[Source], *, model: str = "gpt-4o-mini", timeout: float = 60.0
+    question: str,
+    sources: Sequence[Source],
+    *,
+    model: str = "gpt-4o-mini",
+    timeout: float = 60.0,
+    images: bool = False,
 ) -> Iterator[str]:
     """Yield the chat model's answer as it streams (OpenAI ``stream=True``), citing sources as ``[n]``.
 
     Uses ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` from the environment. Errors, before or during the stream,
-    raise :class:`RagError` with one line.
+    raise :class:`RagError` with one line. ``images`` sends page passages (``--pages``) as images.
     """
     from qwen3_retrieval.rag.answer import stream_chat
 
-    yield from stream_chat(question, sources, model=model, timeout=timeout)
+    yield from stream_chat(question, sources, model=model, timeout=timeout, images=images)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -405,7 +453,24 @@ def _source(hit: Hit, roots: dict[str, str], score: float) -> Source:
         shown = str(path.relative_to(Path.cwd()))
     except ValueError:
         shown = str(path)
-    return Source(hit.text, shown, hit.heading, hit.location, score)
+    return Source(hit.text, shown, hit.heading, hit.location, score, hit.image)
+
+
+def _rerank_inputs(hits: Sequence[Hit], roots: dict[str, str]) -> list[Any]:
+    """What the reranker reads for each hit: its text, or (``--pages``) the page image made again from the file.
+
+    A page whose file is gone or unreadable since it was indexed is read as its stored text instead.
+    """
+    inputs: list[Any] = []
+    for hit in hits:
+        if not hit.image:
+            inputs.append(hit.text)
+            continue
+        try:
+            inputs.append(model_input(Path(roots.get(hit.root, "")) / hit.path, hit.text, hit.image))
+        except (OSError, ValueError):
+            inputs.append(hit.text)
+    return inputs
 
 
 def passage_tokenizer(model: str) -> Any:

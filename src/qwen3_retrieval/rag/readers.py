@@ -5,7 +5,8 @@ from. The libraries (each behind an extra, all of them in ``[all]``):
 
 * PDF: `pypdf <https://pypdf.readthedocs.io>`_ (``[pdf]``): pure Python, no system libraries, actively kept; it
   reads a page's text layer. PDF keeps no headings, so each page becomes a ``Page N`` section (cited by page).
-  A page with no text layer (a scan) is a warning, not a failure.
+  A page with no text layer (a scan) is a warning, not a failure; ``--pages`` indexes every page as an image
+  too (:mod:`qwen3_retrieval.rag.pages`).
 * HTML: `markdownify <https://github.com/matthewwithanm/python-markdownify>`_ over Beautiful Soup (``[html]``):
   ``<h1>``-``<h6>`` become Markdown headings; scripts, styles and navigation are dropped.
 * DOCX: `python-docx <https://python-docx.readthedocs.io>`_ (``[docx]``): paragraphs styled ``Heading N`` or
@@ -15,7 +16,7 @@ from. The libraries (each behind an extra, all of them in ``[all]``):
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,8 @@ class Document:
     warnings: list[str] = field(default_factory=list)
     paged: bool = False
     """Whether the reader made each page a ``# Page N`` section (PDF): only then is such a heading a location."""
+    pages: list[str] = field(default_factory=list)
+    """Each page's text, in order (PDF; empty for a page without a text layer)."""
 
 
 class NotText(Exception):
@@ -62,21 +65,23 @@ def read_markdown(path: Path) -> Document:
 
 
 def read_pdf(path: Path) -> Document:
-    """Each page with text as a ``Page N`` section; pages without text are a warning."""
+    """Each page with text as a ``Page N`` section; pages without text are a warning (see :func:`no_text_warning`)."""
     pypdf = require("pypdf", "pdf", f"reading {path.name}")
     reader = pypdf.PdfReader(str(path))
-    sections, empty = [], []
-    for number, page in enumerate(reader.pages, start=1):
-        text = (page.extract_text() or "").strip()
-        if text:
-            sections.append(f"# Page {number}\n\n{text}")
-        else:
-            empty.append(number)
-    warnings = []
-    if empty:
-        pages = ", ".join(map(str, empty))
-        warnings.append(f"{path_name(path.name)}: no text on page(s) {pages} (scanned images?); they are not indexed")
-    return Document("\n\n".join(sections), warnings, paged=True)
+    texts = [(page.extract_text() or "").strip() for page in reader.pages]
+    sections = [f"# Page {number}\n\n{text}" for number, text in enumerate(texts, start=1) if text]
+    return Document("\n\n".join(sections), paged=True, pages=texts)
+
+
+def no_text_warning(path: Path, document: Document) -> list[str]:
+    """The warning for a PDF's pages without a text layer, which text indexing cannot see (``--pages`` can)."""
+    empty = [str(number) for number, text in enumerate(document.pages, start=1) if not text]
+    if not empty:
+        return []
+    return [
+        f"{path_name(path.name)}: no text on page(s) {', '.join(empty)} (scanned images?); they are not indexed "
+        "(--pages indexes them as images)"
+    ]
 
 
 def read_html(path: Path) -> Document:
@@ -133,6 +138,7 @@ def find_files(
     include_hidden: bool = False,
     follow_links: bool = False,
     warn: Callable[[str], None] = lambda message: None,
+    suffixes: Collection[str] = READERS.keys(),
 ) -> list[Path]:
     """Return the readable files under ``folder``, sorted, skipping hidden folders and virtualenvs by default.
 
@@ -143,7 +149,8 @@ def find_files(
     unless ``follow_links``. Each real folder and file is taken once, under its own path when it has one (a link
     to it only adds it if nothing else did), so links that point back up or at each other cannot loop or repeat.
     An entry that cannot be read (permissions, a broken link) or whose name is not valid UTF-8 is skipped with a
-    warning naming it, escaped; the rest of the folder is still read.
+    warning naming it, escaped; the rest of the folder is still read. ``suffixes`` are the formats taken (those
+    with a reader; ``--pages`` adds images).
     """
     root = folder.resolve()
     found: list[Path] = []
@@ -163,7 +170,7 @@ def find_files(
                     return
                 seen.add((info.st_dev, info.st_ino))
                 walk(path)
-            elif stat.S_ISREG(info.st_mode) and path.suffix.lower() in READERS:
+            elif stat.S_ISREG(info.st_mode) and path.suffix.lower() in suffixes:
                 seen.add((info.st_dev, info.st_ino))
                 found.append(path)
         except OSError as err:
@@ -203,9 +210,13 @@ def _skipped_folder(path: Path) -> bool:
     return path.name in SKIPPED_FOLDERS or (path / "pyvenv.cfg").exists()
 
 
-def supported(paths: Iterable[Path]) -> list[Path]:
-    """Return the paths whose format has a reader."""
-    return [p for p in paths if p.suffix.lower() in READERS]
+def supported(paths: Iterable[Path], suffixes: Collection[str] = READERS.keys()) -> list[Path]:
+    """Return the paths whose format has a reader (or is one of ``suffixes``)."""
+    return [p for p in paths if p.suffix.lower() in suffixes]
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+"""Image files, which ``--pages`` indexes as images."""
+PAGE_SUFFIXES = (*READERS, *IMAGE_SUFFIXES)
+"""What ``--pages`` takes: every format with a reader, and images."""
 FORMATS = ", ".join(sorted(READERS))

@@ -58,13 +58,17 @@ def is_server_uri(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
 
-def _stored_text(passage: Passage) -> dict[str, str]:
-    """A passage's text fields as a row stores them: cut to Milvus' byte limits (one place for the limits)."""
-    return {
+def _stored_text(passage: Passage, pages: bool = False) -> dict[str, str]:
+    """A passage's text fields as a row stores them: cut to Milvus' byte limits (one place for the limits).
+
+    A ``--pages`` collection has one more field, ``image`` (see :attr:`Passage.image`).
+    """
+    fields = {
         "text": fit_bytes(passage.text, TEXT_BYTES),
         "heading": fit_bytes(passage.heading, 1024),
         "location": fit_bytes(passage.location, 64),
     }
+    return {**fields, "image": fit_bytes(passage.image, 64)} if pages else fields
 
 
 def _file_key(root: str, path: str) -> str:
@@ -78,6 +82,7 @@ class PassageStore:
         pymilvus = require("pymilvus", "rag", "qwen3-rag's Milvus collection")
         self.collection, self.meta = collection, f"{collection}_meta"
         self.uri = uri
+        self.pages = False  # a --pages collection (with the image field): known once opened or created
         self.is_server = is_server = is_server_uri(uri)
         secrets = [token, *url_secrets(uri)]
         try:
@@ -153,6 +158,7 @@ class PassageStore:
                     f"{settings.get('schema')}, this one reads {SCHEMA_VERSION}); index again with --recreate to "
                     "rebuild it"
                 )
+            self.pages = bool(settings.get("pages"))
             return dict(settings)
         if has_passages:
             missing = "its settings collection" if not has_meta else "the record of its settings"
@@ -209,6 +215,9 @@ class PassageStore:
         schema.add_field("file_key", DataType.VARCHAR, max_length=64)
         schema.add_field("heading", DataType.VARCHAR, max_length=1024)
         schema.add_field("location", DataType.VARCHAR, max_length=64)
+        self.pages = bool(settings.get("pages"))
+        if self.pages:  # only here: collections built without --pages keep the schema they have
+            schema.add_field("image", DataType.VARCHAR, max_length=64)
         schema.add_field("file_hash", DataType.VARCHAR, max_length=64)
         schema.add_field("parts", DataType.INT64)
         schema.add_function(
@@ -297,7 +306,7 @@ class PassageStore:
             {
                 "id": f"{key}-{i}",
                 "vector": vector.tolist(),
-                **_stored_text(p),
+                **_stored_text(p, self.pages),
                 "root": root,
                 "path": fit_bytes(path, PATH_BYTES),
                 "file_key": key,
@@ -321,14 +330,14 @@ class PassageStore:
         """
         if not passages or len(passages) > QUERY_ROWS:
             return None
-        fields = ["id", "text", "heading", "location", "vector"]
+        fields = ["id", "text", "heading", "location", "vector", *(["image"] if self.pages else [])]
         rows = self.client.query(self.collection, filter=f"file_key == {_literal(key)}", output_fields=fields,
                                  limit=QUERY_ROWS)  # fmt: skip
         if len(rows) != len(passages):
             return None
         rows.sort(key=lambda row: int(row["id"].rsplit("-", 1)[1]))
         for row, p in zip(rows, passages, strict=True):
-            if any(row[name] != value for name, value in _stored_text(p).items()):
+            if any(row[name] != value for name, value in _stored_text(p, self.pages).items()):
                 return None
         return np.asarray([row["vector"] for row in rows], dtype=np.float32)
 
@@ -350,7 +359,7 @@ class PassageStore:
         """Return the ``limit`` best passages: dense cosine alone, or fused with BM25 by reciprocal rank."""
         from pymilvus import AnnSearchRequest, RRFRanker
 
-        fields = ["text", "root", "path", "heading", "location"]
+        fields = ["text", "root", "path", "heading", "location", *(["image"] if self.pages else [])]
         dense = {"data": [vector.tolist()], "anns_field": "vector", "param": {"metric_type": "COSINE"}, "limit": limit}
         if mode == "dense":
             result = self.client.search(

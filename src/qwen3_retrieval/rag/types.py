@@ -17,6 +17,9 @@ class Passage:
     heading: str
     location: str = ""
     """Where in the file, for the citation: ``"page 3"`` for PDFs, empty otherwise."""
+    image: str = ""
+    """``--pages``: the image this passage stands for, ``"page 3"`` (a PDF page) or ``"file"`` (an image file);
+    empty for a text passage. The pixels are made from the file when needed (:mod:`qwen3_retrieval.rag.pages`)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class Hit:
     path: str
     heading: str
     location: str
+    image: str = ""
+    """As :attr:`Passage.image`."""
 
 
 @dataclass(frozen=True)
@@ -39,13 +44,16 @@ class Source:
     heading: str
     location: str
     score: float
+    image: str = ""
+    """As :attr:`Passage.image`: a cited page image, or empty for a text passage."""
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form ``qwen3-rag ask --json`` prints."""
-        return {
+        """The JSON form ``qwen3-rag ask --json`` prints (``image`` only for a page image)."""
+        shown = {
             "text": self.text,
             "source": self.path,
             "heading": self.heading,
             "location": self.location,
             "score": self.score,
         }
+        return {**shown, "image": self.image} if self.image else shown
