@@ -8,6 +8,7 @@ from typing import Any
 
 from qwen3_retrieval.engines.transformers_vl import TransformersVL
 from qwen3_retrieval.forking import compute_section
+from qwen3_retrieval.fused import fuse_rms_norms, pack_linears
 from qwen3_retrieval.loading import _pretrained
 from qwen3_retrieval.media import ImageSettings
 from qwen3_retrieval.options import VisionOptions
@@ -54,6 +55,8 @@ def load_vl(options: VisionOptions, *, reranker: bool) -> LoadedVL:
             head = model.get_output_embeddings().weight
             direction = (head[yes_no[0]].float() - head[yes_no[1]].float()).detach().to(options.torch_device)
             model = model.model  # the head is only read above
+        # The text models' exact fast paths: float32 RMSNorms through rms_norm, linears through packed oneDNN.
+        model = pack_linears(fuse_rms_norms(model))
     engine = TransformersVL(model, pad_id, options.torch_device, direction)
     return LoadedVL(tokenizer, settings, engine, config.text_config.hidden_size)
 
