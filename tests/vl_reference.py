@@ -31,7 +31,8 @@ JUDGE = (
 class Official:
     """The official pipeline on one checkpoint folder."""
 
-    def __init__(self, folder: Path, *, reranker: bool = False) -> None:
+    def __init__(self, folder: Path, *, reranker: bool = False, attention: str | None = "eager") -> None:
+        """Load the checkpoint; ``attention`` None keeps transformers' default kernel (the official code's)."""
         from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration, Qwen3VLModel
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -39,13 +40,15 @@ class Official:
         self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
         self.template = (folder / "chat_template.jinja").read_text()
         if reranker:
-            lm = Qwen3VLForConditionalGeneration.from_pretrained(folder, attn_implementation="eager").eval()
+            lm = Qwen3VLForConditionalGeneration.from_pretrained(
+                folder, attn_implementation=attention, dtype=torch.float32
+            ).eval()
             self.model = lm.model
             vocab = self.tokenizer.get_vocab()
             weights = lm.lm_head.weight.data
             self.score_weight = weights[vocab["yes"]] - weights[vocab["no"]]
         else:
-            self.model = Qwen3VLModel.from_pretrained(folder, attn_implementation="eager").eval()
+            self.model = Qwen3VLModel.from_pretrained(folder, attn_implementation=attention, dtype=torch.float32).eval()
 
     # -- qwen-vl-utils ---------------------------------------------------------------------------------------
     @staticmethod

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from qwen3_retrieval.testing.tokenizer import VISION_TOKENS, build_tokenizer, write_json
 
 VLKind = Literal["vl-embedding", "vl-reranker"]
+VLShape = Literal["tiny", "2B"]
 
 # The stock Qwen3-VL chat template's behaviour for what the retrieval models send (facts file, section 2.3),
 # written out here on its own: each turn is ``<|im_start|>{role}\n{content}<|im_end|>\n``; a content list
@@ -59,6 +60,20 @@ VISION_CONFIG: dict[str, Any] = {
     "num_position_embeddings": 64,
     "deepstack_visual_indexes": [0, 1],
 }
+# Qwen3-VL-2B (speed work): the text model as the research file gives it (GGUF metadata of the 2B reranker), the
+# vision tower as third-party ports of Qwen3-VL-2B-Instruct's config list it (depth 24, width 1024, deepstack
+# 5/11/17); the vocabulary keeps its real size, though the tokenizer uses its first ids only.
+VL_SHAPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "tiny": (TEXT_CONFIG, VISION_CONFIG),
+    "2B": (
+        {**TEXT_CONFIG, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
+         "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+         "rope_parameters": {**TEXT_CONFIG["rope_parameters"], "mrope_section": [24, 20, 20]}},
+        {**VISION_CONFIG, "depth": 24, "hidden_size": 1024, "num_heads": 16, "intermediate_size": 4096,
+         "out_hidden_size": 2048, "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17]},
+    ),
+}  # fmt: skip
+_STD = {"tiny": 0.1, "2B": 0.02}
 PREPROCESSOR_CONFIG: dict[str, Any] = {
     "image_processor_type": "Qwen2VLImageProcessor",
     "processor_class": "Qwen3VLProcessor",
@@ -72,7 +87,12 @@ PREPROCESSOR_CONFIG: dict[str, Any] = {
 
 
 def make_vl_checkpoint(
-    folder: str | os.PathLike[str], *, kind: VLKind = "vl-embedding", seed: int = 0, dtype: str = "float32"
+    folder: str | os.PathLike[str],
+    *,
+    kind: VLKind = "vl-embedding",
+    shape: VLShape = "tiny",
+    seed: int = 0,
+    dtype: str = "float32",
 ) -> Path:
     """Write a random-weight Qwen3-VL retrieval checkpoint: tokenizer, processor files and weights.
 
@@ -82,6 +102,7 @@ def make_vl_checkpoint(
     Args:
         folder: Where to write it.
         kind: ``"vl-embedding"`` or ``"vl-reranker"``.
+        shape: ``"tiny"`` (a second to build, for tests) or ``"2B"`` (Qwen3-VL-2B's shape, for speed work).
         seed: Seed of the random weights.
         dtype: dtype of the saved weights.
 
@@ -94,13 +115,16 @@ def make_vl_checkpoint(
 
     if kind not in ("vl-embedding", "vl-reranker"):
         raise ValueError(f"unknown kind {kind!r}; use 'vl-embedding' or 'vl-reranker'")
+    if shape not in VL_SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; use one of {sorted(VL_SHAPES)}")
+    text, vision = VL_SHAPES[shape]
     out = build_tokenizer(folder, append_eos=False, vision=True)
     spec = json.loads((out / "tokenizer.json").read_text())
     ids = {token["content"]: token["id"] for token in spec["added_tokens"]}
     vocab = len(spec["model"]["vocab"]) + len(spec["added_tokens"])
     config = Qwen3VLConfig(
-        text_config={**TEXT_CONFIG, "vocab_size": vocab, "pad_token_id": ids["<|endoftext|>"]},
-        vision_config=VISION_CONFIG,
+        text_config={"vocab_size": vocab, **text, "pad_token_id": ids["<|endoftext|>"]},
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -113,10 +137,10 @@ def make_vl_checkpoint(
     with torch.no_grad():
         for name, param in model.named_parameters():
             if not name.endswith("norm.weight"):  # RMSNorm and LayerNorm gains stay at 1
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+                param.copy_(torch.randn(param.shape, generator=gen) * _STD[shape])
         if kind == "vl-reranker":
             rows = model.get_output_embeddings().weight
-            scale = 1.5 / TEXT_CONFIG["hidden_size"] ** 0.5
+            scale = 1.5 / text["hidden_size"] ** 0.5
             for token in ("yes", "no"):
                 rows[spec["model"]["vocab"][token]] = torch.randn(rows.shape[1], generator=gen) * scale
     from qwen3_retrieval.loading import quiet_transformers

@@ -1,0 +1,190 @@
+"""Qwen3-VL embedding and reranking: qwen3-retrieval against the official code's way of running them.
+
+    python benchmarks/vl_bench.py                    # the VL-2B shape, random weights, CPU, 2 threads
+    python benchmarks/vl_bench.py --shape tiny       # seconds: a smoke run
+
+The official ``Qwen3VLEmbedder`` embeds a whole list in one padded forward pass and ``Qwen3VLReranker`` scores
+one pair per forward pass. It needs qwen-vl-utils and torchvision, which this CPU environment lacks, so the
+contender is the tests' transcription of it (``tests/vl_reference.py``: the same messages, transformers' chat
+template rendering, image processor and ``Qwen3VLModel``, run the official way), with transformers' default
+attention. sentence-transformers is not a contender: it loads these models only from unmerged hub revisions.
+
+Each contender runs in its own process per round (rounds alternate the contenders), on the same inputs: a
+warm-up call on one small input, then one timed embedding call and one timed reranking call. The extra peak
+memory of each call is the child's own ``VmHWM`` growth. Writes ``vl.json`` and ``vl.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the official code's transcription
+sys.path.insert(0, str(HERE))
+
+CONTENDERS = ("ours", "official")
+LABELS = {"ours": "qwen3-retrieval (batched)", "official": "official code (list in one pass; one pair a pass)"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", default="2B", choices=["2B", "tiny"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--cache", default=str(HERE / ".cache"))
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    from qwen3_bench.report import machine
+
+    models = checkpoints(Path(args.cache), args.shape)
+    inputs = Path(args.cache) / "vl-inputs"
+    write_inputs(inputs)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    for round_ in range(args.rounds):
+        for name in CONTENDERS if round_ % 2 == 0 else reversed(CONTENDERS):
+            print(f"round {round_ + 1}: {LABELS[name]} ...", flush=True)
+            command = [sys.executable, __file__, "--child", name, "--folder", str(inputs), "--threads",
+                       str(args.threads), "--cache", str(models["vl-embedding"].parent)]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  {runs[name][-1]['seconds']}", flush=True)
+    args.device = "cpu"
+    report = {"machine": machine(args), "shape": args.shape, "runs": runs, "fidelity": fidelity(runs)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vl.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "vl.md").write_text(markdown(report, args))
+    print((out / "vl.md").read_text())
+
+
+def checkpoints(cache: Path, shape: str) -> dict[str, Path]:
+    """The VL checkpoints of ``shape``, built once into ``cache`` (random weights: speed does not need trained ones)."""
+    from qwen3_retrieval.testing import vl_checkpoints
+
+    folders = {}
+    for kind in ("vl-embedding", "vl-reranker"):
+        folder = cache / f"{kind}-{shape}"
+        if not (folder / "config.json").exists():
+            print(f"building the {shape} {kind} checkpoint in {folder} ...", flush=True)
+            # Stored in bfloat16 (half the disk); both contenders load it in float32.
+            vl_checkpoints.make_vl_checkpoint(folder, kind=kind, shape=shape, dtype="bfloat16")  # type: ignore[arg-type]
+        folders[kind] = folder
+    return folders
+
+
+def write_inputs(folder: Path) -> None:
+    """Four page-like images (640 x 480: 300 tokens each) and four texts of about 150 words; fixed seeds."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    words = ["vector", "index", "shard", "replica", "query", "filter", "embedding", "latency", "page", "invoice"]
+    texts = [" ".join(rng.choice(words, 150)) for _ in range(4)]
+    (folder / "texts.json").write_text(json.dumps(texts))
+    for i in range(4):
+        image = Image.fromarray(rng.integers(200, 256, (480, 640, 3), dtype=np.uint8))
+        ImageDraw.Draw(image).text((40, 40 + 20 * i), " ".join(rng.choice(words, 8)), fill="black")
+        image.save(folder / f"page-{i}.png")
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    folder, cache = Path(args.folder), Path(args.cache)
+    shape = "2B" if (cache / "vl-embedding-2B").exists() else "tiny"
+    embedding, reranker = cache / f"vl-embedding-{shape}", cache / f"vl-reranker-{shape}"
+    texts = json.loads((folder / "texts.json").read_text())
+    images = sorted(str(p) for p in folder.glob("page-*.png"))
+    documents = [{"text": t} for t in texts] + [{"image": i} for i in images]
+    query = {"text": "Which page shows the invoice total?"}
+    out: dict[str, Any] = {"seconds": {}, "extra_peak_mb": {}}
+    if args.child == "ours":
+        from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
+
+        emb, rr = Qwen3VLEmbedder(embedding, device="cpu"), Qwen3VLReranker(reranker, device="cpu")
+        embed = lambda: emb.embed(documents)  # noqa: E731
+        score = lambda: rr.score(query, documents)  # noqa: E731
+        warm = lambda: (emb.embed([documents[-1]]), rr.score(query, [documents[-1]]))  # noqa: E731
+    else:
+        from vl_reference import Official
+
+        official_emb = Official(embedding, attention=None)
+        official_rr = Official(reranker, reranker=True, attention=None)
+        pil = [{"text": d["text"]} if "text" in d else {"image": _open(d["image"])} for d in documents]
+        embed = lambda: official_emb.embed(pil)  # noqa: E731
+        score = lambda: official_rr.score(query, pil)  # noqa: E731
+        warm = lambda: (official_emb.embed([pil[-1]]), official_rr.score(query, [pil[-1]]))  # noqa: E731
+    warm()
+    for task, run in (("embed 4 texts + 4 images", embed), ("rerank 4 texts + 4 images", score)):
+        before = _reset_peak()
+        start = time.perf_counter()
+        result = run()
+        out["seconds"][task] = round(time.perf_counter() - start, 3)
+        out["extra_peak_mb"][task] = round(_status_mb("VmHWM") - before, 1)
+        out.setdefault("results", {})[task] = torch.as_tensor(result).float().tolist()
+    print(json.dumps(out))
+
+
+def _open(path: str) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(field)
+
+
+def _reset_peak() -> float:
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
+
+
+def fidelity(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """The largest difference between ours and the official results, per task (same weights, same inputs)."""
+    import numpy as np
+
+    ours, theirs = runs["ours"][0]["results"], runs["official"][0]["results"]
+    return {task: float(np.abs(np.asarray(ours[task]) - np.asarray(theirs[task])).max()) for task in ours}
+
+
+def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        f"Machine: {report['machine']}. Qwen3-VL-{report['shape']} shape, random weights, float32. "
+        f"{args.rounds} rounds, contenders alternated, each in a fresh process; the table shows the best round.",
+        "",
+        "| task | qwen3-retrieval | official code | speed-up | extra peak memory, ours / official | largest diff. |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task in report["runs"]["ours"][0]["seconds"]:
+        ours = min(run["seconds"][task] for run in report["runs"]["ours"])
+        theirs = min(run["seconds"][task] for run in report["runs"]["official"])
+        memory = [min(run["extra_peak_mb"][task] for run in report["runs"][n]) for n in CONTENDERS]
+        lines.append(
+            f"| {task} | {ours:.2f} s | {theirs:.2f} s | {theirs / ours:.2f}x | {memory[0]:.0f} / {memory[1]:.0f} MB "
+            f"| {report['fidelity'][task]:.1e} |"
+        )
+    lines += ["", f"Command: `python benchmarks/vl_bench.py --shape {report['shape']} --rounds {args.rounds}`.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
