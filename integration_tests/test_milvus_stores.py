@@ -133,3 +133,44 @@ def test_llama_index_store_reopens_an_existing_collection_or_replaces_it(
     add(TEXTS[:2], overwrite=True)
     assert contents(add(TEXTS[2:], overwrite=False).as_retriever(similarity_top_k=10).retrieve("x")) == sorted(TEXTS)
     assert contents(add(TEXTS[:1], overwrite=True).as_retriever(similarity_top_k=10).retrieve("x")) == TEXTS[:1]
+
+
+def test_both_stores_hold_image_vectors_beside_text(tmp_path: Path, vl_embedding: Path, vl_reranker: Path) -> None:
+    """Qwen3-VL vectors of images and texts in one collection, each framework's way; then reranked together."""
+    from langchain_core.documents import Document
+    from llama_index.core.schema import ImageNode, TextNode
+    from llama_index.core.vector_stores import VectorStoreQuery
+    from PIL import Image
+
+    from qwen3_retrieval.langchain import Qwen3VLEmbeddings, Qwen3VLRerank
+    from qwen3_retrieval.llama_index import Qwen3VLEmbedding
+    from qwen3_retrieval.llama_index import Qwen3VLRerank as LlamaVLRerank
+
+    photo = tmp_path / "photo.png"
+    Image.effect_noise((96, 64), 60).convert("RGB").save(photo)
+    # LangChain: texts through add_documents, the image's vector through add_embeddings, its path as metadata.
+    embeddings = Qwen3VLEmbeddings(model=str(vl_embedding), device="cpu")
+    # Dynamic fields: metadata keys that only some rows have (an image's path) are kept.
+    store = langchain_store(embeddings, uri=str(tmp_path / "lc.db"), drop_old=True, enable_dynamic_field=True)
+    store.add_documents([Document(page_content=t) for t in TEXTS])
+    image_vector = embeddings.embed_image([str(photo)])[0]
+    store.add_embeddings(texts=[""], embeddings=[image_vector], metadatas=[{"image": str(photo)}])
+    found = store.similarity_search_by_vector(image_vector, k=4)
+    assert found[0].metadata.get("image") == str(photo) and len(found) == 4
+    ranked = Qwen3VLRerank(model=str(vl_reranker), device="cpu", top_n=None).compress_documents(found, "a photo")
+    assert sorted(d.metadata.get("image", "") for d in ranked) == ["", "", "", str(photo)]
+    # LlamaIndex: an ImageNode with the image's vector beside text nodes in one Milvus collection.
+    embed_model = Qwen3VLEmbedding(model_name=str(vl_embedding), device="cpu")
+    vectors = llama_index_store(64, uri=str(tmp_path / "li.db"), overwrite=True)
+    nodes = [TextNode(text=t, embedding=embed_model.get_text_embedding(t)) for t in TEXTS]
+    nodes.append(ImageNode(image_path=str(photo), embedding=embed_model.get_image_embedding(str(photo))))
+    vectors.add(nodes)
+    result = vectors.query(VectorStoreQuery(query_embedding=image_vector, similarity_top_k=4))
+    assert result.nodes is not None and isinstance(result.nodes[0], ImageNode)
+    assert result.nodes[0].image_path == str(photo)
+    from llama_index.core.schema import NodeWithScore
+
+    reranked = LlamaVLRerank(model=str(vl_reranker), device="cpu", top_n=4).postprocess_nodes(
+        [NodeWithScore(node=n, score=0.0) for n in result.nodes], query_str="a photo"
+    )
+    assert len(reranked) == 4 and any(isinstance(n.node, ImageNode) for n in reranked)
