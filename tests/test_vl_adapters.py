@@ -108,3 +108,25 @@ def test_components_check_options_like_the_core(vl_embedding: Path) -> None:
     shared = Qwen3VLEmbedder(vl_embedding)
     model: Any = Qwen3VLEmbedding(embedder=shared)
     assert model.embedder is shared and model.model_name == str(vl_embedding)
+
+
+async def test_async_paths_give_the_sync_results(vl_embedding: Path, vl_reranker: Path, images: list[Path]) -> None:
+    import asyncio
+
+    core = Qwen3VLEmbedder(vl_embedding)
+    lc = Qwen3VLEmbeddings(embedder=core)
+    li = Qwen3VLEmbedding(embedder=core)
+    got = await asyncio.gather(
+        core.aembed_images(images), lc.aembed_query(QUERY), li.aget_image_embedding(str(images[1])),
+        li.aget_text_embedding("sand"),
+    )  # fmt: skip
+    np.testing.assert_allclose(got[0], core.embed_images(images), atol=TOL)
+    np.testing.assert_allclose(got[1], core.embed_query(QUERY), atol=TOL)
+    np.testing.assert_allclose(got[2], core.embed_images([images[1]])[0], atol=TOL)
+    np.testing.assert_allclose(got[3], core.embed_documents(["sand"])[0], atol=TOL)
+    reranker = Qwen3VLReranker(vl_reranker)
+    docs = [Document(page_content="sand"), Document(page_content="", metadata={"image": str(images[2])})]
+    out = await Qwen3VLRerank(reranker=reranker, top_n=None).acompress_documents(docs, QUERY)
+    expected = reranker.score(QUERY, ["sand", {"image": str(images[2])}])
+    assert sorted(d.metadata["relevance_score"] for d in out) == pytest.approx(sorted(expected), abs=TOL)
+    assert await reranker.arank(QUERY, ["sand"], top_n=1) == reranker.rank(QUERY, ["sand"], top_n=1)

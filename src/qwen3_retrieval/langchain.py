@@ -189,6 +189,16 @@ class Qwen3VLEmbeddings(_TextEmbeddings, VLEmbedderFields, Embeddings):
         assert self.embedder is not None
         return self.embedder.embed_images(uris).tolist()
 
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Async :meth:`embed_documents`: awaits the core's."""
+        assert isinstance(self.embedder, Qwen3VLEmbedder)
+        return (await self.embedder.aembed_documents(check_texts(texts))).tolist()
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Async :meth:`embed_query`: awaits the core's."""
+        assert isinstance(self.embedder, Qwen3VLEmbedder)
+        return (await self.embedder.aembed_query(check_texts([text], "text")[0])).tolist()
+
 
 class Qwen3VLRerank(VLRerankerFields, BaseDocumentCompressor):
     """Qwen3-VL-Reranker as a LangChain document compressor: documents that are texts, images, or both.
@@ -217,6 +227,17 @@ class Qwen3VLRerank(VLRerankerFields, BaseDocumentCompressor):
         assert self.reranker is not None
         inputs = [self._input(d) for d in documents]
         scores = self.reranker.score(query, inputs)
+        return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
+
+    async def acompress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Async :meth:`compress_documents`: awaits the core's ``ascore``."""
+        assert self.reranker is not None
+        scores = await self.reranker.ascore(query, [self._input(d) for d in documents])
         return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
 
     def _input(self, document: Document) -> dict[str, Any]:

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from io import BytesIO
 from typing import Any
@@ -218,11 +217,22 @@ class Qwen3VLEmbedding(_TextEmbeddingCalls, VLEmbedderFields, MultiModalEmbeddin
         images = [p.getvalue() if isinstance(p, BytesIO) else p for p in img_file_paths]
         return self._core.embed_images(images).tolist()
 
+    # The async methods await the core's.
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return await asyncio.to_thread(self._get_query_embedding, query)
+        return (await self._core.aembed_query(query)).tolist()
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return (await self._core.aembed_documents([text]))[0].tolist()
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return (await self._core.aembed_documents(texts)).tolist()
 
     async def _aget_image_embedding(self, img_file_path: ImageType) -> Embedding:
-        return await asyncio.to_thread(self._get_image_embedding, img_file_path)
+        return (await self._aget_image_embeddings([img_file_path]))[0]
+
+    async def _aget_image_embeddings(self, img_file_paths: list[ImageType]) -> list[Embedding]:
+        images = [p.getvalue() if isinstance(p, BytesIO) else p for p in img_file_paths]
+        return (await self._core.aembed_images(images)).tolist()
 
 
 class Qwen3VLRerank(_NodeRanking, VLRerankerFields, BaseNodePostprocessor):

@@ -7,6 +7,7 @@ and scores one pair per forward pass; here both run in token-budget batches, ima
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -112,6 +113,28 @@ class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbedding
         """Embed images as documents: each a ``PIL.Image``, bytes, or a path (a string here is a path)."""
         return self.embed([{"image": image} for image in input_list(images, "images")])
 
+    # Async: the same work in a worker thread (reading images and running the model both block), so the event
+    # loop keeps running; concurrent calls queue for the model's one batch at a time.
+    async def aembed(self, inputs: Sequence[Any], instruction: str | None = None) -> np.ndarray:
+        """Async :meth:`embed`."""
+        return await asyncio.to_thread(self.embed, inputs, instruction)
+
+    async def aembed_documents(self, inputs: Sequence[Any]) -> np.ndarray:
+        """Async :meth:`embed_documents`."""
+        return await asyncio.to_thread(self.embed_documents, inputs)
+
+    async def aembed_queries(self, inputs: Sequence[Any], instruction: str | None = None) -> np.ndarray:
+        """Async :meth:`embed_queries`."""
+        return await asyncio.to_thread(self.embed_queries, inputs, instruction)
+
+    async def aembed_query(self, query: Any, instruction: str | None = None) -> np.ndarray:
+        """Async :meth:`embed_query`."""
+        return await asyncio.to_thread(self.embed_query, query, instruction)
+
+    async def aembed_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Async :meth:`embed_images`."""
+        return await asyncio.to_thread(self.embed_images, images)
+
     def _load(self, options: VLEmbedderOptions) -> LoadedVL:
         return load_vl(options, reranker=False)
 
@@ -170,6 +193,21 @@ class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLReranking
         """Return ``(index, score)`` pairs, best first: at most ``top_n``, none below ``score_threshold``."""
         top_n, score_threshold = check_top_n(top_n), check_score_threshold(score_threshold)
         return ranked(self.score(query, documents, instruction), top_n, score_threshold)
+
+    async def ascore(self, query: Any, documents: Sequence[Any], instruction: str | None = None) -> list[float]:
+        """Async :meth:`score` (in a worker thread: reading images and running the model both block)."""
+        return await asyncio.to_thread(self.score, query, documents, instruction)
+
+    async def arank(
+        self,
+        query: Any,
+        documents: Sequence[Any],
+        top_n: int | None = None,
+        instruction: str | None = None,
+        score_threshold: float | None = None,
+    ) -> list[tuple[int, float]]:
+        """Async :meth:`rank`."""
+        return await asyncio.to_thread(self.rank, query, documents, top_n, instruction, score_threshold)
 
     def _load(self, options: VLRerankerOptions) -> LoadedVL:
         return load_vl(options, reranker=True)

@@ -252,12 +252,9 @@ class RagPipeline:
             )
         finally:
             await asyncio.to_thread(store.close)
-        reranker = self.reranker()
-        if self.config.pages:  # the VL reranker has no async path: it runs in a worker thread
-            inputs = await asyncio.to_thread(_rerank_inputs, hits, roots)
-            ranked = await asyncio.to_thread(reranker.rank, question, inputs, top_n=top_n)
-        else:
-            ranked = await reranker.arank(question, [h.text for h in hits], top_n=top_n)
+        # Pages are rendered for the reranker: off the event loop.
+        inputs = await asyncio.to_thread(_rerank_inputs, hits, roots) if self.config.pages else [h.text for h in hits]
+        ranked = await self.reranker().arank(question, inputs, top_n=top_n)
         return [_source(hits[i], roots, score) for i, score in ranked]
 
     def stream_answer(
