@@ -17,6 +17,7 @@ memory of each call is the child's own ``VmHWM`` growth. Writes ``vl.json`` and 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -53,8 +54,8 @@ def main() -> None:
     for round_ in range(args.rounds):
         for name in CONTENDERS if round_ % 2 == 0 else reversed(CONTENDERS):
             print(f"round {round_ + 1}: {LABELS[name]} ...", flush=True)
-            command = [sys.executable, __file__, "--child", name, "--folder", str(inputs), "--threads",
-                       str(args.threads), "--cache", str(models["vl-embedding"].parent)]  # fmt: skip
+            command = [sys.executable, __file__, "--child", name, "--folder", str(inputs), "--shape", args.shape,
+                       "--threads", str(args.threads), "--cache", str(models["vl-embedding"].parent)]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
@@ -105,38 +106,44 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     folder, cache = Path(args.folder), Path(args.cache)
-    shape = "2B" if (cache / "vl-embedding-2B").exists() else "tiny"
-    embedding, reranker = cache / f"vl-embedding-{shape}", cache / f"vl-reranker-{shape}"
+    embedding, reranker = cache / f"vl-embedding-{args.shape}", cache / f"vl-reranker-{args.shape}"
     texts = json.loads((folder / "texts.json").read_text())
     images = sorted(str(p) for p in folder.glob("page-*.png"))
     documents = [{"text": t} for t in texts] + [{"image": i} for i in images]
     query = {"text": "Which page shows the invoice total?"}
-    out: dict[str, Any] = {"seconds": {}, "extra_peak_mb": {}}
-    if args.child == "ours":
-        from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
-
-        emb, rr = Qwen3VLEmbedder(embedding, device="cpu"), Qwen3VLReranker(reranker, device="cpu")
-        embed = lambda: emb.embed(documents)  # noqa: E731
-        score = lambda: rr.score(query, documents)  # noqa: E731
-        warm = lambda: (emb.embed([documents[-1]]), rr.score(query, [documents[-1]]))  # noqa: E731
-    else:
-        from vl_reference import Official
-
-        official_emb = Official(embedding, attention=None)
-        official_rr = Official(reranker, reranker=True, attention=None)
-        pil = [{"text": d["text"]} if "text" in d else {"image": _open(d["image"])} for d in documents]
-        embed = lambda: official_emb.embed(pil)  # noqa: E731
-        score = lambda: official_rr.score(query, pil)  # noqa: E731
-        warm = lambda: (official_emb.embed([pil[-1]]), official_rr.score(query, [pil[-1]]))  # noqa: E731
-    warm()
-    for task, run in (("embed 4 texts + 4 images", embed), ("rerank 4 texts + 4 images", score)):
+    out: dict[str, Any] = {"seconds": {}, "extra_peak_mb": {}, "results": {}}
+    # One model in memory at a time: two 2B models in float32 take 16 GB before any work.
+    for task, model in (("embed 4 texts + 4 images", embedding), ("rerank 4 texts + 4 images", reranker)):
+        run, warm = _contender(args.child, model, task.startswith("rerank"), query, documents)
+        warm()
         before = _reset_peak()
         start = time.perf_counter()
         result = run()
         out["seconds"][task] = round(time.perf_counter() - start, 3)
         out["extra_peak_mb"][task] = round(_status_mb("VmHWM") - before, 1)
-        out.setdefault("results", {})[task] = torch.as_tensor(result).float().tolist()
+        out["results"][task] = torch.as_tensor(result).float().tolist()
+        del run, warm
+        gc.collect()
     print(json.dumps(out))
+
+
+def _contender(name: str, model: Path, reranker: bool, query: Any, documents: list[Any]) -> tuple[Any, Any]:
+    """The timed call and a warm-up call (one small input) of contender ``name`` on ``model``."""
+    if name == "ours":
+        from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
+
+        if reranker:
+            rr = Qwen3VLReranker(model, device="cpu")
+            return (lambda: rr.score(query, documents)), (lambda: rr.score(query, documents[-1:]))
+        emb = Qwen3VLEmbedder(model, device="cpu")
+        return (lambda: emb.embed(documents)), (lambda: emb.embed(documents[-1:]))
+    from vl_reference import Official
+
+    official = Official(model, reranker=reranker, attention=None)
+    pil = [{"text": d["text"]} if "text" in d else {"image": _open(d["image"])} for d in documents]
+    if reranker:
+        return (lambda: official.score(query, pil)), (lambda: official.score(query, pil[-1:]))
+    return (lambda: official.embed(pil)), (lambda: official.embed(pil[-1:]))
 
 
 def _open(path: str) -> Any:
