@@ -111,3 +111,17 @@ def test_index_benchmark_pdf_smoke_run(tmp_path: Path) -> None:
     assert "indexed 3 files, 12 passages" in done.stdout, done.stdout  # one passage a page
     cells = [cell.strip() for cell in done.stdout.strip().splitlines()[-1].strip("|").split("|")]
     assert len(cells) == 5 and all(c.endswith(" s") for c in cells[:3]) and all(c.endswith("x") for c in cells[3:])
+
+
+def test_vl_benchmark_smoke_run(tmp_path: Path, progress: Callable[[str], None]) -> None:
+    """The Qwen3-VL benchmark on tiny checkpoints: both contenders run, agree, and the report is written."""
+    command = [sys.executable, str(BENCH.with_name("vl_bench.py")), "--shape", "tiny", "--rounds", "1",
+               "--out", str(tmp_path), "--cache", str(tmp_path / "c")]  # fmt: skip
+    progress("the Qwen3-VL benchmark on tiny checkpoints ...")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "vl.json").read_text())
+    assert set(report["runs"]) == {"ours", "official"}
+    assert all(difference < 1e-5 for difference in report["fidelity"].values()), report["fidelity"]
+    table = (tmp_path / "vl.md").read_text()
+    assert "| embed 4 texts + 4 images |" in table and "| rerank 4 texts + 4 images |" in table
