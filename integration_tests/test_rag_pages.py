@@ -171,3 +171,26 @@ def test_mismatches_are_one_line_errors(
     status, _, err = run(capsys, "index", str(pages_folder), "--uri", str(tmp_path / "r.db"), *vl_args, "--ray")
     assert status == 1 and "--pages does not run on Ray yet" in err
     assert not (tmp_path / "r.db").exists() and not (tmp_path / "t.db").exists()  # a failed run leaves nothing
+
+
+async def test_the_framework_retrievers_cite_page_images(
+    capsys: pytest.CaptureFixture[str], pages_folder: Path, vl_args: list[str], vl_embedding: Path,
+    vl_reranker: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    from qwen3_retrieval.langchain import Qwen3RagRetriever as LangChainRetriever
+    from qwen3_retrieval.llama_index import Qwen3RagRetriever as LlamaIndexRetriever
+    from qwen3_retrieval.rag.pipeline import RagConfig, RagPipeline
+
+    uri = tmp_path / "pages.db"
+    assert run(capsys, "index", str(pages_folder), "--uri", str(uri), *vl_args)[0] == 0
+    config = RagConfig(uri=str(uri), embedding_model=str(vl_embedding), reranker_model=str(vl_reranker),
+                       device="cpu", pages=True)  # fmt: skip
+    pipeline = RagPipeline(config)
+    sources = pipeline.retrieve("the invoice", candidates=20, top_n=8, mode="dense")
+    documents = await LangChainRetriever(pipeline=pipeline, candidates=20, top_n=8, mode="dense").ainvoke("the invoice")
+    nodes = LlamaIndexRetriever(pipeline, candidates=20, top_n=8, mode="dense").retrieve("the invoice")
+    expected = [s.image for s in sources]
+    assert sum(map(bool, expected)) == 5  # every page and image file, beside the 3 text passages
+    assert [d.metadata.get("image", "") for d in documents] == expected
+    assert [n.node.metadata.get("image", "") for n in nodes] == expected
+    assert [d.metadata["relevance_score"] for d in documents] == pytest.approx([s.score for s in sources], abs=1e-5)

@@ -292,4 +292,6 @@ class Qwen3RagRetriever(BaseRetriever):
 
 def _document(source: Source) -> Document:
     metadata = {"source": source.path, "heading": source.heading, "location": source.location}
+    if source.image:  # a page image (--pages): "page 3" of the source file, or "file" when the file is the image
+        metadata["image"] = source.image
     return Document(page_content=source.text, metadata={**metadata, "relevance_score": source.score})

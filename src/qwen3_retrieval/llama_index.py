@@ -311,4 +311,6 @@ class Qwen3RagRetriever(BaseRetriever):
 
 def _node(source: Source) -> NodeWithScore:
     metadata = {"source": source.path, "heading": source.heading, "location": source.location}
+    if source.image:  # a page image (--pages): "page 3" of the source file, or "file" when the file is the image
+        metadata["image"] = source.image
     return NodeWithScore(node=TextNode(text=source.text, metadata=metadata), score=source.score)

@@ -4,6 +4,7 @@ Nothing here touches the network. A byte-level BPE tokenizer is trained on a bui
 pre-tokenizer, its special tokens, single-token ``yes``/``no`` and (for the embedding model) the post-processor
 that appends ``<|endoftext|>``, as the real tokenizers have. Models get the real Qwen3 architecture with random
 weights, either tiny (fast tests) or in the real 0.6B shape (speed work: speed does not depend on weight values).
+:func:`make_vl_checkpoint` builds Qwen3-VL-Embedding / Qwen3-VL-Reranker ones (tiny, or the 2B shape).
 
 Example:
     >>> from qwen3_retrieval.testing import make_embedding_checkpoint, make_reranker_checkpoint
