@@ -65,6 +65,16 @@ class _TextEmbeddings:
         assert self.embedder is not None
         return self.embedder.embed_query(check_texts([text], "text")[0]).tolist()
 
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Async :meth:`embed_documents`: awaits the core (no thread per call; concurrent requests to a server)."""
+        assert self.embedder is not None
+        return (await self.embedder.aembed_documents(check_texts(texts))).tolist()
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Async :meth:`embed_query`."""
+        assert self.embedder is not None
+        return (await self.embedder.aembed_query(check_texts([text], "text")[0])).tolist()
+
 
 class Qwen3Embeddings(_TextEmbeddings, EmbedderFields, Embeddings):
     """Qwen3-Embedding as a LangChain ``Embeddings``: queries get the instruction, documents do not.
@@ -87,16 +97,6 @@ class Qwen3Embeddings(_TextEmbeddings, EmbedderFields, Embeddings):
     """Hub id or local folder of a Qwen3-Embedding checkpoint."""
     embedder: Qwen3Embedder | None = Field(default=None, exclude=True)
     """An existing core embedder to use; options given next to it must agree with it."""
-
-    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Async :meth:`embed_documents`: awaits the core (no thread per call; concurrent requests to a server)."""
-        assert self.embedder is not None
-        return (await self.embedder.aembed_documents(texts)).tolist()
-
-    async def aembed_query(self, text: str) -> list[float]:
-        """Async :meth:`embed_query`."""
-        assert self.embedder is not None
-        return (await self.embedder.aembed_query(text)).tolist()
 
 
 class Qwen3Rerank(RerankerFields, BaseDocumentCompressor):
@@ -188,16 +188,6 @@ class Qwen3VLEmbeddings(_TextEmbeddings, VLEmbedderFields, Embeddings):
         """Embed images given as local paths (or ``http(s)`` URLs with ``allow_urls=True``)."""
         assert self.embedder is not None
         return self.embedder.embed_images(uris).tolist()
-
-    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Async :meth:`embed_documents`: awaits the core's."""
-        assert isinstance(self.embedder, Qwen3VLEmbedder)
-        return (await self.embedder.aembed_documents(check_texts(texts))).tolist()
-
-    async def aembed_query(self, text: str) -> list[float]:
-        """Async :meth:`embed_query`: awaits the core's."""
-        assert isinstance(self.embedder, Qwen3VLEmbedder)
-        return (await self.embedder.aembed_query(check_texts([text], "text")[0])).tolist()
 
 
 class Qwen3VLRerank(VLRerankerFields, BaseDocumentCompressor):

@@ -62,7 +62,9 @@ class _TextEmbeddingCalls:
 
     @property
     def _core(self) -> Qwen3Embedder | Qwen3VLEmbedder:
-        raise NotImplementedError
+        embedder = getattr(self, "embedder", None)
+        assert embedder is not None  # bound by the fields' validator
+        return embedder
 
     def _get_query_embedding(self, query: str) -> Embedding:
         return self._core.embed_query(query).tolist()
@@ -72,6 +74,16 @@ class _TextEmbeddingCalls:
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return self._core.embed_documents(texts).tolist()
+
+    # The async methods await the core's: no thread per call, and concurrent requests to a vLLM server.
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return (await self._core.aembed_query(query)).tolist()
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return (await self._core.aembed_documents([text]))[0].tolist()
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return (await self._core.aembed_documents(texts)).tolist()
 
 
 class Qwen3Embedding(_TextEmbeddingCalls, EmbedderFields, BaseEmbedding):
@@ -95,21 +107,6 @@ class Qwen3Embedding(_TextEmbeddingCalls, EmbedderFields, BaseEmbedding):
     def class_name(cls) -> str:
         """Return the class name LlamaIndex serialises this component under."""
         return "Qwen3Embedding"
-
-    @property
-    def _core(self) -> Qwen3Embedder:
-        assert self.embedder is not None
-        return self.embedder
-
-    # The async methods await the core's: no thread per call, and concurrent requests to a vLLM server.
-    async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await self._core.aembed_query(query)).tolist()
-
-    async def _aget_text_embedding(self, text: str) -> Embedding:
-        return (await self._core.aembed_documents([text]))[0].tolist()
-
-    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return (await self._core.aembed_documents(texts)).tolist()
 
 
 class _NodeRanking:
@@ -205,34 +202,21 @@ class Qwen3VLEmbedding(_TextEmbeddingCalls, VLEmbedderFields, MultiModalEmbeddin
         """Return the class name LlamaIndex serialises this component under."""
         return "Qwen3VLEmbedding"
 
-    @property
-    def _core(self) -> Qwen3VLEmbedder:
-        assert self.embedder is not None
-        return self.embedder
-
     def _get_image_embedding(self, img_file_path: ImageType) -> Embedding:
         return self._get_image_embeddings([img_file_path])[0]
 
     def _get_image_embeddings(self, img_file_paths: list[ImageType]) -> list[Embedding]:
+        assert isinstance(self.embedder, Qwen3VLEmbedder)
         images = [p.getvalue() if isinstance(p, BytesIO) else p for p in img_file_paths]
-        return self._core.embed_images(images).tolist()
-
-    # The async methods await the core's.
-    async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await self._core.aembed_query(query)).tolist()
-
-    async def _aget_text_embedding(self, text: str) -> Embedding:
-        return (await self._core.aembed_documents([text]))[0].tolist()
-
-    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return (await self._core.aembed_documents(texts)).tolist()
+        return self.embedder.embed_images(images).tolist()
 
     async def _aget_image_embedding(self, img_file_path: ImageType) -> Embedding:
         return (await self._aget_image_embeddings([img_file_path]))[0]
 
     async def _aget_image_embeddings(self, img_file_paths: list[ImageType]) -> list[Embedding]:
+        assert isinstance(self.embedder, Qwen3VLEmbedder)
         images = [p.getvalue() if isinstance(p, BytesIO) else p for p in img_file_paths]
-        return (await self._core.aembed_images(images)).tolist()
+        return (await self.embedder.aembed_images(images)).tolist()
 
 
 class Qwen3VLRerank(_NodeRanking, VLRerankerFields, BaseNodePostprocessor):
