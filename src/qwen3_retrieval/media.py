@@ -100,6 +100,7 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     w_bar = max(factor, round(width / factor) * factor)
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
+        # Never below one factor: qwen-vl-utils 0.0.14 floors a very thin image's short side to 0 and fails.
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
         w_bar = max(factor, math.floor(width / beta / factor) * factor)
     elif h_bar * w_bar < min_pixels:
