@@ -177,3 +177,57 @@ def test_a_child_forked_between_calls_works(embedding_path: Path, reranker_path:
 def test_a_child_forked_during_a_call_in_its_callers_thread_works(embedding_path: Path, reranker_path: Path) -> None:
     # Before: the child inherited OpenMP's team in the middle of a parallel region and hung in its first call.
     _fork_during_calls(embedding_path, reranker_path, "alone")
+
+
+FORK_DURING_A_VL_CALL = textwrap.dedent(
+    """
+    import os, sys, threading, time, warnings
+    import numpy as np
+    from PIL import Image
+    from qwen3_retrieval import Qwen3VLEmbedder
+
+    vl = Qwen3VLEmbedder(sys.argv[1], device="cpu", batch_tokens=200)  # many batches a call
+    images = [Image.effect_noise((256, 256), 40 + i).convert("RGB") for i in range(24)]
+    inputs = [{"text": f"page {i}", "image": image} for i, image in enumerate(images)]
+    mine = ["child text", {"image": images[0]}]
+    expected = vl.embed(mine)
+    running = threading.Event()
+    stop = False
+
+    def busy():
+        while not stop:
+            running.set()
+            vl.embed(inputs)
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    running.wait()
+    time.sleep(0.3)  # inside a call, which holds the model's lock between its batches
+    pid = os.fork()  # goes between two of the worker's batches
+    if pid == 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            same = abs(vl.embed(mine) - expected).max() < 1e-5
+        os._exit(0 if same else 3)
+    stop = True
+    worker.join()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("child exit", os.waitstatus_to_exitcode(status))
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        print("child hung")
+    """
+)
+
+
+def test_a_child_forked_during_a_vl_call_works(vl_embedding: Path) -> None:
+    """The VL engine's lock, held by the call in flight at the fork, is a fresh one in the child."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_DURING_A_VL_CALL, str(vl_embedding)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "child exit 0" in done.stdout, (done.stdout, done.stderr[-2000:])

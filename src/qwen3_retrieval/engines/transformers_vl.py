@@ -10,7 +10,9 @@ threads wait for it rather than split the cores.
 from __future__ import annotations
 
 import inspect
+import os
 import threading
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -43,6 +45,7 @@ class TransformersVL:
         # transformers 5 places images by token type; 4.57 finds them by id and takes no such argument.
         self.typed = "mm_token_type_ids" in inspect.signature(model.forward).parameters
         self.lock = threading.Lock()
+        _engines.add(self)
 
     def embed(self, sequences: Sequence[VLSequence], policy: BatchPolicy, progress: tqdm | None) -> torch.Tensor:
         """Return an ``(n, hidden)`` tensor of last-token states, rows in input order."""
@@ -75,3 +78,16 @@ class TransformersVL:
         inputs = {name: value.to(self.device) for name, value in inputs.items()}
         hidden = self.model(**inputs, use_cache=False).last_hidden_state
         return take_positions(hidden, last)
+
+
+# A fork may happen between two batches of a call (see qwen3_retrieval.forking.fork_point), while that call's
+# thread holds its model's lock; the child would inherit the lock taken, with no thread to release it.
+_engines: weakref.WeakSet[TransformersVL] = weakref.WeakSet()
+
+
+def _reset_locks_after_fork() -> None:
+    for engine in list(_engines):
+        engine.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_locks_after_fork)
