@@ -255,3 +255,32 @@ def test_concurrent_callers_get_what_one_caller_gets(vl_embedding: Path) -> None
         thread.join()
     for got, want in zip(results, alone):
         np.testing.assert_allclose(got, want, atol=TOL)
+
+
+@pytest.mark.parametrize("wait", [2.0, None])
+def test_concurrent_calls_are_merged_into_shared_batches(vl_embedding: Path, wait: float | None) -> None:
+    """As for the text models: calls that arrive while the model is busy run together (unless batch_wait_ms=None)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    embedder = Qwen3VLEmbedder(vl_embedding, batch_wait_ms=wait)
+    inputs = [{"text": f"query {i}", "image": picture(32, 32, 60 + i)} for i in range(8)]
+    alone = [embedder.embed([item])[0] for item in inputs]
+    assert embedder.loaded is not None
+    passes: list[int] = []
+
+    def slow(module: object, args: object, kwargs: dict, output: object) -> None:
+        passes.append(kwargs["input_ids"].shape[0])
+        time.sleep(0.3)  # the first call holds the model while the others queue
+
+    hook = embedder.loaded.engine.model.register_forward_hook(slow, with_kwargs=True)
+    try:
+        with ThreadPoolExecutor(len(inputs)) as pool:
+            got = list(pool.map(lambda item: embedder.embed([item])[0], inputs))
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(np.stack(got), np.stack(alone), atol=TOL)
+    if wait is None:
+        assert passes == [1] * len(inputs)  # each call alone
+    else:
+        assert len(passes) < len(inputs) and sum(passes) == len(inputs) and max(passes) > 1, passes

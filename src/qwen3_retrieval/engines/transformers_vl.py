@@ -2,9 +2,10 @@
 
 Prompts with images run as right-padded batches within the token budget, images' tokens counted like any
 other, so memory follows ``batch_tokens`` (and the largest single prompt) whatever the inputs. The text
-models' packed layout and call merging are bypassed here: the vision tower and M-RoPE positions come from
-transformers' own code, which takes padded batches. One batch runs at a time per model; calls from other
-threads wait for it rather than split the cores.
+models' packed layout is bypassed here: the vision tower and M-RoPE positions come from transformers' own code,
+which takes padded batches. Concurrent calls are merged as the text models' are (:mod:`qwen3_retrieval.microbatch`):
+one worker per model runs what is waiting as shared batches; with ``batch_wait_ms=None`` each call runs in its
+caller's thread. Either way one batch runs at a time per model, so calls never split the cores.
 """
 
 from __future__ import annotations
@@ -14,17 +15,28 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import BatchPolicy, run_in_batches, token_budget_batches
+from qwen3_retrieval.engines import finish_progress
 from qwen3_retrieval.forking import compute_section
+from qwen3_retrieval.microbatch import MicroBatcher
 from qwen3_retrieval.pooling import right_pad, take_positions
 from qwen3_retrieval.vl_processors import VLSequence
 
 MAX_PADDING = 0.25
 """Largest share of a batch that may be pad tokens (the text models' padded CPU rule)."""
+
+
+class _Call(NamedTuple):
+    """One caller's prompts, batch policy and progress bar."""
+
+    sequences: Sequence[VLSequence]
+    policy: BatchPolicy
+    progress: tqdm | None
 
 
 class TransformersVL:
@@ -45,16 +57,33 @@ class TransformersVL:
         # transformers 5 places images by token type; 4.57 finds them by id and takes no such argument.
         self.typed = "mm_token_type_ids" in inspect.signature(model.forward).parameters
         self.lock = threading.Lock()
+        self.batcher: MicroBatcher[_Call, torch.Tensor] = MicroBatcher(
+            self._run_calls, key=lambda call: call.policy, wait_s=lambda call: call.policy.batch_wait_s
+        )
         _engines.add(self)
 
     def embed(self, sequences: Sequence[VLSequence], policy: BatchPolicy, progress: tqdm | None) -> torch.Tensor:
         """Return an ``(n, hidden)`` tensor of last-token states, rows in input order."""
-        lengths = [len(s.ids) for s in sequences]
-        batches = token_budget_batches(lengths, policy.batch_tokens, max_padding=MAX_PADDING)
+        call = _Call(sequences, policy, progress)
+        if not policy.micro_batch:  # this call alone, in the caller's thread
+            return self._run_calls([call])[0]
+        return self.batcher.submit(call)
+
+    def _run_calls(self, calls: list[_Call]) -> list[torch.Tensor]:
+        """Run ``calls`` (one policy) as shared batches; return each call's rows."""
+        rows = [sequence for call in calls for sequence in call.sequences]
+        policy = calls[0].policy
+        # A lone call keeps its progress bar; merged calls finish theirs when their rows are done.
+        progress = calls[0].progress if len(calls) == 1 else None
+        batches = token_budget_batches([len(s.ids) for s in rows], policy.batch_tokens, max_padding=MAX_PADDING)
         with self.lock, compute_section():
-            return run_in_batches(
-                batches, lambda batch: self._run([sequences[i] for i in batch]), device=self.device, progress=progress
+            hidden = run_in_batches(
+                batches, lambda batch: self._run([rows[i] for i in batch]), device=self.device, progress=progress
             )
+        for call in calls:
+            if call.progress is not progress:
+                finish_progress(call.progress, len(call.sequences))
+        return list(torch.split(hidden, [len(call.sequences) for call in calls]))
 
     def score(self, sequences: Sequence[VLSequence], policy: BatchPolicy, progress: tqdm | None) -> list[float]:
         """Return ``sigmoid(direction . h)`` at each prompt's last token, in input order."""
