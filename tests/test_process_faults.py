@@ -80,8 +80,25 @@ def test_first_calls_of_several_models_at_once_load_all_of_them(embedding_path: 
     assert not failed, failed
 
 
-FORK_DURING_A_CALL = textwrap.dedent(
+# The end of each fork script: the forked child's exit code, or "child hung" after two minutes.
+WAIT_FOR_THE_CHILD = textwrap.dedent(
     """
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("child exit", os.waitstatus_to_exitcode(status))
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        print("child hung")
+    """
+)
+
+FORK_DURING_A_CALL = (
+    textwrap.dedent(
+        """
     import os, sys, threading, time, warnings
     import numpy as np
     from qwen3_retrieval import Qwen3Embedder, Qwen3Reranker
@@ -132,17 +149,9 @@ FORK_DURING_A_CALL = textwrap.dedent(
         stop = True
         if worker.is_alive():
             worker.join()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            print("child exit", os.waitstatus_to_exitcode(status))
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, 9)
-        print("child hung")
     """
+    )
+    + WAIT_FOR_THE_CHILD
 )
 
 
@@ -179,8 +188,9 @@ def test_a_child_forked_during_a_call_in_its_callers_thread_works(embedding_path
     _fork_during_calls(embedding_path, reranker_path, "alone")
 
 
-FORK_DURING_A_VL_CALL = textwrap.dedent(
-    """
+FORK_DURING_A_VL_CALL = (
+    textwrap.dedent(
+        """
     import os, sys, threading, time, warnings
     import numpy as np
     from PIL import Image
@@ -211,17 +221,9 @@ FORK_DURING_A_VL_CALL = textwrap.dedent(
         os._exit(0 if same else 3)
     stop = True
     worker.join()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            print("child exit", os.waitstatus_to_exitcode(status))
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, 9)
-        print("child hung")
     """
+    )
+    + WAIT_FOR_THE_CHILD
 )
 
 

@@ -99,7 +99,40 @@ class Qwen3Embeddings(_TextEmbeddings, EmbedderFields, Embeddings):
     """An existing core embedder to use; options given next to it must agree with it."""
 
 
-class Qwen3Rerank(RerankerFields, BaseDocumentCompressor):
+class _DocumentRanking:
+    """The compressors' one path: score what each document stands for, keep the best as scored copies."""
+
+    top_n: int | None
+    score_threshold: float | None
+    reranker: Qwen3Reranker | Qwen3VLReranker | None
+
+    def _inputs(self, documents: Sequence[Document]) -> list[Any]:
+        raise NotImplementedError
+
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Return copies of the best ``top_n`` documents at or above ``score_threshold``, best first."""
+        assert self.reranker is not None
+        scores = self.reranker.score(query, self._inputs(documents))
+        return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
+
+    async def acompress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Async :meth:`compress_documents`: awaits the core's ``ascore``."""
+        assert self.reranker is not None
+        scores = await self.reranker.ascore(query, self._inputs(documents))
+        return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
+
+
+class Qwen3Rerank(_DocumentRanking, RerankerFields, BaseDocumentCompressor):
     """Qwen3-Reranker as a LangChain document compressor (e.g. in ``ContextualCompressionRetriever``).
 
     Returns new documents, best first, each with ``metadata["relevance_score"]`` = P(yes) as a float; ``id`` and
@@ -139,27 +172,8 @@ class Qwen3Rerank(RerankerFields, BaseDocumentCompressor):
         assert self.reranker is not None
         return self.reranker.rank(query, texts, top_n=top_n, instruction=instruction)
 
-    def compress_documents(
-        self,
-        documents: Sequence[Document],
-        query: str,
-        callbacks: Callbacks | None = None,
-    ) -> Sequence[Document]:
-        """Return copies of the best ``top_n`` documents at or above ``score_threshold``, best first."""
-        assert self.reranker is not None
-        scores = self.reranker.score(query, [d.page_content for d in documents])
-        return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
-
-    async def acompress_documents(
-        self,
-        documents: Sequence[Document],
-        query: str,
-        callbacks: Callbacks | None = None,
-    ) -> Sequence[Document]:
-        """Async :meth:`compress_documents`: awaits the core's ``ascore``."""
-        assert self.reranker is not None
-        scores = await self.reranker.ascore(query, [d.page_content for d in documents])
-        return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
+    def _inputs(self, documents: Sequence[Document]) -> list[Any]:
+        return [d.page_content for d in documents]
 
 
 class Qwen3VLEmbeddings(_TextEmbeddings, VLEmbedderFields, Embeddings):
@@ -167,7 +181,7 @@ class Qwen3VLEmbeddings(_TextEmbeddings, VLEmbedderFields, Embeddings):
 
     Texts and images share one vector space: a text query finds images, and an image finds texts. Queries get
     the ``instruction`` (the official README's by default), documents and images the official default. The
-    async methods are ``Embeddings``' own (the core runs in a worker thread).
+    async methods await the core's.
 
     Example:
         .. code-block:: python
@@ -190,7 +204,7 @@ class Qwen3VLEmbeddings(_TextEmbeddings, VLEmbedderFields, Embeddings):
         return self.embedder.embed_images(uris).tolist()
 
 
-class Qwen3VLRerank(VLRerankerFields, BaseDocumentCompressor):
+class Qwen3VLRerank(_DocumentRanking, VLRerankerFields, BaseDocumentCompressor):
     """Qwen3-VL-Reranker as a LangChain document compressor: documents that are texts, images, or both.
 
     A document whose ``metadata[image_key]`` names an image (a path, bytes, or a URL with ``allow_urls=True``)
@@ -207,28 +221,8 @@ class Qwen3VLRerank(VLRerankerFields, BaseDocumentCompressor):
     reranker: Qwen3VLReranker | None = Field(default=None, exclude=True)
     """An existing core reranker to use; options given next to it must agree with it."""
 
-    def compress_documents(
-        self,
-        documents: Sequence[Document],
-        query: str,
-        callbacks: Callbacks | None = None,
-    ) -> Sequence[Document]:
-        """Return copies of the best ``top_n`` documents at or above ``score_threshold``, best first."""
-        assert self.reranker is not None
-        inputs = [self._input(d) for d in documents]
-        scores = self.reranker.score(query, inputs)
-        return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
-
-    async def acompress_documents(
-        self,
-        documents: Sequence[Document],
-        query: str,
-        callbacks: Callbacks | None = None,
-    ) -> Sequence[Document]:
-        """Async :meth:`compress_documents`: awaits the core's ``ascore``."""
-        assert self.reranker is not None
-        scores = await self.reranker.ascore(query, [self._input(d) for d in documents])
-        return [_with_score(documents[i], score) for i, score in ranked(scores, self.top_n, self.score_threshold)]
+    def _inputs(self, documents: Sequence[Document]) -> list[Any]:
+        return [self._input(d) for d in documents]
 
     def _input(self, document: Document) -> dict[str, Any]:
         image = document.metadata.get(self.image_key)

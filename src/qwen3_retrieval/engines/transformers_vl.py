@@ -100,7 +100,9 @@ class TransformersVL:
         images = [image for row in rows for image in row.images]
         inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": mask}
         if images:
-            inputs["pixel_values"] = torch.cat([image.patches() for image in images])  # this batch's only
+            # This batch's images only; a reranker's query image stands in every pair, and is cut once.
+            cut = {id(image): image.patches() for image in images}
+            inputs["pixel_values"] = torch.cat([cut[id(image)] for image in images])
             inputs["image_grid_thw"] = torch.tensor([image.grid for image in images])
             if self.typed:
                 inputs["mm_token_type_ids"] = (input_ids == self.image_id).int()

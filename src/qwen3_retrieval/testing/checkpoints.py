@@ -173,13 +173,7 @@ def make_reranker_checkpoint(
     _randomize(causal, std=_STD[shape], seed=seed)
     tokenizer_vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
     yes_id, no_id = tokenizer_vocab[YES_TOKEN], tokenizer_vocab[NO_TOKEN]
-    with torch.no_grad():
-        # Scale the yes/no rows so P(yes) spreads over (0, 1) instead of sitting near 0.5.
-        rows = causal.get_output_embeddings().weight
-        gen = torch.Generator().manual_seed(seed + 1)
-        scale = 1.5 / config.hidden_size**0.5
-        rows[yes_id] = torch.randn(config.hidden_size, generator=gen) * scale
-        rows[no_id] = torch.randn(config.hidden_size, generator=gen) * scale
+    spread_yes_no(causal, out, seed=seed)
     if kind == "causal-lm":
         _save(causal.to(getattr(torch, dtype)), out)
         (out / "chat_template.jinja").write_text(RERANKER_CHAT_TEMPLATE)
@@ -238,6 +232,19 @@ def _config(folder: Path, shape: Shape) -> Any:
         eos_token_id=eos_id,
         pad_token_id=eos_id,
     )
+
+
+def spread_yes_no(model: Any, folder: Path, *, seed: int) -> None:
+    """Redraw the head's ``yes`` and ``no`` rows so that P(yes) spreads over (0, 1) instead of sitting near 0.5."""
+    import torch
+
+    vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    rows = model.get_output_embeddings().weight
+    gen = torch.Generator().manual_seed(seed + 1)
+    scale = 1.5 / rows.shape[1] ** 0.5
+    with torch.no_grad():
+        for token in (YES_TOKEN, NO_TOKEN):
+            rows[vocab[token]] = torch.randn(rows.shape[1], generator=gen) * scale
 
 
 def _randomize(model: Any, *, std: float, seed: int) -> None:

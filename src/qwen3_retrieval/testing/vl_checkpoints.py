@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+from qwen3_retrieval.testing.checkpoints import _randomize, _save, spread_yes_no
 from qwen3_retrieval.testing.tokenizer import VISION_TOKENS, build_tokenizer, write_json
 
 VLKind = Literal["vl-embedding", "vl-reranker"]
@@ -133,20 +134,10 @@ def make_vl_checkpoint(
     )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if not name.endswith("norm.weight"):  # RMSNorm and LayerNorm gains stay at 1
-                param.copy_(torch.randn(param.shape, generator=gen) * _STD[shape])
-        if kind == "vl-reranker":
-            rows = model.get_output_embeddings().weight
-            scale = 1.5 / text["hidden_size"] ** 0.5
-            for token in ("yes", "no"):
-                rows[spec["model"]["vocab"][token]] = torch.randn(rows.shape[1], generator=gen) * scale
-    from qwen3_retrieval.loading import quiet_transformers
-
-    with quiet_transformers():
-        model.to(getattr(torch, dtype)).save_pretrained(out)
+    _randomize(model, std=_STD[shape], seed=seed)  # RMSNorm and LayerNorm gains stay at 1
+    if kind == "vl-reranker":
+        spread_yes_no(model, out, seed=seed)
+    _save(model.to(getattr(torch, dtype)), out)
     (out / "chat_template.jinja").write_text(QWEN3_VL_CHAT_TEMPLATE)
     write_json(out / "preprocessor_config.json", PREPROCESSOR_CONFIG)
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
