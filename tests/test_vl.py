@@ -225,7 +225,7 @@ def test_inputs_are_checked_before_anything_loads(tmp_path: Path) -> None:
         embedder.embed("a single text")
     with pytest.raises(ValueError, match="query is empty"):
         Qwen3VLReranker(tmp_path).score({"text": "  "}, ["doc"])
-    with pytest.raises(ValueError, match="engine='transformers' only"):
+    with pytest.raises(ValueError, match="engine='vllm': the Qwen3-VL models run in process"):
         Qwen3VLEmbedder(tmp_path, engine="vllm")
     with pytest.raises(ValueError, match="max_pixels must be at least"):
         Qwen3VLEmbedder(tmp_path, min_pixels=8192, max_pixels=4096)

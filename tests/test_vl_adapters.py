@@ -101,8 +101,8 @@ def test_llama_index_rerank_mixes_image_and_text_nodes(vl_reranker: Path, images
 
 
 def test_components_check_options_like_the_core(vl_embedding: Path) -> None:
-    with pytest.raises(ValueError, match="engine='transformers' only"):
-        Qwen3VLEmbeddings(model=str(vl_embedding), base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError, match="for vLLM, start a server and pass its base_url="):
+        Qwen3VLEmbeddings(model=str(vl_embedding), engine="vllm")
     with pytest.raises(ValueError):
         Qwen3VLEmbedding(model_name=str(vl_embedding), max_pixels=10)
     shared = Qwen3VLEmbedder(vl_embedding)

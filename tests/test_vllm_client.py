@@ -12,18 +12,15 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loopback import serving
 from qwen3_retrieval.engines.vllm_http import VLLMServer
 from qwen3_retrieval.errors import ServerError
-
-
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 64  # the default backlog of 5 would itself cap how many requests arrive at once
 
 
 class Script:
@@ -132,12 +129,8 @@ def fake() -> Iterator[tuple[Script, str]]:
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-    server = _Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield script, f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as url:
+        yield script, url
 
 
 SEQUENCES = [[1] * n for n in range(1, 11)]

@@ -81,6 +81,17 @@ class SizedImage:
         """Read the image again and cut it into the vision tower's patches (see :func:`patches_of`)."""
         return patches_of(read_image(self.source, self.what), self.settings, (self.height, self.width))
 
+    def png(self) -> bytes:
+        """Read the image again and return it resized the official way, as lossless PNG bytes.
+
+        A server's image processor resizes what it is sent by the same rule (:func:`smart_resize`), and an
+        image that is already resized is its fixed point: its sides are multiples of the factor and its area is
+        within the bounds. So the server cuts exactly these pixels.
+        """
+        buffer = io.BytesIO()
+        resized(read_image(self.source, self.what), (self.height, self.width)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """Return the official ``(height, width)`` an image is resized to (qwen-vl-utils' rule).
@@ -179,11 +190,8 @@ def patches_of(image: Any, settings: ImageSettings, size: tuple[int, int]) -> to
     normalise by the mean and std, repeat the still image to the temporal patch size, and order the patches
     merge-group by merge-group.
     """
-    from PIL import Image
-
     height, width = size
-    resized = image.resize((width, height), Image.Resampling.BICUBIC)
-    pixels = torch.frombuffer(bytearray(resized.tobytes()), dtype=torch.uint8).view(height, width, 3)
+    pixels = torch.frombuffer(bytearray(resized(image, size).tobytes()), dtype=torch.uint8).view(height, width, 3)
     pixels = pixels.permute(2, 0, 1).to(torch.float32) / 255.0
     mean = torch.tensor(settings.image_mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(settings.image_std, dtype=torch.float32).view(3, 1, 1)
@@ -194,6 +202,13 @@ def patches_of(image: Any, settings: ImageSettings, size: tuple[int, int]) -> to
     patches = frames.reshape(1, t, 3, grid_h // m, m, p, grid_w // m, m, p)
     patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
     return patches.reshape(grid_h * grid_w, 3 * t * p * p).contiguous()
+
+
+def resized(image: Any, size: tuple[int, int]) -> Any:
+    """Return a decoded RGB image resized to ``(height, width)`` as the official code resizes: PIL's bicubic."""
+    from PIL import Image
+
+    return image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
 
 
 def _pil() -> Any:

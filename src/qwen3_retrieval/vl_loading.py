@@ -1,4 +1,7 @@
-"""Loading the Qwen3-VL retrieval models: tokenizer, pixel settings and the transformers engine, once per process."""
+"""Loading the Qwen3-VL retrieval models: tokenizer, pixel settings and the engine, once per process.
+
+The engine is transformers in this process or, with ``base_url``, a vLLM server (no weights are loaded here).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwen3_retrieval.engines.transformers_vl import TransformersVL
+from qwen3_retrieval.engines.vllm_http_vl import HttpVL
 from qwen3_retrieval.forking import compute_section
 from qwen3_retrieval.fused import fuse_rms_norms, pack_linears
-from qwen3_retrieval.loading import _pretrained
+from qwen3_retrieval.loading import _pretrained, _server
 from qwen3_retrieval.media import ImageSettings
 from qwen3_retrieval.options import VisionOptions
 from qwen3_retrieval.processors import answer_token_ids
 from qwen3_retrieval.prompts import EOS_TOKEN
 from qwen3_retrieval.tokenization import TextTokenizer
+from qwen3_retrieval.vl_messages import ChatReader
 
 
 @dataclass(eq=False)
@@ -23,7 +28,7 @@ class LoadedVL:
 
     tokenizer: TextTokenizer
     settings: ImageSettings
-    engine: TransformersVL
+    engine: TransformersVL | HttpVL
     hidden_size: int
 
 
@@ -41,6 +46,9 @@ def load_vl(options: VisionOptions, *, reranker: bool) -> LoadedVL:
         )
     tokenizer = TextTokenizer(_pretrained(options, "AutoTokenizer"))
     settings = _image_settings(options, config)
+    hidden_size = config.text_config.hidden_size
+    if options.engine == "http":
+        return LoadedVL(tokenizer, settings, HttpVL(_server(options), ChatReader(tokenizer), hidden_size), hidden_size)
     pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are masked out; any id does
     yes_no = answer_token_ids(tokenizer, options.model) if reranker else None
     with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.forking)
@@ -58,7 +66,7 @@ def load_vl(options: VisionOptions, *, reranker: bool) -> LoadedVL:
         # The text models' exact fast paths: float32 RMSNorms through rms_norm, linears through packed oneDNN.
         model = pack_linears(fuse_rms_norms(model))
     engine = TransformersVL(model, pad_id, options.torch_device, direction)
-    return LoadedVL(tokenizer, settings, engine, config.text_config.hidden_size)
+    return LoadedVL(tokenizer, settings, engine, hidden_size)
 
 
 def _image_settings(options: VisionOptions, config: Any) -> ImageSettings:

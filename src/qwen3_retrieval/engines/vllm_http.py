@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -115,7 +115,7 @@ class VLLMServer:
             sequences: Token ids, one list per text.
             width: The vector length the model gives (its hidden size); any other length is a bad answer.
         """
-        return _run_sync(lambda: self.aembed(sequences, width))
+        return run_sync(lambda: self.aembed(sequences, width))
 
     async def aembed(self, sequences: list[list[int]], width: int | None = None) -> list[list[float]]:
         """Async :meth:`embed`: requests run concurrently on the event loop, no thread per call."""
@@ -128,12 +128,29 @@ class VLLMServer:
 
     def classify(self, sequences: list[list[int]]) -> list[float]:
         """Return the server's single-label probability (P(yes) for a Qwen3 reranker) for each sequence."""
-        return _run_sync(lambda: self.aclassify(sequences))
+        return run_sync(lambda: self.aclassify(sequences))
 
     async def aclassify(self, sequences: list[list[int]]) -> list[float]:
         """Async :meth:`classify`."""
         url = f"{self.root}/classify"
         return await self._batched(sequences, url, lambda batch: {"input": batch}, lambda row: _probability(row))
+
+    # --- chat messages: the only form in which a server takes images ----------------------------------------
+
+    async def aembed_chats(
+        self, bodies: Sequence[Callable[[], Awaitable[dict[str, Any]]]], width: int | None = None
+    ) -> list[list[float]]:
+        """Return the raw pooled vector of each chat request body (one conversation each), in order.
+
+        Each body is made when its request is sent, so no more than ``max_concurrency`` are held at once.
+        """
+        url = f"{self.base_url}/embeddings"
+        read = lambda row: _vector(row.get("embedding"), width)  # noqa: E731
+        return await self._send_all(url, [(make, 1) for make in bodies], read)
+
+    async def aclassify_chats(self, bodies: Sequence[Callable[[], Awaitable[dict[str, Any]]]]) -> list[float]:
+        """Return the single-label probability of each chat request body (one conversation each), in order."""
+        return await self._send_all(f"{self.root}/classify", [(make, 1) for make in bodies], _probability)
 
     # --- batching, concurrency, retries ---------------------------------------------------------------------
 
@@ -145,16 +162,28 @@ class VLLMServer:
         read_row: Callable[[dict[str, Any]], T],
     ) -> list[T]:
         batches = [sequences[i : i + self.max_batch] for i in range(0, len(sequences), self.max_batch)]
+        return await self._send_all(url, [(_ready(body(batch)), len(batch)) for batch in batches], read_row)
+
+    async def _send_all(
+        self,
+        url: str,
+        requests: Sequence[tuple[Callable[[], Awaitable[dict[str, Any]]], int]],
+        read_row: Callable[[dict[str, Any]], T],
+    ) -> list[T]:
+        """Send requests, at most ``max_concurrency`` at once; return all rows in request order.
+
+        Each request is a body made when its turn comes (so bodies are not all held at once) and its row count.
+        """
         gate = asyncio.Semaphore(self.max_concurrency)
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         async with httpx.AsyncClient(timeout=self.timeout, headers=headers, auth=self._credentials) as client:
             served = await self._served_name(client)
 
-            async def one(batch: list[list[int]]) -> list[T]:
+            async def one(make: Callable[[], Awaitable[dict[str, Any]]], count: int) -> list[T]:
                 async with gate:
-                    return await self._post(client, url, {"model": served, **body(batch)}, len(batch), read_row)
+                    return await self._post(client, url, {"model": served, **await make()}, count, read_row)
 
-            results = await asyncio.gather(*(one(b) for b in batches))
+            results = await asyncio.gather(*(one(make, count) for make, count in requests))
         return [row for rows in results for row in rows]
 
     async def _served_name(self, client: httpx.AsyncClient) -> str:
@@ -280,7 +309,7 @@ class VLLMServer:
         return ServerError(f"{where} answered HTTP {status}: {message}")
 
 
-def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine to completion from sync code, also from a thread that runs an event loop (a notebook)."""
     try:
         asyncio.get_running_loop()
@@ -288,6 +317,15 @@ def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(make())
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen3-retrieval-http") as pool:
         return pool.submit(lambda: asyncio.run(make())).result()
+
+
+def _ready(value: T) -> Callable[[], Awaitable[T]]:
+    """A request body made already, in the form of one made when sent."""
+
+    async def make() -> T:
+        return value
+
+    return make
 
 
 def _backoff(attempt: int) -> float:

@@ -39,7 +39,7 @@ WORDS = [
 """The corpus' vocabulary (``words.txt``): its order, with the seed, fixes the trained tokenizer."""
 
 
-def _corpus(seed: int = 0) -> list[str]:
+def _corpus(seed: int = 0, roles: bool = False) -> list[str]:
     rng = random.Random(seed)
     lines = [
         DEFAULT_INSTRUCTION,
@@ -55,6 +55,8 @@ def _corpus(seed: int = 0) -> list[str]:
         lines.append(" ".join(words).capitalize() + rng.choice([".", "?", "!", ",", ":", ";"]))
         lines.append(f"{rng.randint(0, 9999)} {rng.choice(WORDS)}\n")
     lines += ["yes", "no"] * 500
+    if roles:
+        lines += ["system", "user", "assistant"] * 500
     return lines
 
 
@@ -102,14 +104,16 @@ def build_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(), trainer)
+    # The VL checkpoints' role names are single tokens, as in Qwen's vocabulary: the official VL reranker's
+    # truncation keeps a prompt's last 5 tokens, which are then exactly "<|im_end|>\n<|im_start|>assistant\n".
+    tokenizer.train_from_iterator(_corpus(roles=vision), trainer)
     # As in Qwen's tokenizers, the added tokens get the ids after the BPE vocabulary, and only the <|...|>
     # control tokens are marked special.
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CONTROL_TOKENS])
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKUP_TOKENS])
     if vision:
         tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in VISION_TOKENS])
-    for token in (YES_TOKEN, NO_TOKEN):
+    for token in (YES_TOKEN, NO_TOKEN, *(("assistant",) if vision else ())):
         if tokenizer.token_to_id(token) is None:
             raise RuntimeError(f"the trained tokenizer has no single token {token!r}; raise vocab_size")
     if append_eos:

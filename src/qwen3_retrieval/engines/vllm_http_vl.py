@@ -1,0 +1,80 @@
+"""The Qwen3-VL models on a vLLM server: the same prompts as in process, sent as chat messages.
+
+A server takes images only inside chat messages (see :mod:`qwen3_retrieval.vl_messages`), one conversation per
+request: each prompt is read back into its messages and checked before anything is sent, and its images are
+encoded when its request goes out, so no more than ``max_concurrency`` prompts' images are held at once.
+
+* Embedding: ``/v1/embeddings`` with ``messages``, ``add_generation_prompt: true`` (vLLM's default is now
+  false, and the vector is pooled on the generation prompt's last token) and ``use_activation: false`` (the
+  raw state: the core cuts and normalises it).
+* Reranking: ``/classify`` with ``messages`` on a server started with the README's ``--hf-overrides``, which
+  turn the LM head's yes/no rows into one label scored ``sigmoid((W_yes - W_no) . h)``.
+
+Retries, deadlines, answer checks and secret masking are :class:`~qwen3_retrieval.engines.vllm_http.VLLMServer`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from qwen3_retrieval.batching import BatchPolicy
+from qwen3_retrieval.engines import finish_progress
+from qwen3_retrieval.engines.vllm_http import VLLMServer, run_sync
+from qwen3_retrieval.vl_messages import ChatPrompt, ChatReader
+from qwen3_retrieval.vl_processors import VLSequence
+
+
+class HttpVL:
+    """Runs Qwen3-VL prompts on a vLLM server; the in-process engine's interface.
+
+    Args:
+        server: The server's client.
+        reader: Reads prompts back into chat messages.
+        width: The model's hidden size (a vector of another length is a bad answer).
+    """
+
+    def __init__(self, server: VLLMServer, reader: ChatReader, width: int) -> None:
+        self.server, self.reader, self.width = server, reader, width
+
+    def embed(self, sequences: Sequence[VLSequence], policy: BatchPolicy, progress: tqdm | None) -> torch.Tensor:
+        """Return an ``(n, hidden)`` tensor of the server's raw pooled states, rows in input order.
+
+        Raises:
+            ValueError: A prompt cannot be sent exactly (see :class:`~qwen3_retrieval.vl_messages.ChatReader`).
+        """
+        bodies = self._bodies(sequences, "inputs", {"use_activation": False})
+        rows = run_sync(lambda: self.server.aembed_chats(bodies, self.width))
+        finish_progress(progress, len(rows))
+        return torch.tensor(rows, dtype=torch.float32)
+
+    def score(self, sequences: Sequence[VLSequence], policy: BatchPolicy, progress: tqdm | None) -> list[float]:
+        """Return each pair's P(yes) as the server's reranker scores it, in input order."""
+        bodies = self._bodies(sequences, "the pair of the query and documents", {})
+        scores = run_sync(lambda: self.server.aclassify_chats(bodies))
+        finish_progress(progress, len(scores))
+        return scores
+
+    def _bodies(
+        self, sequences: Sequence[VLSequence], what: str, extra: dict[str, Any]
+    ) -> list[Callable[[], Awaitable[dict[str, Any]]]]:
+        # Every prompt is checked before the first request goes out: a refused one sends nothing.
+        prompts = [self.reader.read(sequence, f"{what}[{i}]") for i, sequence in enumerate(sequences)]
+        return [_body(prompt, extra) for prompt in prompts]
+
+
+def _body(prompt: ChatPrompt, extra: dict[str, Any]) -> Callable[[], Awaitable[dict[str, Any]]]:
+    async def make() -> dict[str, Any]:
+        # Reading and encoding images blocks: off the event loop, which keeps the other requests moving.
+        messages = await asyncio.to_thread(prompt.messages)
+        body: dict[str, Any] = {"messages": messages, "add_generation_prompt": True, **extra}
+        bounds = prompt.pixel_bounds()
+        if bounds:
+            body["mm_processor_kwargs"] = bounds
+        return body
+
+    return make
