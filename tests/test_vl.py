@@ -72,6 +72,51 @@ def test_embeddings_match_the_official_code(vl_embedding: Path, official_embedde
     assert min(np.linalg.norm(ours[i] - ours[j]) for i in range(len(ours)) for j in range(i)) > 1e-3
 
 
+def frames(count: int, width: int, height: int, seed: int, mode: str = "RGB") -> list[Image.Image]:
+    """A video as its frames: random ones, so a wrong sample, order, resize or timestamp moves the vectors."""
+    return [picture(width, height, seed + i, mode) for i in range(count)]
+
+
+def test_videos_match_the_official_code(vl_embedding: Path, official_embedder: Official) -> None:
+    inputs = [
+        {"video": frames(3, 100, 80, 30)},  # odd: the last frame repeats; small: the clip is scaled up again
+        {"video": frames(2, 384, 384, 40), "text": "a clip", "image": picture(64, 64, 50)},  # no second resize
+        {"text": "two", "video": [frames(2, 64, 64, 60), frames(4, 200, 120, 70, "RGBA")]},  # two videos
+        {"video": frames(66, 640, 448, 100)},  # over 64: sampled; 64 frames of that size: scaled down again
+        {"text": "no video"},
+    ]
+    expected = official_embedder.embed(inputs).numpy()
+    ours = Qwen3VLEmbedder(vl_embedding, batch_tokens=4000).embed(inputs)  # the long video runs alone
+    np.testing.assert_allclose(ours, expected, atol=TOL)
+    assert min(np.linalg.norm(ours[i] - ours[j]) for i in range(len(ours)) for j in range(i)) > 1e-3
+    # A video is its frames: the same frames as images are another input.
+    as_images = Qwen3VLEmbedder(vl_embedding).embed([{"image": frames(3, 100, 80, 30)}])
+    assert np.linalg.norm(as_images[0] - ours[0]) > 1e-3
+
+
+def test_reranker_scores_videos_as_the_official_code_does(vl_reranker: Path, official_reranker: Official) -> None:
+    query = {"text": "a dog running on a beach"}
+    documents = [{"video": frames(4, 96, 64, 200)}, {"text": "caption", "video": frames(3, 64, 64, 210)}, {"text": "x"}]
+    expected = official_reranker.score(query, documents)
+    np.testing.assert_allclose(Qwen3VLReranker(vl_reranker).score(query, documents), expected, atol=TOL)
+    video_query = {"video": frames(2, 80, 80, 220)}
+    expected = official_reranker.score(video_query, documents, "Find the same clip")
+    ours = Qwen3VLReranker(vl_reranker).score(video_query, documents, "Find the same clip")
+    np.testing.assert_allclose(ours, expected, atol=TOL)
+
+
+def test_bad_videos_give_one_line_errors(vl_embedding: Path) -> None:
+    embedder = Qwen3VLEmbedder(vl_embedding)
+    with pytest.raises(ValueError, match=r"^inputs\[0\]\.video\[0\]\[1\] has another shape .*share one size$"):
+        embedder.embed([{"video": [picture(64, 64, 1), picture(300, 64, 2)]}])
+    with pytest.raises(ValueError, match=r"^inputs\[0\]\.video\[0\]\[0\] is not an image PIL can read"):
+        embedder.embed([{"video": [b"not an image"]}])
+    with pytest.raises(ValueError, match=r"^inputs\[0\]\.video has no frames"):
+        embedder.embed([{"video": []}])
+    with pytest.raises(TypeError, match=r"^inputs\[0\]\.video\[1\] is a int"):
+        embedder.embed([{"video": [picture(64, 64, 1), 3]}])
+
+
 def test_key_order_does_not_change_the_prompt(vl_embedding: Path) -> None:
     """The official code puts images before texts whatever the dict's key order (sentence-transformers does not)."""
     embedder = Qwen3VLEmbedder(vl_embedding)
@@ -219,7 +264,7 @@ def test_inputs_are_checked_before_anything_loads(tmp_path: Path) -> None:
     assert embedder.embed([]).shape == (0, 0)
     with pytest.raises(TypeError, match="unknown key 'images'"):
         embedder.embed([{"images": []}])
-    with pytest.raises(ValueError, match="videos are not supported yet"):
+    with pytest.raises(ValueError, match=r"video files are not read here .*pass the video.s frames"):
         embedder.embed([{"video": "clip.mp4"}])
     with pytest.raises(TypeError, match="must be a list"):
         embedder.embed("a single text")

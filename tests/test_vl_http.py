@@ -189,6 +189,9 @@ def test_http_refuses_text_a_server_would_read_as_control_tokens(
     with pytest.raises(ValueError, match=r"documents\[0\]: its text spells a control token"):
         reranker.score("q <|im_end|>", ["doc"])
     assert sent(state) == []
+    with pytest.raises(ValueError, match=r"^inputs\[0\] has a video; videos run in process only"):
+        embedder.embed([{"video": [picture(64, 64, 1), picture(64, 64, 2)]}])
+    assert sent(state) == []
     # A cut inside a character (a 3-byte one, cut after 1, 2 or 3 of its byte tokens) could not be sent as the
     # same ids either; a cut between characters is sent, and gives what the in-process engine gives.
     outcomes = []

@@ -6,7 +6,15 @@ builds them, rendered by transformers' chat templating with the checkpoint's tem
 transformers' tokenizer, images resized by PIL and cut by transformers' own ``Qwen2VLImageProcessorPil``, and
 run through transformers' ``Qwen3VLModel``. Only two steps of the official processor are transcribed, because
 its class needs torchvision, which the CPU test environment does not have: each ``<|image_pad|>`` is expanded to
-``grid.prod() // merge**2`` copies, and ``mm_token_type_ids`` marks image tokens with 1.
+``grid.prod() // merge**2`` copies, and ``mm_token_type_ids`` marks image tokens with 1 (video tokens with 2).
+
+Videos (lists of frames) follow the versions the official repository locks (its ``uv.lock``): qwen-vl-utils
+0.0.14's ``fetch_video`` for a list of frames, transcribed with torchvision 0.23's tensor ``resize`` (float
+pixels, bicubic with antialiasing, clamped and rounded back to 8 bits; none when the size is already right),
+and transformers 4.57's ``Qwen3VLProcessor``, which replaces a video's whole
+``<|vision_start|><|video_pad|><|vision_end|>`` by one ``<{t:.1f} seconds><|vision_start|>pads<|vision_end|>``
+per pair of frames. The frames are cut by transformers' own ``Qwen3VLVideoProcessor.patchify`` and timed by its
+``Qwen3VLProcessor._calculate_timestamps`` (both plain functions of tensors and lists).
 """
 
 from __future__ import annotations
@@ -16,10 +24,13 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 MIN_PIXELS = 4 * 32 * 32
 MAX_PIXELS = 1800 * 32 * 32
+MAX_FRAMES = 64
+MAX_TOTAL_PIXELS = 10 * 768 * 32 * 32
 EMBED_DEFAULT = "Represent the user's input."
 RERANK_DEFAULT = "Given a search query, retrieve relevant candidates that answer the query."
 JUDGE = (
@@ -52,7 +63,21 @@ class Official:
 
     # -- qwen-vl-utils ---------------------------------------------------------------------------------------
     @staticmethod
-    def fetch_image(image: Any, min_pixels: int, max_pixels: int) -> Any:
+    def smart_resize(height: int, width: int, factor: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
+        h_bar = max(factor, round(height / factor) * factor)
+        w_bar = max(factor, round(width / factor) * factor)
+        if h_bar * w_bar > max_pixels:
+            beta = math.sqrt((height * width) / max_pixels)
+            h_bar = math.floor(height / beta / factor) * factor
+            w_bar = math.floor(width / beta / factor) * factor
+        elif h_bar * w_bar < min_pixels:
+            beta = math.sqrt(min_pixels / (height * width))
+            h_bar = math.ceil(height * beta / factor) * factor
+            w_bar = math.ceil(width * beta / factor) * factor
+        return h_bar, w_bar
+
+    @staticmethod
+    def fetch_image(image: Any, min_pixels: int, max_pixels: int, factor: int = 32) -> Any:
         from PIL import Image
 
         if image.mode == "RGBA":
@@ -62,27 +87,51 @@ class Official:
         else:
             image = image.convert("RGB")
         width, height = image.size
-        h_bar = max(32, round(height / 32) * 32)
-        w_bar = max(32, round(width / 32) * 32)
-        if h_bar * w_bar > max_pixels:
-            beta = math.sqrt((height * width) / max_pixels)
-            h_bar = max(32, math.floor(height / beta / 32) * 32)
-            w_bar = max(32, math.floor(width / beta / 32) * 32)
-        elif h_bar * w_bar < min_pixels:
-            beta = math.sqrt(min_pixels / (height * width))
-            h_bar = math.ceil(height * beta / 32) * 32
-            w_bar = math.ceil(width * beta / 32) * 32
+        h_bar, w_bar = Official.smart_resize(height, width, factor, min_pixels, max_pixels)
         return image.resize((w_bar, h_bar))
+
+    @staticmethod
+    def fetch_video(frames: list[Any], total_pixels: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """qwen-vl-utils' ``fetch_video(ele, image_patch_size=16)`` for a list of frames."""
+        # Each frame through fetch_image(..., image_patch_size=32): factor 64, its default bounds.
+        images = [Official.fetch_image(frame, 4 * 64 * 64, 16384 * 64 * 64, factor=64) for frame in frames]
+        nframes = math.ceil(len(images) / 2) * 2
+        images += [images[-1]] * (nframes - len(images))
+        video = torch.stack([torch.from_numpy(np.array(image).transpose(2, 0, 1)) for image in images])
+        metadata = {"fps": 2.0, "frames_indices": list(range(len(video)))}
+        nframes, _, height, width = video.shape
+        min_pixels = 128 * 32 * 32
+        max_pixels = max(min(768 * 32 * 32, total_pixels / nframes * 2), int(min_pixels * 1.05))
+        size = Official.smart_resize(height, width, 32, min_pixels, max_pixels)
+        if size != (height, width):  # torchvision's F.resize on a uint8 tensor
+            resized = torch.nn.functional.interpolate(
+                video.to(torch.float32), size=list(size), mode="bicubic", align_corners=False, antialias=True
+            )
+            video = torch.round(resized.clamp(min=0, max=255)).to(torch.uint8)
+        return video.float(), metadata
 
     # -- format_model_input / format_mm_content ----------------------------------------------------------------
     @staticmethod
-    def content(text: Any, image: Any, prefix: str | None = None) -> list[dict[str, Any]]:
+    def is_video_input(video: Any) -> bool:
+        from PIL import Image
+
+        if isinstance(video, str):
+            return True
+        return isinstance(video, list) and len(video) > 0 and isinstance(video[0], Image.Image)
+
+    @staticmethod
+    def content(text: Any, image: Any, prefix: str | None = None, video: Any = None) -> list[dict[str, Any]]:
         content: list[dict[str, Any]] = [] if prefix is None else [{"type": "text", "text": prefix}]
         texts = [] if text is None else [text] if isinstance(text, str) else text
         images = [] if image is None else image if isinstance(image, list) else [image]
-        if not texts and not images:
+        videos = [] if video is None else [video] if Official.is_video_input(video) else video
+        if not texts and not images and not videos:
             content.append({"type": "text", "text": "NULL"})
             return content
+        for frames in videos:
+            if len(frames) > MAX_FRAMES:  # sample_frames
+                frames = [frames[i] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES, dtype=int).tolist()]
+            content.append({"type": "video", "video": frames, "total_pixels": MAX_TOTAL_PIXELS})
         for img in images:
             content.append({"type": "image", "image": img})
         for txt in texts:
@@ -97,13 +146,13 @@ class Official:
                 instruction = instruction + "."
         return [
             {"role": "system", "content": [{"type": "text", "text": instruction or EMBED_DEFAULT}]},
-            {"role": "user", "content": self.content(item.get("text"), item.get("image"))},
+            {"role": "user", "content": self.content(item.get("text"), item.get("image"), video=item.get("video"))},
         ]
 
     def rerank_conversation(self, query: dict[str, Any], doc: dict[str, Any], instruction: str | None) -> Any:
         contents = [{"type": "text", "text": "<Instruct>: " + (instruction or RERANK_DEFAULT)}]
-        contents += self.content(query.get("text"), query.get("image"), prefix="<Query>:")
-        contents += self.content(doc.get("text"), doc.get("image"), prefix="\n<Document>:")
+        contents += self.content(query.get("text"), query.get("image"), "<Query>:", query.get("video"))
+        contents += self.content(doc.get("text"), doc.get("image"), "\n<Document>:", doc.get("video"))
         return [
             {"role": "system", "content": [{"type": "text", "text": JUDGE}]},
             {"role": "user", "content": contents},
@@ -129,6 +178,33 @@ class Official:
             for grid in pixels["image_grid_thw"]:
                 text = text.replace("<|image_pad|>", "<|placeholder|>" * int(grid.prod() // 4), 1)
             text = text.replace("<|placeholder|>", "<|image_pad|>")
+        videos = [item for message in conversation for item in message["content"] if item.get("type") == "video"]
+        if videos:
+            from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+            from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+            mean = torch.tensor(self.image_processor.image_mean).view(1, 3, 1, 1)
+            std = torch.tensor(self.image_processor.image_std).view(1, 3, 1, 1)
+            patches, grids = [], []
+            for item in videos:
+                video, metadata = self.fetch_video(item["video"], item["total_pixels"])
+                video = (video / 255.0 - mean) / std  # do_rescale, do_normalize; do_resize=False
+                flat, grid_t, grid_h, grid_w = Qwen3VLVideoProcessor.patchify(
+                    None, video[None], patch_size=16, merge_size=2, temporal_patch_size=2
+                )
+                patches.append(flat[0])
+                grids.append([grid_t, grid_h, grid_w])
+                times = Qwen3VLProcessor._calculate_timestamps(None, metadata["frames_indices"], metadata["fps"], 2)
+                placeholder = "".join(
+                    f"<{t:.1f} seconds><|vision_start|>"
+                    + "<|vplaceholder|>" * (grid_h * grid_w // 4)
+                    + "<|vision_end|>"
+                    for t in times
+                )
+                text = text.replace("<|vision_start|><|video_pad|><|vision_end|>", placeholder, 1)
+            text = text.replace("<|vplaceholder|>", "<|video_pad|>")
+            out["pixel_values_videos"] = torch.cat(patches)
+            out["video_grid_thw"] = torch.tensor(grids)
         out["ids"] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return out
 
@@ -148,7 +224,15 @@ class Official:
         if with_images:
             inputs["pixel_values"] = torch.cat([row["pixel_values"] for row in with_images])
             inputs["image_grid_thw"] = torch.cat([row["image_grid_thw"] for row in with_images])
-            inputs["mm_token_type_ids"] = (ids == self.model.config.image_token_id).int()
+        with_videos = [row for row in rows if "pixel_values_videos" in row]
+        if with_videos:
+            inputs["pixel_values_videos"] = torch.cat([row["pixel_values_videos"] for row in with_videos])
+            inputs["video_grid_thw"] = torch.cat([row["video_grid_thw"] for row in with_videos])
+        if with_images or with_videos:
+            config = self.model.config
+            inputs["mm_token_type_ids"] = (ids == config.image_token_id).int() + 2 * (
+                ids == config.video_token_id
+            ).int()
         with torch.no_grad():
             return self.model(**inputs).last_hidden_state, mask
 

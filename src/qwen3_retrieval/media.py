@@ -93,7 +93,7 @@ class SizedImage:
         return buffer.getvalue()
 
 
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+def smart_resize(height: int, width: int, factor: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
     """Return the official ``(height, width)`` an image is resized to (qwen-vl-utils' rule).
 
     Each side is rounded to a multiple of ``factor``; if the area is then above ``max_pixels`` both sides are
@@ -172,8 +172,7 @@ def size_image(source: Any, settings: ImageSettings, what: str, *, allow_urls: b
     Raises:
         ValueError: The image cannot be read, or its aspect ratio is out of bounds (the message names ``what``).
     """
-    if isinstance(source, str) and source.startswith(("http://", "https://")) and allow_urls:
-        source = _fetch(source, what)  # fetched once: the batch reads these bytes, not the URL again
+    source = held_source(source, what, allow_urls=allow_urls)
     image = read_image(source, what, allow_urls=allow_urls)
     factor = settings.patch_size * settings.merge_size
     try:
@@ -183,25 +182,44 @@ def size_image(source: Any, settings: ImageSettings, what: str, *, allow_urls: b
     return SizedImage(source, what, settings, height, width)
 
 
+def held_source(source: Any, what: str, *, allow_urls: bool = False) -> Any:
+    """Return what to keep of an image source: its bytes for an allowed URL, else the source as it is.
+
+    A URL is fetched once: a batch reads those bytes, not the URL again.
+    """
+    if isinstance(source, str) and source.startswith(("http://", "https://")) and allow_urls:
+        return _fetch(source, what)
+    return source
+
+
 def patches_of(image: Any, settings: ImageSettings, size: tuple[int, int]) -> torch.Tensor:
     """Resize a decoded RGB image to ``size`` the official way and cut it into the vision tower's patches.
 
-    The resize is PIL's bicubic; then, as the processor does with ``do_resize=False``: rescale by 1/255,
-    normalise by the mean and std, repeat the still image to the temporal patch size, and order the patches
-    merge-group by merge-group.
+    The resize is PIL's bicubic; then, as the processor does with ``do_resize=False``, the still image is
+    repeated to the temporal patch size and cut by :func:`patchify`.
     """
     height, width = size
     pixels = torch.frombuffer(bytearray(resized(image, size).tobytes()), dtype=torch.uint8).view(height, width, 3)
-    pixels = pixels.permute(2, 0, 1).to(torch.float32) / 255.0
-    mean = torch.tensor(settings.image_mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(settings.image_std, dtype=torch.float32).view(3, 1, 1)
+    frames = pixels.permute(2, 0, 1).unsqueeze(0).expand(settings.temporal_patch_size, 3, height, width)
+    return patchify(frames, settings)  # a still image fills one temporal patch
+
+
+def patchify(frames: torch.Tensor, settings: ImageSettings) -> torch.Tensor:
+    """Cut 8-bit ``(frames, 3, H, W)`` pixels into the vision tower's patches, as the official processors do.
+
+    Rescale by 1/255, normalise by the mean and std, group the frames by the temporal patch size (their count
+    must be a multiple of it), and order the patches merge-group by merge-group, frame group by frame group.
+    """
+    pixels = frames.to(torch.float32) / 255.0
+    mean = torch.tensor(settings.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(settings.image_std, dtype=torch.float32).view(1, 3, 1, 1)
     pixels = (pixels - mean) / std
+    count, _, height, width = pixels.shape
     t, p, m = settings.temporal_patch_size, settings.patch_size, settings.merge_size
-    grid_h, grid_w = height // p, width // p
-    frames = pixels.unsqueeze(0).expand(t, 3, height, width)  # a still image fills one temporal patch
-    patches = frames.reshape(1, t, 3, grid_h // m, m, p, grid_w // m, m, p)
+    grid_t, grid_h, grid_w = count // t, height // p, width // p
+    patches = pixels.reshape(grid_t, t, 3, grid_h // m, m, p, grid_w // m, m, p)
     patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return patches.reshape(grid_h * grid_w, 3 * t * p * p).contiguous()
+    return patches.reshape(grid_t * grid_h * grid_w, 3 * t * p * p).contiguous()
 
 
 def resized(image: Any, size: tuple[int, int]) -> Any:

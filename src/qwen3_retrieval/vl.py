@@ -43,16 +43,19 @@ def _prompts(loaded: LoadedVL, options: VLEmbedderOptions | VLRerankerOptions) -
 class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbeddingProcessor, TransformersVL | HttpVL]]):
     """Embeds texts, images and both together with a Qwen3-VL-Embedding model, as the official code does.
 
-    An input is a text (``str``), an image (``PIL.Image`` or ``bytes``), or a dict with ``"text"`` and/or
-    ``"image"`` (each one item or a list) and optionally its own ``"instruction"``. A path is an image only
-    inside a dict (``{"image": "page.png"}``); a bare string is text. Each input becomes the official chat
-    prompt: the instruction as the system turn (a final "." added unless it ends in punctuation), then the
-    input's images, then its texts, then ``<|im_start|>assistant\\n``, whose last state is the embedding, cut
-    to ``dimensions`` (Matryoshka) and L2-normalised.
+    An input is a text (``str``), an image (``PIL.Image`` or ``bytes``), or a dict with ``"text"``,
+    ``"image"`` (each one item or a list), ``"video"`` (a video as the list of its frames, or a list of such
+    lists) and optionally its own ``"instruction"``. A path is an image only inside a dict
+    (``{"image": "page.png"}``); a bare string is text. Each input becomes the official chat prompt: the
+    instruction as the system turn (a final "." added unless it ends in punctuation), then the input's videos,
+    images and texts, then ``<|im_start|>assistant\\n``, whose last state is the embedding, cut to
+    ``dimensions`` (Matryoshka) and L2-normalised.
 
     Images are resized as the official code resizes them (sides multiples of 32, area within ``min_pixels`` and
-    ``max_pixels``). Texts are plain text: one that spells ``<|image_pad|>`` never becomes a vision token.
-    Over-long inputs lose the end of their text; the template and every image are kept.
+    ``max_pixels``); videos are sampled (at most 64 frames), resized and timed as it does them
+    (:mod:`qwen3_retrieval.video`). Texts are plain text: one that spells ``<|image_pad|>`` never becomes a
+    vision token. Over-long inputs lose the end of their text; the template, every image and every video are
+    kept.
 
     Args:
         model: Hub id or local folder of a Qwen3-VL-Embedding checkpoint.
@@ -164,7 +167,7 @@ class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLReranking
         """Return each document's relevance to ``query``, in [0, 1], in input order.
 
         Args:
-            query: A text, an image, or a dict of both; must not be empty.
+            query: A text, an image, or a dict of texts, images and videos; must not be empty.
             documents: The candidates (texts, images, or dicts).
             instruction: This call's instruction; None uses the reranker's.
 
@@ -173,8 +176,8 @@ class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLReranking
             TypeError: An input has a type or key that is not accepted.
         """
         asked = vl_input(query, "query")
-        if not asked.images and not "".join(asked.texts).strip():
-            raise ValueError("query is empty; pass the search text or image to rank the documents against")
+        if not asked.images and not asked.videos and not "".join(asked.texts).strip():
+            raise ValueError("query is empty; pass the search text, image or video to rank the documents against")
         docs = vl_inputs(documents, "documents")
         task = check_call_instruction(instruction)
         if not docs:

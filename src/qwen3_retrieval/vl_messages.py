@@ -75,6 +75,11 @@ class ChatReader:
             ValueError: Its text spells a control token, or was cut inside a character, or the cut reached the
                 template (``what`` names the input, the message the fix).
         """
+        if sequence.videos:
+            raise ValueError(
+                f"{what} has a video; videos run in process only (a server samples and resizes frames its own "
+                "way, so the prompt computed here would not be the one it runs): drop base_url="
+            )
         pieces = self._pieces(sequence, what)
         start, end = self.ids[IM_START], self.ids[IM_END]
         head, tail = pieces[:6], pieces[-4:]

@@ -18,7 +18,7 @@ Truncation:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,14 +27,17 @@ from qwen3_retrieval.media import ImageSettings, SizedImage, size_image
 from qwen3_retrieval.options import VLEmbedderOptions, VLRerankerOptions
 from qwen3_retrieval.processors import finished_vectors
 from qwen3_retrieval.tokenization import TextTokenizer
+from qwen3_retrieval.video import SizedVideo, size_video
 from qwen3_retrieval.vl_prompts import (
     IM_END,
     IMAGE_PAD,
+    VIDEO_PAD,
     VISION_END,
     VISION_START,
     Control,
     ImageSlot,
     Part,
+    VideoSlot,
     VLInput,
     embedding_parts,
     rerank_parts,
@@ -46,10 +49,11 @@ KEPT_SUFFIX = 5
 
 @dataclass(frozen=True, eq=False)
 class VLSequence:
-    """One prompt as an engine runs it: token ids, and the images its ``<|image_pad|>`` runs stand for."""
+    """One prompt as an engine runs it: token ids, and the images and videos its pad runs stand for."""
 
     ids: list[int]
     images: list[SizedImage]
+    videos: list[SizedVideo] = field(default_factory=list)
 
 
 class VLPrompts:
@@ -68,7 +72,7 @@ class VLPrompts:
     def __init__(self, tokenizer: TextTokenizer, settings: ImageSettings, allow_urls: bool, model: str) -> None:
         self.tokenizer, self.settings, self.allow_urls = tokenizer, settings, allow_urls
         ids = {}
-        for token in ("<|im_start|>", IM_END, VISION_START, VISION_END, IMAGE_PAD):
+        for token in ("<|im_start|>", IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD):
             token_id = tokenizer.token_id(token)
             if token_id is None:
                 raise ValueError(f"{model!r} has no {token} token; is it a Qwen3-VL checkpoint?")
@@ -83,24 +87,61 @@ class VLPrompts:
             for i, source in enumerate(item.images)
         ]
 
-    def chunks(self, parts: Sequence[Part]) -> list[str | Control | ImageSlot]:
-        """Join consecutive texts: transformers tokenizes the text between two special tokens as one string."""
-        joined: list[str | Control | ImageSlot] = []
+    def videos(self, item: VLInput, what: str) -> list[SizedVideo]:
+        """Check, sample and size ``item``'s videos (errors name ``what``); their frames are read when they run."""
+        return [
+            size_video(frames, self.settings, f"{what}.video[{i}]", allow_urls=self.allow_urls)
+            for i, frames in enumerate(item.videos)
+        ]
+
+    def chunks(self, parts: Sequence[Part], videos: Sequence[SizedVideo] = ()) -> list[str | Control | _Slot]:
+        """Lay each video out pair by pair, then join consecutive texts.
+
+        transformers tokenizes the text between two special tokens as one string, so a pair's timestamp joins
+        the text before it.
+        """
+        laid: list[str | Control | _Slot] = []
         for part in parts:
-            if isinstance(part, str) and joined and isinstance(joined[-1], str):
-                joined[-1] += part
+            if isinstance(part, VideoSlot):
+                for pair, stamp in enumerate(videos[part.index].timestamps()):
+                    laid += [stamp, _FramePair(part.index, pair)]
             else:
-                joined.append(part)
+                laid.append(part)
+        joined: list[str | Control | _Slot] = []
+        for piece in laid:
+            if isinstance(piece, str) and joined and isinstance(joined[-1], str):
+                joined[-1] += piece
+            else:
+                joined.append(piece)
         return joined
 
-    def token_ids(self, chunk: str | Control | ImageSlot, images: list[SizedImage], limit: int) -> list[int]:
-        """The ids of one chunk: plain text (at most ``limit`` tokens), a control token, or an image's markers."""
+    def token_ids(
+        self, chunk: str | Control | _Slot, images: list[SizedImage], limit: int, videos: Sequence[SizedVideo] = ()
+    ) -> list[int]:
+        """The ids of one chunk: text, a control token, or an image's or a frame pair's markers and pads.
+
+        Text is read as plain characters, at most ``limit`` tokens of it.
+        """
         if isinstance(chunk, Control):
             return [self.ids[chunk.token]]
         if isinstance(chunk, ImageSlot):
             pads = [self.ids[IMAGE_PAD]] * images[chunk.index].tokens
             return [self.ids[VISION_START], *pads, self.ids[VISION_END]]
+        if isinstance(chunk, _FramePair):
+            pads = [self.ids[VIDEO_PAD]] * videos[chunk.video].pair_tokens
+            return [self.ids[VISION_START], *pads, self.ids[VISION_END]]
         return self.tokenizer.plain([chunk], limit=limit)[0]
+
+
+@dataclass(frozen=True)
+class _FramePair:
+    """One pair of a video's frames (a temporal patch) in a laid-out prompt."""
+
+    video: int
+    pair: int
+
+
+_Slot = ImageSlot | _FramePair
 
 
 class VLEmbeddingProcessor:
@@ -128,29 +169,32 @@ class VLEmbeddingProcessor:
         return [self._sequence(item, instruction, f"{what}[{i}]") for i, item in enumerate(items)]
 
     def _sequence(self, item: VLInput, instruction: str | None, what: str) -> VLSequence:
-        images = self.prompts.images(item, what)
-        chunks = self.prompts.chunks(embedding_parts(item, instruction))
+        images, videos = self.prompts.images(item, what), self.prompts.videos(item, what)
+        chunks = self.prompts.chunks(embedding_parts(item, instruction), videos)
         limit = self.options.max_length
         # The layout ends [user content..., <|im_end|>, "\n", <|im_start|>, "assistant\n"]: the text the user
         # gave is the chunk before those four, and it is the only part that is cut.
         text_at = len(chunks) - 5 if isinstance(chunks[-5], str) else None
-        pieces = [[] if i == text_at else self.prompts.token_ids(c, images, limit) for i, c in enumerate(chunks)]
+        pieces = [
+            [] if i == text_at else self.prompts.token_ids(c, images, limit, videos) for i, c in enumerate(chunks)
+        ]
         fixed = sum(map(len, pieces))
         if text_at is not None:
             chunk = chunks[text_at]
             assert isinstance(chunk, str)
-            head = 0 if item.images else len(self.prompts.tokenizer.plain(["user\n"])[0])  # "user\n" starts it
+            starts_turn = not item.images and not item.videos  # then "user\n" starts the chunk, and is not cut
+            head = len(self.prompts.tokenizer.plain(["user\n"])[0]) if starts_turn else 0
             if limit - fixed >= head:
                 pieces[text_at] = self.prompts.tokenizer.plain([chunk], limit=limit - fixed)[0]
             else:
                 fixed += head
         if fixed > limit:
             raise ValueError(
-                f"{what}: its instruction, images and the prompt template take {fixed} tokens, more than "
-                f"max_length={limit}; shorten the instruction, pass fewer or smaller images (max_pixels), or "
-                "raise max_length"
+                f"{what}: its instruction, images, videos and the prompt template take {fixed} tokens, more than "
+                f"max_length={limit}; shorten the instruction, pass fewer or smaller images (max_pixels) or fewer "
+                "frames, or raise max_length"
             )
-        return VLSequence([token for piece in pieces for token in piece], images)
+        return VLSequence([token for piece in pieces for token in piece], images, videos)
 
     def vectors(self, pooled: torch.Tensor) -> np.ndarray:
         """Return float32 vectors: cut to ``dimensions``, then normalised (if asked), as the text models'."""
@@ -175,14 +219,16 @@ class VLRerankingProcessor:
             ValueError: An image cannot be read.
         """
         task = self.options.instruction if instruction is None else instruction
-        query_images = self.prompts.images(query, "query")
+        query_images, query_videos = self.prompts.images(query, "query"), self.prompts.videos(query, "query")
         out = []
         for i, document in enumerate(documents):
             images = query_images + self.prompts.images(document, f"documents[{i}]")
-            chunks = self.prompts.chunks(rerank_parts(query, document, task))
+            videos = query_videos + self.prompts.videos(document, f"documents[{i}]")
+            chunks = self.prompts.chunks(rerank_parts(query, document, task), videos)
             # No more than max_length tokens of any text can survive the cut below: read no more than that.
-            ids = [t for c in chunks for t in self.prompts.token_ids(c, images, self.options.max_length)]
-            out.append(VLSequence(self._truncated(ids), images))
+            limit = self.options.max_length
+            ids = [t for c in chunks for t in self.prompts.token_ids(c, images, limit, videos)]
+            out.append(VLSequence(self._truncated(ids), images, videos))
         return out
 
     def _truncated(self, ids: list[int]) -> list[int]:

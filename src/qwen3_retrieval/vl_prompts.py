@@ -36,6 +36,7 @@ EMPTY_CONTENT = "NULL"
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
 
 
 @dataclass(frozen=True)
@@ -52,19 +53,32 @@ class ImageSlot:
     index: int
 
 
-Part = str | Control | ImageSlot
+@dataclass(frozen=True)
+class VideoSlot:
+    """Where the input's video number ``index`` goes.
+
+    Each pair of its frames is a timestamp, then ``<|vision_start|>``, the pair's pads and ``<|vision_end|>``
+    (see :mod:`qwen3_retrieval.video`).
+    """
+
+    index: int
+
+
+Part = str | Control | ImageSlot | VideoSlot
 
 
 @dataclass(frozen=True)
 class VLInput:
-    """One input as the official code takes it: its images and texts (shown in that order), and an instruction.
+    """One input as the official code takes it: videos, images and texts (shown in that order), an instruction.
 
-    Build it with :func:`vl_input`; images stay as given until the model needs them.
+    Build it with :func:`vl_input`; images and frames stay as given until the model needs them.
     """
 
     texts: tuple[str, ...]
     images: tuple[Any, ...]
     instruction: str | None = None
+    videos: tuple[tuple[Any, ...], ...] = ()
+    """Each video as its frames."""
 
 
 def vl_input(item: object, what: str) -> VLInput:
@@ -72,8 +86,9 @@ def vl_input(item: object, what: str) -> VLInput:
 
     Accepted: a ``str`` (a text), a ``PIL.Image`` or ``bytes`` (an image), or a mapping with any of ``"text"``
     (a string or a list of strings), ``"image"`` (an image or a list: PIL image, bytes, path or, with
-    ``allow_urls``, URL) and ``"instruction"``. As in the official code, images come before texts in the prompt
-    whatever the mapping's key order.
+    ``allow_urls``, URL), ``"video"`` (a video as the list of its frames, each as an image is given, or a list
+    of such lists) and ``"instruction"``. As in the official code, videos come first in the prompt, then
+    images, then texts, whatever the mapping's key order.
     """
     if isinstance(item, str):
         return VLInput((check_unicode(item, what),), ())
@@ -84,11 +99,11 @@ def vl_input(item: object, what: str) -> VLInput:
             f"{what} is a {type(item).__name__}; pass a text, a PIL image, image bytes, or a dict with 'text' "
             "and/or 'image' (a path as a string is read as text: use {'image': path})"
         )
-    unknown = sorted(set(item) - {"text", "image", "instruction"})
-    if "video" in unknown:
-        raise ValueError(f"{what} has a 'video'; videos are not supported yet: pass its frames as images")
+    unknown = sorted(set(item) - {"text", "image", "video", "instruction"})
     if unknown:
-        raise TypeError(f"{what} has unknown key {unknown[0]!r}; the keys are 'text', 'image' and 'instruction'")
+        raise TypeError(
+            f"{what} has unknown key {unknown[0]!r}; the keys are 'text', 'image', 'video' and 'instruction'"
+        )
     texts = _as_list(item.get("text"), what + ".text")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
@@ -98,12 +113,13 @@ def vl_input(item: object, what: str) -> VLInput:
     for i, image in enumerate(images):
         if not isinstance(image, (str, bytes, bytearray, os.PathLike)) and not _is_pil(image):
             raise TypeError(f"{what}.image[{i}] is a {type(image).__name__}; pass a PIL image, image bytes or a path")
+    videos = _videos(item.get("video"), what + ".video")
     instruction = item.get("instruction")
     if instruction is not None:
         if not isinstance(instruction, str):
             raise TypeError(f"{what}.instruction must be a str, got {type(instruction).__name__}")
         check_unicode(instruction, f"{what}.instruction")
-    return VLInput(tuple(texts), tuple(images), instruction)
+    return VLInput(tuple(texts), tuple(images), instruction, videos)
 
 
 def vl_inputs(items: Sequence[object], what: str = "inputs") -> list[VLInput]:
@@ -148,24 +164,55 @@ def embedding_parts(item: VLInput, instruction: str | None) -> list[Part]:
 
 
 def rerank_parts(query: VLInput, document: VLInput, instruction: str) -> list[Part]:
-    """Return the official reranker prompt of one pair (images numbered query first, then document).
+    """Return the official reranker prompt of one pair (images and videos numbered query first, then document).
 
     The user turn is ``<Instruct>: {instruction}<Query>:{query}\\n<Document>:{document}``: no newline before
     ``<Query>:`` and no space after either colon, as the official code writes it.
     """
-    offset = len(query.images)
+    offset, video_offset = len(query.images), len(query.videos)
     return [
         Control(IM_START), "system\n" + VL_RERANK_SYSTEM, Control(IM_END), "\n",
         Control(IM_START), "user\n", "<Instruct>: " + instruction, "<Query>:", *_content(query),
-        "\n<Document>:", *_content(document, offset), Control(IM_END), "\n",
+        "\n<Document>:", *_content(document, offset, video_offset), Control(IM_END), "\n",
         Control(IM_START), "assistant\n",
     ]  # fmt: skip
 
 
-def _content(item: VLInput, offset: int = 0) -> list[Part]:
-    if not item.texts and not item.images:
+def _content(item: VLInput, offset: int = 0, video_offset: int = 0) -> list[Part]:
+    if not item.texts and not item.images and not item.videos:
         return [EMPTY_CONTENT]
-    return [*(ImageSlot(offset + i) for i in range(len(item.images))), *item.texts]
+    return [
+        *(VideoSlot(video_offset + i) for i in range(len(item.videos))),
+        *(ImageSlot(offset + i) for i in range(len(item.images))),
+        *item.texts,
+    ]
+
+
+def _videos(value: object, what: str) -> tuple[tuple[Any, ...], ...]:
+    """A video is the list of its frames; a list of such lists is several videos."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, os.PathLike)):
+        raise ValueError(
+            f"{what} is a file path; video files are not read here (the official code decodes them with decord or "
+            "torchvision): pass the video's frames, a list of images"
+        )
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{what} must be a video's frames (a list of images) or a list of such lists")
+    if not value:
+        raise ValueError(f"{what} has no frames; pass a list of its frames (images)")
+    videos = value if all(isinstance(v, (list, tuple)) for v in value) else [value]
+    out = []
+    for i, frames in enumerate(videos):
+        where = f"{what}[{i}]" if videos is value else what
+        if not frames:
+            raise ValueError(f"{where} has no frames; pass a list of its frames (images)")
+        for j, frame in enumerate(frames):
+            if not isinstance(frame, (str, bytes, bytearray, os.PathLike)) and not _is_pil(frame):
+                kind = type(frame).__name__
+                raise TypeError(f"{where}[{j}] is a {kind}; a frame is a PIL image, image bytes or a path")
+        out.append(tuple(frames))
+    return tuple(out)
 
 
 def _as_list(value: object, what: str) -> list[Any]:

@@ -53,7 +53,8 @@ class TransformersVL:
         self, model: torch.nn.Module, pad_id: int, device: torch.device, direction: torch.Tensor | None = None
     ) -> None:
         self.model, self.pad_id, self.device, self.direction = model, pad_id, device, direction
-        self.image_id = int(getattr(model, "config").image_token_id)  # noqa: B009  (a Module attribute to mypy)
+        config = getattr(model, "config")  # noqa: B009  (a Module attribute to mypy)
+        self.image_id, self.video_id = int(config.image_token_id), int(config.video_token_id)
         # transformers 5 places images by token type; 4.57 finds them by id and takes no such argument.
         self.typed = "mm_token_type_ids" in inspect.signature(model.forward).parameters
         self.lock = threading.Lock()
@@ -98,14 +99,19 @@ class TransformersVL:
         lengths = torch.tensor([len(row.ids) for row in rows])
         mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
         images = [image for row in rows for image in row.images]
+        videos = [video for row in rows for video in row.videos]
         inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": mask}
+        # This batch's images and videos only; a reranker's query image stands in every pair, and is cut once.
         if images:
-            # This batch's images only; a reranker's query image stands in every pair, and is cut once.
             cut = {id(image): image.patches() for image in images}
             inputs["pixel_values"] = torch.cat([cut[id(image)] for image in images])
             inputs["image_grid_thw"] = torch.tensor([image.grid for image in images])
-            if self.typed:
-                inputs["mm_token_type_ids"] = (input_ids == self.image_id).int()
+        if videos:
+            cut = {id(video): video.patches() for video in videos}
+            inputs["pixel_values_videos"] = torch.cat([cut[id(video)] for video in videos])
+            inputs["video_grid_thw"] = torch.tensor([video.grid for video in videos])
+        if (images or videos) and self.typed:  # 1 marks image tokens, 2 video tokens
+            inputs["mm_token_type_ids"] = (input_ids == self.image_id).int() + 2 * (input_ids == self.video_id).int()
         inputs = {name: value.to(self.device) for name, value in inputs.items()}
         hidden = self.model(**inputs, use_cache=False).last_hidden_state
         return take_positions(hidden, last)
