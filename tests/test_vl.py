@@ -105,6 +105,71 @@ def test_reranker_scores_videos_as_the_official_code_does(vl_reranker: Path, off
     np.testing.assert_allclose(ours, expected, atol=TOL)
 
 
+def write_video(path: Path, arrays: list[np.ndarray], fps: int) -> Path:
+    """A lossless FFV1 video file: any decoder reads back exactly ``arrays`` (written here, nothing committed)."""
+    import av
+
+    height, width = arrays[0].shape[:2]
+    with av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "bgr0"
+        for array in arrays:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def clip(count: int, width: int, height: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def test_video_files_match_the_official_code(vl_embedding: Path, official_embedder: Official, tmp_path: Path) -> None:
+    """Sampled at 1 frame per second (at least 4, at most 64, an even count), timed in the file's frame rate."""
+    clips = {
+        "short": (clip(30, 96, 64, 300), 10),  # 3 s: 4 frames, the least; scaled up
+        "long": (clip(150, 64, 48, 400), 2),  # 75 s: 64 frames, the most
+        "large": (clip(6, 900, 900, 500), 4),  # over 768 tokens a frame: scaled down
+        "many": (clip(64, 576, 448, 600), 1),  # 64 frames of 252 tokens: within a file's total (not a frame list's)
+    }
+    paths = {}
+    for name, (arrays, fps) in clips.items():
+        path = write_video(tmp_path / f"{name}.mkv", arrays, fps)
+        official_embedder.decoded[str(path)] = (np.stack(arrays), float(fps))
+        paths[name] = str(path)
+    inputs = [
+        {"video": paths["short"]},
+        {"video": paths["long"], "text": "a long clip"},
+        {"video": [paths["large"], paths["short"]], "image": picture(64, 64, 1)},
+        {"video": paths["many"]},
+    ]
+    expected = official_embedder.embed(inputs).numpy()
+    # 8501 tokens for the last: over the official 8192, where the official code fails (its cut lands in the pads).
+    ours = Qwen3VLEmbedder(vl_embedding, max_length=9000).embed(inputs)
+    np.testing.assert_allclose(ours, expected, atol=TOL)
+    assert min(np.linalg.norm(ours[i] - ours[j]) for i in range(len(ours)) for j in range(i)) > 1e-3
+    as_bytes = Qwen3VLEmbedder(vl_embedding).embed([{"video": Path(paths["short"]).read_bytes()}])
+    np.testing.assert_allclose(as_bytes[0], ours[0], atol=TOL)
+
+
+def test_bad_video_files_give_one_line_errors(vl_embedding: Path, tmp_path: Path) -> None:
+    embedder = Qwen3VLEmbedder(vl_embedding)
+    good = write_video(tmp_path / "good.mkv", clip(12, 64, 64, 1), 4).read_bytes()
+    (tmp_path / "noise.mkv").write_bytes(b"not a video at all" * 100)
+    cases = [
+        (tmp_path / "missing.mp4", r"cannot be opened as a video \(FileNotFoundError"),
+        (tmp_path / "noise.mkv", r"cannot be opened as a video"),
+        (good[:200], r"cannot be opened as a video"),  # cut inside its header
+        (b"", r"cannot be opened as a video"),
+    ]
+    for source, message in cases:
+        with pytest.raises(ValueError, match=r"^inputs\[0\]\.video\[0\] " + message) as caught:
+            embedder.embed([{"video": source}])
+        assert "\n" not in str(caught.value)
+    # Cut after some frames, a file is a shorter video (as players read it), not an error.
+    assert embedder.embed([{"video": good[: len(good) // 2]}]).shape == (1, embedder.dimension)
+
+
 def test_bad_videos_give_one_line_errors(vl_embedding: Path) -> None:
     embedder = Qwen3VLEmbedder(vl_embedding)
     with pytest.raises(ValueError, match=r"^inputs\[0\]\.video\[0\]\[1\] has another shape .*share one size$"):
@@ -264,8 +329,8 @@ def test_inputs_are_checked_before_anything_loads(tmp_path: Path) -> None:
     assert embedder.embed([]).shape == (0, 0)
     with pytest.raises(TypeError, match="unknown key 'images'"):
         embedder.embed([{"images": []}])
-    with pytest.raises(ValueError, match=r"video files are not read here .*pass the video.s frames"):
-        embedder.embed([{"video": "clip.mp4"}])
+    with pytest.raises(ValueError, match=r"^inputs\[0\]\.video is a URL; video files are read from disk or bytes"):
+        embedder.embed([{"video": "https://example.com/clip.mp4"}])
     with pytest.raises(TypeError, match="must be a list"):
         embedder.embed("a single text")
     with pytest.raises(ValueError, match="query is empty"):

@@ -14,7 +14,9 @@ pixels, bicubic with antialiasing, clamped and rounded back to 8 bits; none when
 and transformers 4.57's ``Qwen3VLProcessor``, which replaces a video's whole
 ``<|vision_start|><|video_pad|><|vision_end|>`` by one ``<{t:.1f} seconds><|vision_start|>pads<|vision_end|>``
 per pair of frames. The frames are cut by transformers' own ``Qwen3VLVideoProcessor.patchify`` and timed by its
-``Qwen3VLProcessor._calculate_timestamps`` (both plain functions of tensors and lists).
+``Qwen3VLProcessor._calculate_timestamps`` (both plain functions of tensors and lists). A video file is sampled
+by the transcribed ``smart_nframes`` and ``linspace(...).round()`` from frames the test supplies
+(:attr:`Official.decoded`): it wrote the file losslessly, so what decord would read is known without decoding.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class Official:
         from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration, Qwen3VLModel
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+        self.decoded: dict[str, tuple[np.ndarray, float]] = {}
+        """Video files' decoded frames and frame rate, by path: what decord would read from them (the tests write
+        them losslessly, so their frames are known without decoding)."""
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
         self.template = (folder / "chat_template.jinja").read_text()
@@ -99,6 +104,27 @@ class Official:
         images += [images[-1]] * (nframes - len(images))
         video = torch.stack([torch.from_numpy(np.array(image).transpose(2, 0, 1)) for image in images])
         metadata = {"fps": 2.0, "frames_indices": list(range(len(video)))}
+        return Official.resize_clip(video, total_pixels), metadata
+
+    @staticmethod
+    def fetch_video_file(decoded: np.ndarray, video_fps: float, fps: float = 1, max_frames: int = 64) -> Any:
+        """qwen-vl-utils' ``fetch_video`` for a file, from its decoded ``(T, H, W, 3)`` frames (decord's reader).
+
+        The official code passes ``fps`` 1 and ``max_frames`` 64, and no ``total_pixels``.
+        """
+        total = len(decoded)
+        nframes = total / video_fps * fps  # smart_nframes
+        nframes = min(min(max(nframes, math.ceil(4 / 2) * 2), math.floor(max_frames / 2) * 2), total)
+        nframes = math.floor(nframes / 2) * 2
+        assert 2 <= nframes <= total
+        idx = torch.linspace(0, total - 1, nframes).round().long().tolist()
+        video = torch.tensor(decoded[idx]).permute(0, 3, 1, 2)
+        metadata = {"fps": video_fps, "frames_indices": idx}
+        return Official.resize_clip(video, 128000 * 32 * 32 * 0.9), metadata
+
+    @staticmethod
+    def resize_clip(video: torch.Tensor, total_pixels: float) -> torch.Tensor:
+        """The end of ``fetch_video``: bounds per frame, ``smart_resize`` and torchvision's tensor resize."""
         nframes, _, height, width = video.shape
         min_pixels = 128 * 32 * 32
         max_pixels = max(min(768 * 32 * 32, total_pixels / nframes * 2), int(min_pixels * 1.05))
@@ -108,7 +134,7 @@ class Official:
                 video.to(torch.float32), size=list(size), mode="bicubic", align_corners=False, antialias=True
             )
             video = torch.round(resized.clamp(min=0, max=255)).to(torch.uint8)
-        return video.float(), metadata
+        return video.float()
 
     # -- format_model_input / format_mm_content ----------------------------------------------------------------
     @staticmethod
@@ -129,6 +155,9 @@ class Official:
             content.append({"type": "text", "text": "NULL"})
             return content
         for frames in videos:
+            if isinstance(frames, str):  # a file: sampled by fps and max_frames instead of total_pixels
+                content.append({"type": "video", "video": "file://" + frames, "fps": 1, "max_frames": MAX_FRAMES})
+                continue
             if len(frames) > MAX_FRAMES:  # sample_frames
                 frames = [frames[i] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES, dtype=int).tolist()]
             content.append({"type": "video", "video": frames, "total_pixels": MAX_TOTAL_PIXELS})
@@ -187,7 +216,11 @@ class Official:
             std = torch.tensor(self.image_processor.image_std).view(1, 3, 1, 1)
             patches, grids = [], []
             for item in videos:
-                video, metadata = self.fetch_video(item["video"], item["total_pixels"])
+                if isinstance(item["video"], str):
+                    decoded, video_fps = self.decoded[item["video"].removeprefix("file://")]
+                    video, metadata = self.fetch_video_file(decoded, video_fps, item["fps"], item["max_frames"])
+                else:
+                    video, metadata = self.fetch_video(item["video"], item["total_pixels"])
                 video = (video / 255.0 - mean) / std  # do_rescale, do_normalize; do_resize=False
                 flat, grid_t, grid_h, grid_w = Qwen3VLVideoProcessor.patchify(
                     None, video[None], patch_size=16, merge_size=2, temporal_patch_size=2

@@ -15,11 +15,21 @@ transformers 4.57, the versions it locks) takes a video as a list of frames and:
 6. writes each pair in the prompt as ``<{t:.1f} seconds>`` then ``<|vision_start|>``, its ``<|video_pad|>``
    tokens and ``<|vision_end|>``, where ``t`` is the pair's mean time at 2 frames per second.
 
-As for images, each frame is read once to check and size it and again when its batch runs.
+A video file is decoded with PyAV (``pip install "qwen3-retrieval[video]"``) where the official code uses decord:
+at 1 frame per second, at least 4 and at most 64 frames, an even count, taken at evenly spaced indices
+(``linspace(0, n - 1, count).round()``); each frame keeps its decoded size for the one resize to multiples of 32
+(128 to 768 tokens a frame), and the timestamps count in the file's own frame rate.
+
+As for images, each frame is read once to check and size it and again when its batch runs; a file is decoded
+once to size it (only its first frame is kept) and again when its batch runs.
 """
 
 from __future__ import annotations
 
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +47,11 @@ FRAME_FACTOR = 64
 FRAME_MIN_PIXELS, FRAME_MAX_PIXELS = 4 * FRAME_FACTOR**2, 16384 * FRAME_FACTOR**2
 VIDEO_MIN_PIXELS, VIDEO_FRAME_MAX_PIXELS = 128 * 32 * 32, 768 * 32 * 32
 VIDEO_TOTAL_PIXELS = 10 * VIDEO_FRAME_MAX_PIXELS
-"""The official ``MAX_TOTAL_PIXELS``: 7,864,320 pixels over a video's frames."""
+"""The official ``MAX_TOTAL_PIXELS``: 7,864,320 pixels over a video's frames (given as frames)."""
+FILE_TOTAL_PIXELS = 128000 * 32 * 32 * 0.9
+"""qwen-vl-utils' default total for a video file (the official code passes none for files)."""
+FILE_FPS, FILE_MIN_FRAMES = 1.0, 4
+"""The official code samples files at 1 frame per second, and qwen-vl-utils takes at least 4 frames."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,19 +59,30 @@ class SizedVideo:
     """A video's sampled frames, read once to check and size them; their pixels are read again when it runs."""
 
     frames: tuple[Any, ...]
-    """The sampled frames' sources (PIL images, bytes or paths), before the odd one is repeated."""
+    """The sampled frames' sources (PIL images, bytes or paths), before the odd one is repeated; for a video
+    file, the file (path or bytes) alone."""
     what: str
     settings: ImageSettings
     frame_size: tuple[int, int]
-    """``(height, width)`` of each frame after the first resize (multiples of 64)."""
+    """``(height, width)`` of each frame before the clip's resize (for frames, after the first resize)."""
     height: int
     """The height the clip is resized to (a multiple of patch x merge)."""
     width: int
+    indices: tuple[int, ...] = ()
+    """For a video file: the decoded frames taken, by index."""
+    fps: float = FRAME_FPS
+    """The frame rate the timestamps count in."""
+
+    @property
+    def is_file(self) -> bool:
+        """Whether this is a video file (else a list of frames)."""
+        return bool(self.indices)
 
     @property
     def count(self) -> int:
         """Frames the model sees: the sampled ones, the last repeated if their count is odd."""
-        return len(self.frames) + len(self.frames) % self.settings.temporal_patch_size
+        taken = len(self.indices) if self.is_file else len(self.frames)
+        return taken + taken % self.settings.temporal_patch_size
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -79,14 +104,21 @@ class SizedVideo:
     def timestamps(self) -> list[str]:
         """The text before each pair: ``<0.2 seconds>``, ``<1.2 seconds>``… (mean time of its frames)."""
         t = self.settings.temporal_patch_size
-        times = [i / FRAME_FPS for i in range(self.count)]
+        indices = list(self.indices) if self.is_file else list(range(self.count))
+        indices += indices[-1:] * (self.count - len(indices))
+        times = [i / self.fps for i in indices]
         return [f"<{(times[i] + times[i + t - 1]) / 2:.1f} seconds>" for i in range(0, self.count, t)]
 
     def patches(self) -> torch.Tensor:
         """Read the frames again, resize them as the official code does, and cut them into patches."""
         height, width = self.frame_size
         frames = []
-        for i, source in enumerate(self.frames):
+        if self.is_file:
+            for array in decoded_frames(self.frames[0], self.what, set(self.indices)):
+                if array.shape[:2] != self.frame_size:
+                    raise ValueError(f"{self.what} changes its frame size mid-stream; re-encode it at one size")
+                frames.append(torch.from_numpy(array))
+        for i, source in enumerate(() if self.is_file else self.frames):
             image = resized(read_image(source, f"{self.what}[{i}]"), self.frame_size)
             frames.append(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3))
         frames += frames[-1:] * (self.count - len(frames))
@@ -102,12 +134,14 @@ class SizedVideo:
 
 
 def size_video(frames: Any, settings: ImageSettings, what: str, *, allow_urls: bool = False) -> SizedVideo:
-    """Sample a video's frames and read each once to check it and size it.
+    """Sample a video's frames (a list of them, or a video file) and read each once to check and size it.
 
     Raises:
-        ValueError: A frame cannot be read, the frames do not share one size, or there are none (the message
-            names ``what``).
+        ValueError: A frame or the file cannot be read, the frames do not share one size, or there are none (the
+            message names ``what``).
     """
+    if not isinstance(frames, (list, tuple)):
+        return _size_file(frames, settings, what)
     sources = list(frames)
     if not sources:
         raise ValueError(f"{what} has no frames; pass a list of its frames (images)")
@@ -132,3 +166,79 @@ def size_video(frames: Any, settings: ImageSettings, what: str, *, allow_urls: b
     factor = settings.patch_size * settings.merge_size
     height, width = smart_resize(frame_size[0], frame_size[1], factor, VIDEO_MIN_PIXELS, cap)
     return SizedVideo(tuple(sources), what, settings, frame_size, height, width)
+
+
+def _size_file(file: Any, settings: ImageSettings, what: str) -> SizedVideo:
+    """Sample a video file as the official code does (decord's reader: frame count and average rate)."""
+    total, fps, first = _probe(file, what)
+    count = min(min(max(total / fps * FILE_FPS, FILE_MIN_FRAMES), MAX_FRAMES), total)
+    count = int(count // 2 * 2)
+    if count < 2:
+        raise ValueError(f"{what} has {total} frame(s); a video needs at least 2")
+    indices = torch.linspace(0, total - 1, count).round().long().tolist()
+    cap = max(min(VIDEO_FRAME_MAX_PIXELS, FILE_TOTAL_PIXELS / count * 2), int(VIDEO_MIN_PIXELS * 1.05))
+    factor = settings.patch_size * settings.merge_size
+    try:
+        height, width = smart_resize(first[0], first[1], factor, VIDEO_MIN_PIXELS, cap)
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
+    return SizedVideo((file,), what, settings, first, height, width, tuple(indices), fps)
+
+
+def decoded_frames(file: Any, what: str, wanted: set[int]) -> list[np.ndarray]:
+    """Decode a video file and return its frames numbered in ``wanted`` as 8-bit RGB ``(H, W, 3)`` arrays."""
+    out = []
+    with _opened(file, what) as (container, stream):
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                if index in wanted:
+                    out.append(frame.to_ndarray(format="rgb24"))
+                if len(out) == len(wanted):
+                    break
+        except Exception as err:  # PyAV's errors (FFmpeg's) share no base class with a useful name
+            raise ValueError(f"{what} cannot be decoded ({_reason(err)}); is the file complete?") from None
+    if len(out) != len(wanted):
+        raise ValueError(f"{what} has fewer frames than its header said; is the file complete?")
+    return out
+
+
+def _probe(file: Any, what: str) -> tuple[int, float, tuple[int, int]]:
+    """The frame count, the average frame rate, and the first frame's ``(height, width)``."""
+    with _opened(file, what) as (container, stream):
+        rate = stream.average_rate or stream.base_rate
+        if not rate or rate <= 0:
+            raise ValueError(f"{what} has no frame rate; re-encode it, or pass its frames")
+        total = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+    if total < 1:
+        raise ValueError(f"{what} has no video frames; pass a video file, or its frames")
+    first = decoded_frames(file, what, {0})[0]
+    return total, float(rate), (first.shape[0], first.shape[1])
+
+
+@contextmanager
+def _opened(file: Any, what: str) -> Iterator[tuple[Any, Any]]:
+    """A video file opened with PyAV, and its first video stream; every failure a one-line ``ValueError``."""
+    try:
+        import av
+    except ImportError as err:  # pragma: no cover - exercised only without the extra
+        raise ImportError('reading video files needs PyAV: pip install "qwen3-retrieval[video]"') from err
+    if isinstance(file, (bytes, bytearray)):
+        source: Any = io.BytesIO(bytes(file))
+    else:
+        source = os.fspath(file).removeprefix("file://")
+    try:
+        container = av.open(source)
+    except Exception as err:  # FFmpeg's errors: a missing file, not a container, an unknown format
+        raise ValueError(f"{what} cannot be opened as a video ({_reason(err)}); pass a video file") from None
+    with container:
+        streams = container.streams.video
+        if not streams:
+            raise ValueError(f"{what} has no video stream; pass a video file")
+        codec = streams[0].codec_context
+        if codec is None or not codec.codec.is_decoder:
+            raise ValueError(f"{what} uses a codec this FFmpeg cannot decode; re-encode it (H.264, VP9...)")
+        yield container, streams[0]
+
+
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"[:300]

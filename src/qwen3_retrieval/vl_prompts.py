@@ -77,8 +77,8 @@ class VLInput:
     texts: tuple[str, ...]
     images: tuple[Any, ...]
     instruction: str | None = None
-    videos: tuple[tuple[Any, ...], ...] = ()
-    """Each video as its frames."""
+    videos: tuple[Any, ...] = ()
+    """Each video: a tuple of its frames, or a video file (a path or bytes)."""
 
 
 def vl_input(item: object, what: str) -> VLInput:
@@ -86,9 +86,9 @@ def vl_input(item: object, what: str) -> VLInput:
 
     Accepted: a ``str`` (a text), a ``PIL.Image`` or ``bytes`` (an image), or a mapping with any of ``"text"``
     (a string or a list of strings), ``"image"`` (an image or a list: PIL image, bytes, path or, with
-    ``allow_urls``, URL), ``"video"`` (a video as the list of its frames, each as an image is given, or a list
-    of such lists) and ``"instruction"``. As in the official code, videos come first in the prompt, then
-    images, then texts, whatever the mapping's key order.
+    ``allow_urls``, URL), ``"video"`` (a video file, as a path or bytes, or the list of its frames, each as an
+    image is given; or a list of videos) and ``"instruction"``. As in the official code, videos come first in
+    the prompt, then images, then texts, whatever the mapping's key order.
     """
     if isinstance(item, str):
         return VLInput((check_unicode(item, what),), ())
@@ -188,31 +188,54 @@ def _content(item: VLInput, offset: int = 0, video_offset: int = 0) -> list[Part
     ]
 
 
-def _videos(value: object, what: str) -> tuple[tuple[Any, ...], ...]:
-    """A video is the list of its frames; a list of such lists is several videos."""
+def _videos(value: object, what: str) -> tuple[Any, ...]:
+    """A video is a file (a path or its bytes) or the list of its frames; a list of videos is several."""
     if value is None:
         return ()
-    if isinstance(value, (str, os.PathLike)):
-        raise ValueError(
-            f"{what} is a file path; video files are not read here (the official code decodes them with decord or "
-            "torchvision): pass the video's frames, a list of images"
-        )
+    if _is_file(value):
+        return (_video_file(value, what),)
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{what} must be a video's frames (a list of images) or a list of such lists")
+        raise TypeError(f"{what} must be a video file, a video's frames (a list of images), or a list of videos")
     if not value:
-        raise ValueError(f"{what} has no frames; pass a list of its frames (images)")
-    videos = value if all(isinstance(v, (list, tuple)) for v in value) else [value]
-    out = []
-    for i, frames in enumerate(videos):
-        where = f"{what}[{i}]" if videos is value else what
-        if not frames:
-            raise ValueError(f"{where} has no frames; pass a list of its frames (images)")
-        for j, frame in enumerate(frames):
+        raise ValueError(f"{what} has no frames; pass a video file or a list of its frames (images)")
+    # In a list, bytes are a frame's (an image's) and a path is a frame if it names an image, else a video file.
+    several = all(
+        isinstance(v, (list, tuple)) or (isinstance(v, (str, os.PathLike)) and not _is_image_path(v)) for v in value
+    )
+    out: list[Any] = []
+    for i, video in enumerate(value if several else [value]):
+        where = f"{what}[{i}]" if several else what
+        if _is_file(video):
+            out.append(_video_file(video, where))
+            continue
+        if not video:
+            raise ValueError(f"{where} has no frames; pass a video file or a list of its frames (images)")
+        for j, frame in enumerate(video):
             if not isinstance(frame, (str, bytes, bytearray, os.PathLike)) and not _is_pil(frame):
                 kind = type(frame).__name__
                 raise TypeError(f"{where}[{j}] is a {kind}; a frame is a PIL image, image bytes or a path")
-        out.append(tuple(frames))
+        out.append(tuple(video))
     return tuple(out)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tiff", ".svg")
+"""A path with one of these endings, in a list, is a frame; another path is a video file (the official rule)."""
+
+
+def _is_file(value: object) -> bool:
+    return isinstance(value, (str, bytes, bytearray, os.PathLike))
+
+
+def _is_image_path(value: object) -> bool:
+    return isinstance(value, (str, os.PathLike)) and os.fspath(value).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _video_file(value: Any, what: str) -> Any:
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        raise ValueError(f"{what} is a URL; video files are read from disk or bytes only: download it first")
+    if isinstance(value, (str, os.PathLike)) and not os.fspath(value):
+        raise ValueError(f"{what} is an empty path; pass the path of a video file")
+    return bytes(value) if isinstance(value, bytearray) else value
 
 
 def _as_list(value: object, what: str) -> list[Any]:
