@@ -36,7 +36,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from qwen3_retrieval.media import ImageSettings, held_source, patchify, read_image, resized, smart_resize
+from qwen3_retrieval.media import (
+    MAX_SOURCE_PIXELS,
+    ImageSettings,
+    held_source,
+    patchify,
+    read_image,
+    resized,
+    smart_resize,
+)
 
 MAX_FRAMES = 64
 """The official embedder and reranker keep at most this many frames of a video."""
@@ -110,27 +118,38 @@ class SizedVideo:
         return [f"<{(times[i] + times[i + t - 1]) / 2:.1f} seconds>" for i in range(0, self.count, t)]
 
     def patches(self) -> torch.Tensor:
-        """Read the frames again, resize them as the official code does, and cut them into patches."""
+        """Read the frames again, resize them as the official code does, and cut them into patches.
+
+        Frames are read and resized one at a time (the resize treats each frame alone), so a video in a large
+        format never holds more than one of its source frames.
+        """
+        frames = [self._clip_size(frame) for frame in self._frames()]
+        frames += frames[-1:] * (self.count - len(frames))
+        return patchify(torch.stack(frames), self.settings)
+
+    def _frames(self) -> Iterator[torch.Tensor]:
+        """Each sampled frame as ``(3, H, W)`` 8-bit pixels of :attr:`frame_size`, in order."""
         height, width = self.frame_size
-        frames = []
         if self.is_file:
             for array in decoded_frames(self.frames[0], self.what, set(self.indices)):
                 if array.shape[:2] != self.frame_size:
                     raise ValueError(f"{self.what} changes its frame size mid-stream; re-encode it at one size")
-                frames.append(torch.from_numpy(array))
-        for i, source in enumerate(() if self.is_file else self.frames):
+                yield torch.from_numpy(array).permute(2, 0, 1)
+            return
+        for i, source in enumerate(self.frames):
             image = resized(read_image(source, f"{self.what}[{i}]"), self.frame_size)
-            frames.append(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3))
-        frames += frames[-1:] * (self.count - len(frames))
-        pixels = torch.stack(frames).permute(0, 3, 1, 2)
-        if (self.height, self.width) != self.frame_size:
-            # torchvision's tensor resize: float pixels, bicubic with antialiasing, clamped and rounded to 8 bits.
-            scaled = torch.nn.functional.interpolate(
-                pixels.to(torch.float32), size=(self.height, self.width), mode="bicubic", align_corners=False,
-                antialias=True,
-            )  # fmt: skip
-            pixels = scaled.clamp(0, 255).round().to(torch.uint8)
-        return patchify(pixels, self.settings)
+            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
+            yield pixels.permute(2, 0, 1)
+
+    def _clip_size(self, frame: torch.Tensor) -> torch.Tensor:
+        """Resize a frame as torchvision does a tensor: float pixels, antialiased bicubic, rounded to 8 bits."""
+        if (self.height, self.width) == self.frame_size:
+            return frame
+        scaled = torch.nn.functional.interpolate(
+            frame[None].to(torch.float32), size=(self.height, self.width), mode="bicubic", align_corners=False,
+            antialias=True,
+        )  # fmt: skip
+        return scaled[0].clamp(0, 255).round().to(torch.uint8)
 
 
 def size_video(frames: Any, settings: ImageSettings, what: str, *, allow_urls: bool = False) -> SizedVideo:
@@ -185,21 +204,23 @@ def _size_file(file: Any, settings: ImageSettings, what: str) -> SizedVideo:
     return SizedVideo((file,), what, settings, first, height, width, tuple(indices), fps)
 
 
-def decoded_frames(file: Any, what: str, wanted: set[int]) -> list[np.ndarray]:
-    """Decode a video file and return its frames numbered in ``wanted`` as 8-bit RGB ``(H, W, 3)`` arrays."""
-    out = []
+def decoded_frames(file: Any, what: str, wanted: set[int]) -> Iterator[np.ndarray]:
+    """Decode a video file; yield its frames numbered in ``wanted`` as 8-bit RGB ``(H, W, 3)`` arrays, in order."""
+    found = 0
     with _opened(file, what) as (container, stream):
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                if index in wanted:
-                    out.append(frame.to_ndarray(format="rgb24"))
-                if len(out) == len(wanted):
-                    break
-        except Exception as err:  # PyAV's errors (FFmpeg's) share no base class with a useful name
-            raise ValueError(f"{what} cannot be decoded ({_reason(err)}); is the file complete?") from None
-    if len(out) != len(wanted):
+        frames = enumerate(container.decode(stream))
+        while found < len(wanted):
+            try:
+                index, frame = next(frames)
+            except StopIteration:
+                break
+            except Exception as err:  # PyAV's errors (FFmpeg's) share no base class with a useful name
+                raise ValueError(f"{what} cannot be decoded ({_reason(err)}); is the file complete?") from None
+            if index in wanted:
+                found += 1
+                yield frame.to_ndarray(format="rgb24")
+    if found < len(wanted):
         raise ValueError(f"{what} has fewer frames than its header said; is the file complete?")
-    return out
 
 
 def _probe(file: Any, what: str) -> tuple[int, float, tuple[int, int]]:
@@ -211,7 +232,12 @@ def _probe(file: Any, what: str) -> tuple[int, float, tuple[int, int]]:
         total = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
     if total < 1:
         raise ValueError(f"{what} has no video frames; pass a video file, or its frames")
-    first = decoded_frames(file, what, {0})[0]
+    first = next(decoded_frames(file, what, {0}))
+    if first.shape[0] * first.shape[1] > MAX_SOURCE_PIXELS:
+        raise ValueError(
+            f"{what} has {first.shape[1]}x{first.shape[0]} frames, more than the {MAX_SOURCE_PIXELS:,} pixels read "
+            "here; downscale it first"
+        )
     return total, float(rate), (first.shape[0], first.shape[1])
 
 
