@@ -206,3 +206,23 @@ def test_http_refuses_text_a_server_would_read_as_control_tokens(
             np.testing.assert_allclose(remote, local, atol=TOL)
             outcomes.append("sent")
     assert sorted(outcomes) == ["refused", "refused", "sent"]
+
+
+def test_both_frameworks_reach_the_server_with_the_core_options(
+    vl_embedding: Path, loopback: tuple[LoopbackVLLM, str], tmp_path: Path
+) -> None:
+    from qwen3_retrieval.langchain import Qwen3VLEmbeddings
+    from qwen3_retrieval.llama_index import Qwen3VLEmbedding
+
+    state, url = loopback
+    path = tmp_path / "page.png"
+    picture(120, 80, 3).save(path)
+    expected = Qwen3VLEmbedder(vl_embedding).embed(["a text", {"image": str(path)}])
+    sent(state)
+    langchain = Qwen3VLEmbeddings(model=str(vl_embedding), base_url=url, api_key="sk-vl-secret")
+    assert "sk-vl-secret" not in repr(langchain)
+    np.testing.assert_allclose(langchain.embed_documents(["a text"])[0], expected[0], atol=TOL)
+    np.testing.assert_allclose(langchain.embed_image([str(path)])[0], expected[1], atol=TOL)
+    llama: Any = Qwen3VLEmbedding(model_name=str(vl_embedding), base_url=url)
+    np.testing.assert_allclose(llama.get_image_embedding(str(path)), expected[1], atol=TOL)
+    assert {path for path, _ in sent(state)} == {"/embeddings"}
