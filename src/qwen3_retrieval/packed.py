@@ -7,7 +7,8 @@ multiplies see every real token and nothing else, however different the lengths 
 bounds memory. Results equal a one-at-a-time run to float rounding (the reference tests run on this path).
 
 The attention function is registered with transformers under :data:`PACKED_ATTENTION`; a model loaded with it
-runs ordinary (unpacked) calls through transformers' ``sdpa`` function, unchanged.
+runs ordinary (unpacked) calls through transformers' ``sdpa`` function, unchanged. A float32 Qwen3 model on a CPU
+runs its packed rows through :mod:`qwen3_retrieval.packed_decoder` instead of transformers' forward.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from qwen3_retrieval import packed_decoder
 from qwen3_retrieval.batching import run_in_batches, token_budget_batches
 from qwen3_retrieval.kv_cache import prefix_states
 
@@ -60,31 +62,59 @@ def packed_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    heads, kv_heads, head_dim = query.shape[1], key.shape[1], query.shape[-1]
-    out = query.new_empty((1, query.shape[2], heads, head_dim))
+    queries, keys, values = (states[0].transpose(0, 1) for states in (query, key, value))  # (tokens, heads, dim)
+    layer: int = module.layer_idx  # type: ignore[assignment]
+    return attend(layer, queries, keys, values, packing, scaling).unsqueeze(0), None
+
+
+def attend(
+    layer: int,
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    packing: _Packing,
+    scaling: float | None,
+    *,
+    last_only: bool = False,
+) -> torch.Tensor:
+    """Causal attention inside each sequence of a packed row, for decoder layer number ``layer``.
+
+    ``keys``/``values`` are ``(tokens, kv_heads, head_dim)``. ``queries`` is ``(tokens, heads, head_dim)``, or with
+    ``last_only`` ``(sequences, heads, head_dim)``: only each sequence's last token, which attends to all of its
+    sequence and prefix. The result has the queries' shape.
+    """
+    heads, kv_heads, head_dim = queries.shape[1], keys.shape[1], queries.shape[-1]
+    out = queries.new_empty(queries.shape)
+    done = 0  # sequences in the runs before this one
     for first, length, count, prefix_index in packing.runs:
         layers = packing.prefixes[prefix_index]
-        prefix = layers[module.layer_idx] if layers is not None else None  # type: ignore[index]
+        prefix = layers[layer] if layers is not None else None
         span = slice(first, first + length * count)
         # (count, heads, length, head_dim): the run's sequences side by side, a view of the packed row.
-        q, k, v = (
-            states[0, :, span].view(states.shape[1], count, length, head_dim).transpose(0, 1)
-            for states in (query, key, value)
-        )
+        k, v = (states[span].view(count, length, kv_heads, head_dim).transpose(1, 2) for states in (keys, values))
+        if last_only:
+            q = queries[done : done + count].unsqueeze(2)
+        else:
+            q = queries[span].view(count, length, heads, head_dim).transpose(1, 2)
         mask = None
         if prefix is not None:
             prefix_keys, prefix_values = prefix
             k = torch.cat([prefix_keys.expand(count, -1, -1, -1), k], dim=2)
             v = torch.cat([prefix_values.expand(count, -1, -1, -1), v], dim=2)
-            # Every prefix token, then causal over the sequence's own tokens (the diagonal sits at the right).
-            mask = torch.ones((length, k.shape[2]), dtype=torch.bool, device=q.device).tril_(k.shape[2] - length)
+            if not last_only:  # every prefix token, then causal over the sequence's own (diagonal at the right)
+                mask = torch.ones((length, k.shape[2]), dtype=torch.bool, device=q.device).tril_(k.shape[2] - length)
         # Grouped-query attention: each key/value head serves heads // kv_heads queries. SDPA shares them in
         # place (enable_gqa) instead of copying every key and value head that many times first.
         attended = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=kv_heads != heads
-        )
-        out[0, span] = attended.transpose(1, 2).reshape(length * count, heads, head_dim)
-    return out, None
+            q, k, v, attn_mask=mask, is_causal=mask is None and not last_only, scale=scaling,
+            enable_gqa=kv_heads != heads,
+        )  # fmt: skip
+        if last_only:
+            out[done : done + count] = attended[:, :, 0]
+        else:
+            out[span] = attended.transpose(1, 2).reshape(length * count, heads, head_dim)
+        done += count
+    return out
 
 
 def register_packed_attention() -> str:
@@ -174,12 +204,15 @@ def _forward(
     positions = torch.cat(
         [torch.arange(prefixes[g][0], prefixes[g][0] + n) for g, n in zip(groups, lengths, strict=True)]
     )
+    positions = positions.to(device)
+    last = torch.tensor(lengths, device=device).cumsum(0) - 1
+    if packed_decoder.supports(backbone):
+        return packed_decoder.last_states(backbone, input_ids[0], positions, _Packing(runs, layers), last)
     hidden = backbone(
         input_ids=input_ids,
-        position_ids=positions.unsqueeze(0).to(device),
+        position_ids=positions.unsqueeze(0),
         attention_mask={"full_attention": None, "sliding_attention": None},  # attention is by sequence: no mask
         use_cache=False,
         packing=_Packing(runs, layers),
     ).last_hidden_state
-    last = torch.tensor(lengths, device=device).cumsum(0) - 1
     return hidden[0, last]
