@@ -161,6 +161,8 @@ def test_bad_video_files_give_one_line_errors(vl_embedding: Path, tmp_path: Path
         (tmp_path / "noise.mkv", r"cannot be opened as a video"),
         (good[:200], r"cannot be opened as a video"),  # cut inside its header
         (b"", r"cannot be opened as a video"),
+        # Matroska names the codec by a string: an unknown one is a codec no FFmpeg decoder exists for.
+        (good.replace(b"V_FFV1", b"V_QQQQ"), r"uses a codec this FFmpeg cannot decode; re-encode it"),
     ]
     for source, message in cases:
         with pytest.raises(ValueError, match=r"^inputs\[0\]\.video\[0\] " + message) as caught:
