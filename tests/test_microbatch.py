@@ -20,9 +20,11 @@ class Recorder:
         self.release = threading.Event()
         self.release.set()
         self.started = threading.Event()
+        self.threads: list[int] = []
 
     def __call__(self, jobs: list[int]) -> list[int]:
         self.runs.append(list(jobs))
+        self.threads.append(threading.get_ident())
         self.started.set()
         self.release.wait(10)
         if any(job < 0 for job in jobs):
@@ -53,6 +55,37 @@ def test_a_lone_caller_runs_alone_and_at_once() -> None:
     assert b.submit(21) == 42
     assert time.monotonic() - start < 2.5
     assert run.runs == [[21]]
+
+
+def test_the_first_blocking_caller_runs_its_calls_in_its_own_thread_and_others_share_one_worker() -> None:
+    # GNU OpenMP slows every thread team once a process holds more of them than cores: a worker thread would
+    # add a team beside the caller's, and a team per caller would add one per thread of a server's pool.
+    run = Recorder()
+    b = batcher(run)
+    assert [b.submit(n) for n in (1, 2)] == [2, 4]
+    assert run.threads == [threading.get_ident()] * 2
+
+    def call(n: int) -> tuple[int, int]:
+        return b.submit(n), threading.get_ident()
+
+    with ThreadPoolExecutor(4) as pool:  # its threads live until the block ends: no ident is reused meanwhile
+        answers, callers = zip(*pool.map(call, [10, 11, 12, 13]), strict=True)
+    assert answers == (20, 22, 24, 26)
+    assert not {threading.get_ident(), *callers} & set(run.threads[2:])  # a worker ran them
+
+
+async def test_an_async_call_queued_behind_a_blocking_one_is_run_when_that_one_ends() -> None:
+    run = Recorder()
+    b = batcher(run)
+    run.release.clear()
+    blocking = asyncio.ensure_future(asyncio.to_thread(b.submit, 1))
+    assert await asyncio.to_thread(run.started.wait, 5)
+    queued = asyncio.ensure_future(b.asubmit(3))
+    await asyncio.sleep(0.1)
+    run.release.set()
+    assert await asyncio.wait_for(blocking, 5) == 2
+    assert await asyncio.wait_for(queued, 5) == 6  # no blocking caller left to run it: a worker thread does
+    assert run.runs == [[1], [3]]
 
 
 def test_calls_arriving_while_busy_share_one_run_and_get_their_own_answers() -> None:
@@ -114,7 +147,9 @@ def test_the_queue_is_bounded() -> None:
 def test_the_worker_thread_ends_when_idle() -> None:
     run = Recorder()
     b = batcher(run)
-    assert b.submit(1) == 2
+    assert b.submit(1) == 2  # the home thread: its calls need no worker
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(b.submit, 3).result() == 6  # another thread's call: run by a worker
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(t.name == "qwen3-retrieval-microbatch" for t in threading.enumerate()):
         time.sleep(0.01)
