@@ -1,4 +1,4 @@
-"""A Qwen3 decoder's packed forward pass written out, for a CPU: the same layers, less memory traffic.
+"""A Qwen3 decoder's packed forward pass written out, for float32 on a CPU: the same layers, less memory traffic.
 
 On a CPU the passes between the matrix multiplies are bound by memory, not arithmetic: in one embedding round
 of the benchmark (3056 tokens, 0.6B shape, AMD EPYC, 2 threads) they took about 1.3 of 9.4 s. transformers'
@@ -15,12 +15,9 @@ order, with:
 
 The results equal transformers' layer to float32 rounding (the reference tests run on this path). Embedding
 that round went from 20.4 / 21.9 s to 19.5 / 18.5 s (best of 3 rounds, the two alternated twice, a slower
-instance of the same EPYC). It is used where it was measured: a ``Qwen3Model`` in float32 or bfloat16 on a CPU
-with the default rotary embedding and no sliding window. In bfloat16 it rounds rotary's sum once where
-transformers rounds each product (within bfloat16's own rounding of transformers' result; checked by cosine in
-the tests); with bfloat16's RMSNorm two passes and its weights packed (:mod:`qwen3_retrieval.fused`), that
-round ran 3-7% faster than transformers' bfloat16 layer (three pairs alternated in one process). Every other
-model keeps transformers' forward (:func:`supports`).
+instance of the same EPYC). It is used only where it was measured: a float32 ``Qwen3Model`` on a CPU with the
+default rotary embedding and no sliding window. bfloat16 measured no gain (10.8 / 11.2 s against 11.0 / 10.4 s)
+and keeps transformers' layer, whose rounding it then matches; so does every other model (:func:`supports`).
 """
 
 from __future__ import annotations
@@ -41,7 +38,7 @@ def supports(backbone: torch.nn.Module) -> bool:
     return (
         type(backbone).__name__ == "Qwen3Model"
         and isinstance(weight, torch.Tensor)
-        and weight.dtype in (torch.float32, torch.bfloat16)
+        and weight.dtype == torch.float32
         and weight.device.type == "cpu"
         and getattr(config, "hidden_act", None) == "silu"
         and rope.get("rope_type", rope.get("type", "default")) == "default"
