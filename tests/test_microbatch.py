@@ -69,6 +69,35 @@ def test_the_first_blocking_caller_runs_its_calls_in_its_own_thread_and_others_s
     assert set(run.threads[2:]) == {"qwen3-retrieval-microbatch"}  # a worker ran them, not their callers
 
 
+def test_the_home_threads_call_made_while_a_worker_runs_is_answered_by_that_worker() -> None:
+    run = Recorder()
+    b = batcher(run)
+    answers: list[int] = []
+    go = threading.Event()
+
+    def home_calls() -> None:  # one live thread throughout: a dead one's ident may be reused by the next
+        answers.append(b.submit(1))
+        go.wait(5)
+        answers.append(b.submit(5))
+
+    home = threading.Thread(target=home_calls, name="home")
+    home.start()
+    deadline = time.monotonic() + 5
+    while not answers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.release.clear()
+    run.started.clear()
+    with ThreadPoolExecutor(1, thread_name_prefix="caller") as pool:
+        other = pool.submit(b.submit, 3)  # not the home thread: a worker runs it, held
+        assert run.started.wait(5)
+        go.set()
+        time.sleep(0.2)
+        run.release.set()
+        home.join(5)
+        assert not home.is_alive() and answers == [2, 10] and other.result(5) == 6
+    assert run.threads == ["home", "qwen3-retrieval-microbatch", "qwen3-retrieval-microbatch"]
+
+
 async def test_an_async_call_queued_behind_a_blocking_one_is_run_when_that_one_ends() -> None:
     run = Recorder()
     b = batcher(run)

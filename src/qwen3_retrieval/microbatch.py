@@ -13,8 +13,8 @@ thread, say), runs what is waiting in its own call when the model is idle. Other
 thread's run if it is running. Why not always a worker: torch's Linux CPU builds use GNU OpenMP, which gives
 every thread that runs parallel kernels its own team of threads, and once a process holds more of them than it
 has cores, every team gives up spinning at its barriers and sleeps instead. The caller's thread already has a
-team (it loaded the model); a second one in a worker made the same float32 embedding round 10-15% slower on a
-2-core AMD EPYC (18.0 s against 20-22 s, the same CPU time in both). Why not every caller's thread: a server's
+team (it loaded the model); a second one in a worker made the same float32 embedding round 14-24% slower on a
+2-core AMD EPYC (20.6-22.3 s against 18.0 s, the same CPU time in both). Why not every caller's thread: a server's
 pool of request threads would then keep a team per thread, for as long as the pool lives.
 
 Results equal one-at-a-time calls (every sequence attends only to itself; see :mod:`qwen3_retrieval.packed`).
@@ -105,7 +105,6 @@ class MicroBatcher(Generic[Job, Result]):
                     self._working = False
                     if self._waiting:  # other threads' calls, which arrived during the last round
                         self._start_worker()
-                    self._cond.notify_all()
         return entry.future.result()
 
     async def asubmit(self, job: Job) -> Result:
@@ -133,14 +132,8 @@ class MicroBatcher(Generic[Job, Result]):
         threading.Thread(target=self._work, name="qwen3-retrieval-microbatch", daemon=True).start()
 
     def _work(self) -> None:
-        while True:
-            try:
-                ran = self._run_round()
-            finally:
-                with self._cond:
-                    self._cond.notify_all()  # blocking callers whose answers are ready
-            if not ran:
-                return
+        while self._run_round():
+            pass
 
     def _run_round(self) -> bool:
         """Take every waiting call and run them, key by key; False (and idle) when none was waiting."""
@@ -160,6 +153,7 @@ class MicroBatcher(Generic[Job, Result]):
             self._run_group([entry for entry in live if entry.key == key])
         with self._cond:
             self._last_run_end = time.monotonic()
+            self._cond.notify_all()  # a home thread waiting for its answer: else it waits for the next, empty round
         return True
 
     def _run_group(self, entries: list[_Entry[Job, Result]]) -> None:
