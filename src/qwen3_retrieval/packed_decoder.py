@@ -16,8 +16,9 @@ order, with:
 The results equal transformers' layer to float32 rounding (the reference tests run on this path). Embedding
 that round went from 20.4 / 21.9 s to 19.5 / 18.5 s (best of 3 rounds, the two alternated twice, a slower
 instance of the same EPYC). It is used only where it was measured: a float32 ``Qwen3Model`` on a CPU with the
-default rotary embedding and no sliding window. bfloat16 measured no gain (10.8 / 11.2 s against 11.0 / 10.4 s)
-and keeps transformers' layer, whose rounding it then matches; so does every other model (:func:`supports`).
+default rotary embedding and no sliding window. In bfloat16 it measured no gain (10.8 / 11.2 s against 11.0 /
+10.4 s), so bfloat16 models keep transformers' layer, and with it transformers' rounding; so does every other
+model (:func:`supports`).
 """
 
 from __future__ import annotations
