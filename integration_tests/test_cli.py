@@ -116,23 +116,24 @@ def test_interrupted_run_leaves_a_usable_collection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uri = tmp_path / "rag.db"
-    original = PassageStore.put_file
+    original = PassageStore.put_files
     calls = {"n": 0}
 
-    def flaky(self: PassageStore, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def flaky(self: PassageStore, files, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 1:  # the batch's first file is stored, then the run is stopped
+            original(self, files[:1], *args, **kwargs)
             raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
+        return original(self, files, *args, **kwargs)
 
-    monkeypatch.setattr(PassageStore, "put_file", flaky)
+    monkeypatch.setattr(PassageStore, "put_files", flaky)
     status, _, err = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
     assert status == 130 and "run the same command again" in err
     partial = count(uri)
     assert 0 < partial < 4
     status, _, _ = run(capsys, "ask", "capital", "--uri", str(uri), *models, *reranker_args, "--no-llm")
     assert status == 0
-    monkeypatch.setattr(PassageStore, "put_file", original)
+    monkeypatch.setattr(PassageStore, "put_files", original)
     status, _out, _ = run(capsys, "index", str(docs_folder), "--uri", str(uri), *models)
     assert status == 0 and count(uri) == 4
 

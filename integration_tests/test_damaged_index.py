@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qwen3_retrieval.rag.errors import RagError
-from qwen3_retrieval.rag.pipeline import RagConfig, index, retrieve
+from qwen3_retrieval.rag.pipeline import RagConfig, index, release_pipelines, retrieve
 from qwen3_retrieval.rag.store import PassageStore
 
 COLLECTION = "qwen3_rag"
@@ -33,6 +33,7 @@ def built(tmp_path: Path, docs_folder: Path, checkpoints: dict[str, Path]) -> tu
     """A store indexed once, closed, with what a clean run stores."""
     where = RagConfig(uri=str(tmp_path / "rag.db"), embedding_model=str(checkpoints["embedding"]), device="cpu")
     index([str(docs_folder)], where)
+    release_pipelines()  # the process lets go of the file, whose damage is then read when it is opened again
     return where, passages(Path(where.uri))
 
 

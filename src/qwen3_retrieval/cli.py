@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from qwen3_retrieval.errors import ServerError
@@ -166,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--ray-embedders", type=_at_least(1), default=1, help="embedding actors on Ray, one model each")
     index.add_argument("--ray-gpus", type=_gpus, default=0.0, help="GPUs per embedding actor on Ray (0: CPU)")
+    index.add_argument(
+        "--ray-stall-timeout",
+        type=_seconds,
+        default=120.0,
+        help="seconds on Ray with no file back (the actors' start included) before the run stops with an error; "
+        "the same command again finishes it",
+    )
 
     ask = command("ask", "answer a question from the index")
     ask.add_argument("question", metavar="QUESTION")
@@ -200,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = _secrets(args)
     try:
         if args.command == "index":
-            return run_index(args)
+            with _known_noise_off() if args.ray is not None else contextlib.nullcontext():
+                return run_index(args)
         return run_ask(args)
     except (RagError, ValueError, TypeError, ServerError) as err:
         return _fail(mask(str(err), secrets))
@@ -237,6 +246,57 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()  # transformers' logger does not propagate; set its own level too
 
 
+KNOWN_NOISE = (
+    # Ray's C++ core, at "error", for every Ray Data actor pool: its actors' constructor arguments are in the
+    # object store (Ray issue 53727: a restarted actor needs them; this process holds them for the whole run).
+    b"has constructor arguments in the object store",
+    # gRPC's C core, at "error": a server told an idle connection to ping less, which it then does (nothing fails).
+    b"too_many_pings",
+)
+"""Lines that C code writes straight to stderr (no logger to quiet) during an index on Ray: none is the user's to
+fix, and any failure reaches the user as the command's own one line."""
+
+
+@contextlib.contextmanager
+def _known_noise_off() -> Iterator[None]:
+    """Drop :data:`KNOWN_NOISE` lines from what C code writes to stderr (file descriptor 2); pass the rest on.
+
+    Python's own ``sys.stderr`` (warnings, progress, errors) goes to the terminal directly, a terminal still.
+    """
+    try:
+        sys.stderr.flush()
+        terminal = os.dup(2)
+        read, write = os.pipe()
+    except (OSError, ValueError):  # no stderr to filter (closed, or replaced by an object with no descriptor)
+        yield
+        return
+    saved = sys.stderr
+    sys.stderr = open(  # noqa: SIM115  # closed below; the descriptor stays open for the thread
+        terminal, "w", buffering=1, encoding=saved.encoding, errors=saved.errors, closefd=False
+    )
+
+    def forward() -> None:
+        with open(read, "rb") as lines:
+            for line in lines:
+                if not any(noise in line for noise in KNOWN_NOISE):
+                    os.write(terminal, line)
+
+    os.dup2(write, 2)
+    os.close(write)
+    thread = threading.Thread(target=forward, name="qwen3-rag-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = saved
+        os.dup2(terminal, 2)  # the pipe ends when no process holds it (Ray's own may, until they stop)
+        thread.join(timeout=2)
+        if not thread.is_alive():
+            os.close(terminal)
+
+
 def _fail(message: str) -> int:
     print(f"qwen3-rag: error: {' '.join(message.split())}", file=sys.stderr)
     return 1
@@ -271,20 +331,28 @@ def _where(args: argparse.Namespace) -> Any:
     )
 
 
+def _ray_options(args: argparse.Namespace) -> Any:
+    from qwen3_retrieval.rag.on_ray import RayOptions
+
+    if args.ray is None:
+        return None
+    return RayOptions(args.ray or None, args.ray_embedders, args.ray_gpus, stall_timeout=args.ray_stall_timeout)
+
+
 def run_index(args: argparse.Namespace) -> int:
     """``qwen3-rag index``: the collection mirrors the folders; unchanged files are skipped."""
-    from qwen3_retrieval.rag.on_ray import RayOptions
     from qwen3_retrieval.rag.pipeline import RagPipeline
 
-    report = RagPipeline(_where(args)).index(
-        args.paths,
-        include_hidden=args.include_hidden,
-        follow_links=args.follow_links,
-        recreate=args.recreate,
-        warn=lambda message: print(f"qwen3-rag: warning: {message}", file=sys.stderr),
-        progress=sys.stderr.isatty() if args.progress is None else args.progress,
-        ray=None if args.ray is None else RayOptions(args.ray or None, args.ray_embedders, args.ray_gpus),
-    )
+    with RagPipeline(_where(args)) as pipeline:  # closed at the end: the Milvus Lite file is unlocked
+        report = pipeline.index(
+            args.paths,
+            include_hidden=args.include_hidden,
+            follow_links=args.follow_links,
+            recreate=args.recreate,
+            warn=lambda message: print(f"qwen3-rag: warning: {message}", file=sys.stderr),
+            progress=sys.stderr.isatty() if args.progress is None else args.progress,
+            ray=_ray_options(args),
+        )
     reused = f", {report.passages_reused} passages reused" if report.passages_reused else ""
     print(
         f"Indexed {report.passages_added} passages from {report.files_indexed} files "
@@ -303,12 +371,8 @@ def run_ask(args: argparse.Namespace) -> int:
     from qwen3_retrieval.rag.pipeline import RagPipeline
 
     pipeline = RagPipeline(_where(args))
-    sources = pipeline.retrieve(
-        args.question,
-        candidates=args.candidates,
-        top_n=args.top_n,
-        mode=args.mode,
-    )
+    with pipeline:  # the answer needs no index: the Milvus Lite file is unlocked before it streams
+        sources = pipeline.retrieve(args.question, candidates=args.candidates, top_n=args.top_n, mode=args.mode)
     use_llm = not args.no_llm and bool(os.environ.get("OPENAI_API_KEY")) and bool(sources)
     pieces: list[str] = []
     error: RagError | None = None

@@ -3,7 +3,8 @@
 Files are read and split by a worker thread that runs ahead of the embedding (a bounded queue), passages of
 many files are embedded together in token-budget batches, and a writer thread stores each batch while the next
 one is embedded. A file's record is written only after all its passages are stored, so an interrupted run
-resumes where it stopped. A file whose content is stored already (renamed, moved within a root, or copied)
+resumes where it stopped, and one killed anywhere leaves no passage of a file it cannot find again (see
+:mod:`~qwen3_retrieval.rag.store`). A file whose content is stored already (renamed, moved within a root, or copied)
 takes the stored vectors instead of being embedded again; files gone from a root are removed last, so that a
 renamed file still finds its old self.
 """
@@ -38,7 +39,7 @@ from qwen3_retrieval.rag.readers import (
     read_file,
     supported,
 )
-from qwen3_retrieval.rag.store import PassageStore
+from qwen3_retrieval.rag.store import FileWrite, PassageStore, StoredFile
 from qwen3_retrieval.rag.terminal import is_valid_name, path_name, printable
 from qwen3_retrieval.rag.types import Passage
 
@@ -100,7 +101,7 @@ def index_roots(
         store.create({**settings, "pages": True} if where.pages else settings)
     _repair(store, report, warn)  # a collection rebuilt by create() may find the old records: repaired too
     todo: list[FileToIndex] = []
-    gone: list[tuple[str, list[str]]] = []
+    gone: list[tuple[str, dict[str, StoredFile]]] = []
     for folder, files, whole in groups:
         changed, removed = _changed_files(store, folder, files, whole, report, warn)
         todo += changed
@@ -133,9 +134,9 @@ def index_roots(
             writer.submit(functools.partial(_store_batch, store, batch, vectors, report))
             shown.advance(len(batch), sum(len(i.passages) for i in batch), sum(i.todo.size for i in batch))
     shown.close()
-    for root, keys in gone:  # last: a file renamed in this run took its old self's vectors first
-        store.remove_files(root, keys)
-        report.files_removed += len(keys)
+    for root, old_files in gone:  # last: a file renamed in this run took its old self's vectors first
+        store.remove_files(root, old_files)
+        report.files_removed += len(old_files)
     report.passages_total = store.count()
 
 
@@ -148,16 +149,16 @@ READ_AHEAD_FILES = 32
 
 @dataclass
 class FileToIndex:
-    """A file to index: where it is, its root and root-relative path, content hash, size and stored key."""
+    """A file to index: where it is, its root and root-relative path, content hash, size and stored record."""
 
     file: Path
     root: str
     rel: str
     file_hash: str
     size: int
-    stored_key: str | None
-    source: str | None = None
-    """The key of a stored file with the same content hash, whose vectors this one may reuse."""
+    stored: StoredFile | None
+    source: StoredFile | None = None
+    """A stored file with the same content hash, whose vectors this one may reuse."""
 
 
 @dataclass
@@ -181,8 +182,12 @@ def _changed_files(
     whole: bool,
     report: IndexReport,
     warn: Callable[[str], None],
-) -> tuple[list[FileToIndex], tuple[str, list[str]]]:
-    """The files under ``folder`` that are new or changed, and the root with the keys of files gone from it."""
+) -> tuple[list[FileToIndex], tuple[str, dict[str, StoredFile]]]:
+    """The files under ``folder`` that are new, changed or left pending, and the root with the files gone from it.
+
+    A file recorded pending (a run was killed while writing or removing it) is indexed again if it is there,
+    and removed if it is not: either way none of its passages outlive the file.
+    """
     hashes: dict[str, str] = {}
     sizes: dict[str, int] = {}
     present = {_relative(file, folder) for file in files}  # unreadable ones too: their passages stay
@@ -197,15 +202,19 @@ def _changed_files(
     root = _root_id(store, folder, hashes)
     store.set_root(root, str(folder))  # first, so an interrupted run finds this root again
     stored = store.files(root)
-    gone = [entry.key for path, entry in stored.items() if path not in present] if whole else []
+    gone = {
+        path: entry
+        for path, entry in stored.items()
+        if path not in present and (whole or not (entry.done or (folder / path).exists()))
+    }
     todo = []
     for file in files:
         rel = _relative(file, folder)
         known = stored.get(rel)
-        if known and known.file_hash == hashes[rel]:
+        if known and known.done and known.file_hash == hashes[rel]:
             report.files_unchanged += 1
         else:
-            todo.append(FileToIndex(file, root, rel, hashes[rel], sizes[rel], known.key if known else None))
+            todo.append(FileToIndex(file, root, rel, hashes[rel], sizes[rel], known))
     return todo, (root, gone)
 
 
@@ -213,7 +222,7 @@ def _find_sources(store: PassageStore, todo: list[FileToIndex]) -> None:
     """Point each file to index at a stored file with the same content, if any (see :meth:`stored_vectors`)."""
     if not todo:
         return
-    by_hash = {entry.file_hash: entry.key for root in store.roots() for entry in store.files(root).values()}
+    by_hash = {f.file_hash: f for root in store.roots() for f in store.files(root).values() if f.done}
     for item in todo:
         item.source = by_hash.get(item.file_hash)
 
@@ -357,19 +366,20 @@ def _batches(reader: Iterable[FileRead], size: int) -> Iterator[list[FileRead]]:
 
 
 def _store_batch(store: PassageStore, batch: list[FileRead], vectors: Any, report: IndexReport) -> None:
-    """Store each file of a batch, its passages first and its record last (see :meth:`PassageStore.put_file`).
+    """Store the files of a batch together (see :meth:`PassageStore.put_files`).
 
     ``vectors`` holds the embedded passages of the files that reuse none, in order.
     """
     start = 0
+    writes: list[FileWrite] = []
     for read in batch:
         todo, passages = read.todo, read.passages
         if read.skipped:
             continue
         if not passages:
             report.files_without_text.append(todo.rel)
-            if todo.stored_key is not None:
-                store.remove_files(todo.root, [todo.stored_key])
+            if todo.stored is not None:
+                store.remove_files(todo.root, {todo.rel: todo.stored})
             continue
         if read.vectors is not None:
             own = read.vectors
@@ -377,9 +387,10 @@ def _store_batch(store: PassageStore, batch: list[FileRead], vectors: Any, repor
         else:
             own = vectors[start : start + len(passages)]
             start += len(passages)
-        store.put_file(todo.root, todo.rel, passages, own, todo.file_hash)
-        report.files_indexed += 1
-        report.passages_added += len(passages)
+        writes.append(FileWrite(todo.root, todo.rel, passages, own, todo.file_hash, todo.stored))
+    store.put_files(writes)
+    report.files_indexed += len(writes)
+    report.passages_added += sum(len(w.passages) for w in writes)
 
 
 def checked_settings(store: PassageStore, where: RagConfig) -> dict[str, Any]:
@@ -430,21 +441,21 @@ def model_dimension(model: str, dimensions: int | None) -> int:
 
 
 def recorded_passages(store: PassageStore) -> int:
-    """How many passages the file records say the collection holds."""
-    return sum(f.parts for root in store.roots() for f in store.files(root).values())
+    """How many passages the records of completely stored files say the collection holds."""
+    return sum(f.parts for root in store.roots() for f in store.files(root).values() if f.done)
 
 
 def _repair(store: PassageStore, report: IndexReport, warn: Callable[[str], None]) -> None:
-    """Forget the files whose passages the collection lost (a damaged store), so that this run indexes them again.
+    """Mark pending the files whose passages the collection lost (a damaged store): this run indexes them again.
 
-    Passages without a record (a run interrupted between the two) are not missing: the re-run overwrites them.
+    Files left pending by an interrupted run are not counted as stored: the re-run finishes them.
     """
     if store.count() >= recorded_passages(store):
         return
     held = store.passage_counts()
     lost = 0
     for root in store.roots():
-        broken = [f.key for f in store.files(root).values() if held.get(f.key, 0) < f.parts]
+        broken = {path: f for path, f in store.files(root).items() if f.done and held.get(f.key, 0) < f.parts}
         store.forget_files(root, broken)
         lost += len(broken)
     add_warning(

@@ -7,6 +7,12 @@ everywhere (our token ids on any engine: transformers on the worker's CPU or GPU
 
 The files must be readable at the same paths on every node (a shared file system), as Ray Data's own readers
 require. Keys are never shipped to the cluster: workers read ``$VLLM_API_KEY`` where they run.
+
+A run never waits silently. Before it submits anything, the pool is sized to what the cluster has free (see
+:func:`size_pool`): actors that do not fit whole CPUs share them, as a Ray Data user sets ``num_cpus`` fractions,
+and a request that cannot fit (GPUs the cluster lacks, no CPU left for the actors) is a one-line error. While it
+runs, a wait of ``stall_timeout`` seconds with no file back is a one-line error too; the files already stored stay,
+and the same run again finishes the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import functools
 import json
 import logging
 import math
+import os
+import queue
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,19 +54,65 @@ class RayOptions:
         gpus: GPUs per embedding actor (0: the CPU; fractions share a GPU).
         files_per_task: Files read and split by one task, and the unit the actors embed in (passages of
             ``files_per_task * 4`` files per call).
+        stall_timeout: Seconds the run may go without a file coming back from the cluster before it stops with
+            a RagError (the files stored so far stay; the same run again finishes). It covers the actors'
+            start, model loading included: raise it for a model every worker downloads first.
     """
 
     address: str | None = None
     embedders: int = 1
     gpus: float = 0.0
     files_per_task: int = 16
+    stall_timeout: float = 120.0
 
     def __post_init__(self) -> None:
-        if self.embedders < 1 or self.files_per_task < 1 or self.gpus < 0:
+        if self.embedders < 1 or self.files_per_task < 1 or self.gpus < 0 or not 0 < self.stall_timeout < math.inf:
             raise ValueError(
-                f"RayOptions needs embedders >= 1, files_per_task >= 1 and gpus >= 0, got {self.embedders}, "
-                f"{self.files_per_task} and {self.gpus}"
+                f"RayOptions needs embedders >= 1, files_per_task >= 1, gpus >= 0 and a finite stall_timeout > 0, "
+                f"got {self.embedders}, {self.files_per_task}, {self.gpus} and {self.stall_timeout}"
             )
+
+
+READ_CPUS = 0.5
+"""CPUs a reading and splitting task asks for: the room the pool leaves so that reading can always run."""
+MIN_ACTOR_CPUS = 0.1
+"""The smallest share of a CPU an embedding actor is given when the pool must share CPUs to fit."""
+
+
+def size_pool(free_cpus: float, free_gpus: float, embedders: int, gpus: float) -> tuple[float, str | None]:
+    """CPUs per embedding actor, so that ``embedders`` actors and one reading task fit what a cluster has free.
+
+    Each actor asks for one CPU when the pool and the room for reading (:data:`READ_CPUS`) fit; otherwise the
+    CPUs left after reading are shared among the actors, all of them still started, and the second value says
+    so in one line. Ray would otherwise start the actors it can and leave the reading tasks waiting for a CPU
+    that never frees: a run with no progress and no error.
+
+    Raises:
+        RagError: GPUs asked for that the cluster does not have free, or fewer than :data:`MIN_ACTOR_CPUS` per
+            actor left after reading; the message names both numbers and the fix.
+    """
+    if gpus > 0 and embedders * gpus > free_gpus + 1e-9:
+        fewer = int(free_gpus // gpus + 1e-9)
+        fix = f" or --ray-embedders {fewer}" if fewer >= 1 else ""
+        raise RagError(
+            f"{embedders} embedding actors with {gpus:g} GPU each ask for {embedders * gpus:g} GPUs, but the Ray "
+            f"cluster has {free_gpus:g} free: use --ray-gpus 0 (embed on CPUs){fix}"
+        )
+    need = embedders + READ_CPUS
+    if free_cpus >= need - 1e-9:
+        return 1.0, None
+    share = math.floor((free_cpus - READ_CPUS) / embedders * 100 + 1e-6) / 100
+    if share < MIN_ACTOR_CPUS:
+        fewer = int((free_cpus - READ_CPUS) // MIN_ACTOR_CPUS + 1e-9)
+        fix = f"use --ray-embedders {fewer}" if fewer >= 1 else "free some CPUs on the cluster or add a node"
+        raise RagError(
+            f"{embedders} embedding actors and reading need at least {embedders * MIN_ACTOR_CPUS + READ_CPUS:g} "
+            f"CPUs, but the Ray cluster has {free_cpus:g} free: {fix}"
+        )
+    return share, (
+        f"the Ray cluster has {free_cpus:g} CPUs free, fewer than {need:g} for {embedders} embedding actors and "
+        f"reading: each actor gets {share:g} of a CPU (fewer --ray-embedders give each more)"
+    )
 
 
 def embedded_on_ray(
@@ -67,8 +122,9 @@ def embedded_on_ray(
     """Each file of ``todo`` read, split and embedded on Ray, as it comes back (in any order).
 
     Raises:
-        RagError: Ray is not installed or the cluster cannot be reached, or a task failed for a reason the
-            user must fix (a missing extra); the message is the task's own.
+        RagError: Ray is not installed or the cluster cannot be reached; the pool cannot fit what the cluster
+            has free (see :func:`size_pool`); no file came back within ``options.stall_timeout`` seconds; or a
+            task failed for a reason the user must fix (a missing extra), with the task's own message.
     """
     ray = require("ray", "ray", "indexing on Ray (--ray)")
     started = not ray.is_initialized()
@@ -80,8 +136,9 @@ def embedded_on_ray(
         except (ConnectionError, ValueError, RuntimeError) as err:
             where = redact_url(options.address) if options.address else "$RAY_ADDRESS or a local one"
             raise RagError(f"cannot start or reach the Ray cluster ({where}): {err}") from None
+    pulling: list[threading.Thread] = []
     try:
-        yield from _run(ray, todo, config, splitting, dimensions, options, warn)
+        yield from _run(ray, todo, config, splitting, dimensions, options, warn, pulling)
     except Exception as err:
         cause = _user_error(err)
         if cause is None:
@@ -89,16 +146,49 @@ def embedded_on_ray(
         raise RagError(str(cause)) from None
     finally:
         if started:
-            ray.shutdown()
+            _shut_down(ray, pulling)
+
+
+def _shut_down(ray: Any, pulling: list[threading.Thread]) -> None:
+    """Stop the Ray this run started, and the thread that pulled its rows if it still waits on the cluster.
+
+    That thread, left in Ray Data after a stall, would start a new local Ray on its next call (Ray connects
+    on first use): Ray's auto-connect is off until the thread has ended.
+    """
+    hook = _auto_init_hook()
+    waiting = [thread for thread in pulling if thread.is_alive()]
+    if waiting and hook is not None:
+        hook.enable_auto_connect = False
+    ray.shutdown()
+    for thread in waiting:
+        thread.join(timeout=SHUTDOWN_SECONDS)
+    if waiting and hook is not None and not any(thread.is_alive() for thread in waiting):
+        hook.enable_auto_connect = os.environ.get("RAY_ENABLE_AUTO_CONNECT", "") != "0"
+
+
+def _auto_init_hook() -> Any:
+    try:
+        from ray._private import auto_init_hook  # private: Ray's switch for connecting on first use
+    except ImportError:
+        return None
+    return auto_init_hook if hasattr(auto_init_hook, "enable_auto_connect") else None
+
+
+SHUTDOWN_SECONDS = 10.0
+"""Seconds to wait, after Ray's shutdown, for a thread still pulling rows to end."""
 
 
 def _run(
     ray: Any, todo: list[FileToIndex], config: RagConfig, splitting: Splitting, dimensions: int | None,
-    options: RayOptions, warn: Callable[[str], None],
+    options: RayOptions, warn: Callable[[str], None], pulling: list[threading.Thread],
 ) -> Iterator[FileRead]:  # fmt: skip
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the run's own progress is in passages, shown by the caller
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes on what it runs; errors are raised
+    free = ray.available_resources()
+    cpus, note = size_pool(free.get("CPU", 0.0), free.get("GPU", 0.0), options.embedders, options.gpus)
+    if note:
+        warn(note)
     files = [{"n": n, "path": str(item.file)} for n, item in enumerate(todo)]
     blocks = max(1, math.ceil(len(files) / options.files_per_task))
     split = ray.data.from_items(files, override_num_blocks=blocks).map_batches(
@@ -118,10 +208,20 @@ def _run(
         batch_size=options.files_per_task * 4,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=options.embedders),
-        num_cpus=1,
+        num_cpus=cpus,
         num_gpus=options.gpus,
     )
-    for row in embedded.iter_rows():
+    done = 0
+
+    def stalled() -> str:
+        return (
+            f"no file came back from the Ray cluster in {options.stall_timeout:g} s ({done} of {len(todo)} files "
+            "done): it may be short of CPUs or memory, or a worker may hang; the files stored so far stay, run "
+            "the same command again to finish (--ray-stall-timeout sets the wait)"
+        )
+
+    for row in _within(embedded.iter_rows(), options.stall_timeout, stalled, pulling):
+        done += 1
         item = todo[int(row["n"])]
         for message in json.loads(row["warnings"]):
             warn(message)
@@ -132,6 +232,57 @@ def _run(
         found = [Passage(*p) for p in passages]
         vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(found), -1)
         yield FileRead(item, found, vectors)
+
+
+def _within(
+    rows: Iterator[Any], seconds: float, stalled: Callable[[], str], pulling: list[threading.Thread]
+) -> Iterator[Any]:
+    """``rows`` as they come, pulled by a thread of their own; a wait of ``seconds`` for the next is a RagError.
+
+    Only the time spent waiting here counts: the caller may take as long as it likes between rows (the thread
+    holds at most :data:`ROWS_AHEAD` of them).
+    """
+    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=ROWS_AHEAD)
+    stop = threading.Event()
+
+    def hand(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put((kind, value), timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pull() -> None:
+        try:
+            for row in rows:
+                if not hand("row", row):
+                    return
+            hand("end", None)
+        except BaseException as err:  # handed on to the caller, raised there
+            hand("error", err)
+
+    thread = threading.Thread(target=pull, name="qwen3-rag-ray-rows", daemon=True)
+    pulling.append(thread)
+    thread.start()
+    try:
+        while True:
+            try:
+                kind, value = ahead.get(timeout=seconds)
+            except queue.Empty:
+                raise RagError(stalled()) from None
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()  # the thread ends at its next row, or with Ray's shutdown if it waits on the cluster
+
+
+ROWS_AHEAD = 256
+"""Files come back from Ray at most this far ahead of the caller (what bounds the memory they hold)."""
 
 
 @functools.lru_cache(maxsize=4)

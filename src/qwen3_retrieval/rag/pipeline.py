@@ -139,7 +139,13 @@ class RagPipeline:
 
     Each model's weights are read once, on first use, however many questions and indexing runs follow (the
     embedder is kept per vector size, so a collection with a Matryoshka size shares the same loaded model).
-    Any number of threads may call one pipeline at once.
+
+    Any number of threads and asyncio tasks may call one pipeline at once, and get what the same calls return one
+    at a time: the collection is opened once, on first use, and shared by every call. Indexing runs one at a time
+    per collection in a process; a question asked during one sees the index as it was before or after each
+    batch of files. :meth:`close` (or leaving a ``with`` block) lets go of the collection once the calls in
+    flight end; a Milvus Lite file stays locked against other processes until then. A closed pipeline opens the
+    collection again if it is called again.
 
     Args:
         config: Where the passages live and which models embed and rerank them.
@@ -152,9 +158,54 @@ class RagPipeline:
         self._tokenizer: Any = None
         self._sound_count: int | None = None  # passages held when the file records last agreed with them
         self._lock = threading.Lock()
+        self._store: PassageStore | None = None
+        self._store_lock = threading.Lock()
+        self._calls = 0  # calls using the store now: close() waits for the last one
+        self._closing = False
 
     def __repr__(self) -> str:
         return f"RagPipeline({self.config!r})"
+
+    def __enter__(self) -> RagPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the collection (a Milvus Lite file is unlocked) once the calls in flight end; models stay."""
+        with self._store_lock:
+            if self._calls:
+                self._closing = True
+                return
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+    @contextlib.contextmanager
+    def _using_store(self) -> Iterator[PassageStore]:
+        """The shared store, opened on first use, for one call; closed after it only if :meth:`close` asked."""
+        store = self._take_store()
+        try:
+            yield store
+        finally:
+            self._give_back(store)
+
+    def _take_store(self) -> PassageStore:
+        with self._store_lock:
+            if self._store is None:
+                self._store = self.config.store()
+            self._calls += 1
+            return self._store
+
+    def _give_back(self, store: PassageStore) -> None:
+        with self._store_lock:
+            self._calls -= 1
+            if not (self._closing and self._calls == 0):
+                return
+            self._closing = False
+            self._store = None
+        store.close()
 
     def embedder(self, dimensions: int | None) -> Any:
         """The embedding model at ``dimensions`` (None: full size), made once."""
@@ -212,17 +263,20 @@ class RagPipeline:
         if self.config.pages:
             require_pages()
         groups = given_roots(paths, include_hidden, follow_links, note, self.config.pages)
-        new_file = _new_local_file(self.config.uri)
-        try:
-            with self.config.store() as store:
-                index_roots(store, groups, self, report, recreate=recreate, warn=warn, progress=mode,
-                            ray=ray)  # fmt: skip
-        except BaseException:
-            # A run that fails before storing anything (a model that does not load, a bad --dimensions) leaves no
-            # empty Milvus Lite file behind; once a file is stored, what is there is kept for the re-run to finish.
-            if new_file is not None and report.files_indexed == 0:
-                shutil.rmtree(new_file, ignore_errors=True)
-            raise
+        with _writing(self.config):
+            new_file = _new_local_file(self.config.uri)
+            store = None
+            try:
+                with self._using_store() as store:
+                    index_roots(store, groups, self, report, recreate=recreate, warn=warn, progress=mode,
+                                ray=ray)  # fmt: skip
+            except BaseException:
+                # A run that fails before storing anything (a model that does not load, a bad --dimensions) leaves
+                # no empty Milvus Lite file behind; once a file is stored, it is kept for the re-run to finish.
+                if new_file is not None and (store is None or not store.wrote_passages):
+                    self.close()
+                    shutil.rmtree(new_file, ignore_errors=True)
+                raise
         return report
 
     def retrieve(self, question: str, *, candidates: int = 10, top_n: int = 3, mode: str = "hybrid") -> list[Source]:
@@ -251,7 +305,7 @@ class RagPipeline:
                 lambda: (store.search(vector, question, candidates, mode=mode), store.roots())
             )
         finally:
-            await asyncio.to_thread(store.close)
+            await asyncio.to_thread(self._give_back, store)
         # Pages are rendered for the reranker: off the event loop.
         inputs = await asyncio.to_thread(_rerank_inputs, hits, roots) if self.config.pages else [h.text for h in hits]
         ranked = await self.reranker().arank(question, inputs, top_n=top_n)
@@ -287,11 +341,14 @@ class RagPipeline:
         return "".join(self.stream_answer(question, sources, model=model, timeout=timeout, images=images))
 
     def _open(self) -> tuple[PassageStore, dict[str, Any]]:
-        """The store, opened, and its settings; refused if there is no index or it is damaged."""
+        """The shared store for one call (given back with :meth:`_give_back`) and its settings.
+
+        Refused if there is no index or it is damaged.
+        """
         where = self.config
         if _new_local_file(where.uri) is not None:  # opening it would create an empty one: asking changes nothing
             raise RagError(f"there is no index at {where.uri}; {_index_first(where)}")
-        store = where.store()
+        store = self._take_store()
         try:
             settings = checked_settings(store, where)
             if not settings:
@@ -300,18 +357,21 @@ class RagPipeline:
                 )
             held = store.count()
             # The file records are read (a query per 16th of every root's files) only when the passage count
-            # differs from the one last found sound: passages are lost only by damage, which lowers it.
-            recorded = held if held == self._sound_count else recorded_passages(store)
-            if held < recorded:  # what is missing can be neither found nor cited: say so instead of answering
-                raise RagError(
-                    f"the index at {redact_url(where.uri)} is damaged: its file records list {recorded} passages "
-                    f"but collection {where.collection!r} holds {held}; "
-                    f"{_index_first(where).replace('first', 'again')} to repair it (the files whose passages are "
-                    "missing are indexed again), or add --recreate to rebuild it"
-                )
-            self._sound_count = held
+            # differs from the one last found sound: passages are lost only by damage, which lowers it. Not while
+            # this process indexes the collection: a file being replaced or removed is briefly both counted in
+            # its record and partly deleted.
+            if held != self._sound_count and not _being_written(where):
+                recorded = recorded_passages(store)
+                if held < recorded:  # what is missing can be neither found nor cited: say so instead of answering
+                    raise RagError(
+                        f"the index at {redact_url(where.uri)} is damaged: its file records list {recorded} "
+                        f"passages but collection {where.collection!r} holds {held}; "
+                        f"{_index_first(where).replace('first', 'again')} to repair it (the files whose passages "
+                        "are missing are indexed again), or add --recreate to rebuild it"
+                    )
+                self._sound_count = held
         except BaseException:
-            store.close()
+            self._give_back(store)
             raise
         return store, settings
 
@@ -321,7 +381,7 @@ class RagPipeline:
         try:
             yield store, settings
         finally:
-            store.close()
+            self._give_back(store)
 
 
 # The module-level functions reuse one pipeline per configuration, so that a program calling them in a loop
@@ -337,18 +397,50 @@ def pipeline_for(config: RagConfig) -> RagPipeline:
     ``VLLM_API_KEY`` is part of the key: its models read it when they are made, so a changed key gets new ones.
     """
     key = (config, hash(os.environ.get("VLLM_API_KEY")))
+    evicted = []
     with _pipelines_lock:
         pipeline = _pipelines.pop(key, None) or RagPipeline(config)
         _pipelines[key] = pipeline
         while len(_pipelines) > MAX_PIPELINES:
-            _pipelines.popitem(last=False)
-        return pipeline
+            evicted.append(_pipelines.popitem(last=False)[1])
+    for old in evicted:
+        old.close()  # once the calls in flight on it end
+    return pipeline
 
 
 def release_pipelines() -> None:
-    """Drop the pipelines the module-level functions keep (their models are freed when nothing else holds them)."""
+    """Close and drop the pipelines the module-level functions keep.
+
+    Their models are freed when nothing else holds them, their Milvus Lite files unlocked once the calls in flight
+    end.
+    """
     with _pipelines_lock:
+        dropped = list(_pipelines.values())
         _pipelines.clear()
+    for pipeline in dropped:
+        pipeline.close()
+
+
+# Index runs on one collection take turns in a process (pipelines of the same configuration, or the same
+# collection under other settings): each decides what to write from what the collection holds when it starts.
+_writers: dict[tuple[str, str], threading.Lock] = {}
+_writers_lock = threading.Lock()
+
+
+def _writer(config: RagConfig) -> threading.Lock:
+    where = config.uri if is_server_uri(config.uri) else os.path.abspath(Path(config.uri).expanduser())
+    with _writers_lock:
+        return _writers.setdefault((where, config.collection), threading.Lock())
+
+
+@contextlib.contextmanager
+def _writing(config: RagConfig) -> Iterator[None]:
+    with _writer(config):
+        yield
+
+
+def _being_written(config: RagConfig) -> bool:
+    return _writer(config).locked()
 
 
 def index(

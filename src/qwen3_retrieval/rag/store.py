@@ -6,17 +6,27 @@ that root, its heading path and the file's content hash. A second, small collect
 the settings the passages were built with (embedding model, dimensions, splitting) and where each root was last
 seen, so a moved or renamed folder keeps its id and its passages.
 
+Each file has a record there too, written *before* its passages as pending and marked done after them (and
+marked pending again before a removal deletes them). Whatever point a run is killed at, every passage stored
+belongs to a recorded file, so the next run finds it: a pending file still in its folder is indexed again, one
+gone from it is removed, and no passage of a missing file survives. Passage ids are ``<file key>-<position>``;
+a record keeps the highest position ever written (its span), so stale passages are deleted by primary key.
+
 A local path as URI runs embedded Milvus Lite; ``http(s)://…`` reaches a Milvus server or Zilliz Cloud.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,11 +45,27 @@ QUERY_ROWS = 16384  # the most rows one query returns
 
 @dataclass(frozen=True)
 class StoredFile:
-    """A file the collection holds completely: its key, content hash and number of passages."""
+    """A file's record: its key, content hash, number of passages, and whether they are all stored."""
 
     key: str
     file_hash: str
     parts: int
+    span: int
+    """Passages ``<key>-0`` up to ``<key>-<span - 1>`` may be stored (an interrupted write can leave more than
+    ``parts``)."""
+    done: bool
+    """All its passages are stored; False while a write or a removal is under way, or after one was killed."""
+
+
+class FileWrite(NamedTuple):
+    """One file's passages to store: under ``root`` at ``path``, replacing what ``old`` records, if anything."""
+
+    root: str
+    path: str
+    passages: Sequence[Passage]
+    vectors: np.ndarray
+    file_hash: str
+    old: StoredFile | None
 
 
 def fit_bytes(text: str, limit: int) -> str:
@@ -83,8 +109,11 @@ class PassageStore:
         self.collection, self.meta = collection, f"{collection}_meta"
         self.uri = uri
         self.pages = False  # a --pages collection (with the image field): known once opened or created
+        self.wrote_passages = False  # by this object: a new file that holds none can be removed on an error
         self.is_server = is_server = is_server_uri(uri)
         secrets = [token, *url_secrets(uri)]
+        if not is_server:
+            _hold_lite(uri)
         try:
             # A server gets a connection of its own, closed with the store: pymilvus otherwise shares one per
             # address across clients and keeps it after close(), and a connection left idle between runs is sent
@@ -100,22 +129,25 @@ class PassageStore:
                     f"Milvus Lite cannot open {uri}: {err.message}; if its files are damaged, move it away and "
                     "index again, or restore a copy"
                 )
+            self._let_go()
             raise RagError(mask(message, secrets)) from None
         except Exception as err:  # grpc and OS errors from an unreachable server or a bad path
+            self._let_go()
             message = f"cannot open Milvus at {redact_url(uri)}: {type(err).__name__}: {err}"
             raise RagError(mask(message, secrets)) from None
 
     def close(self) -> None:
-        """Let go of the collection, and of a Milvus Lite file, which stays locked while this process serves it.
+        """Let go of the collection, and of a Milvus Lite file once no other store of this process uses it.
 
-        pymilvus never stops the embedded server it starts for a ``.db`` file, so another process could not
-        open the file while this one lives; other clients of the same file in this process reconnect.
+        A Milvus Lite file is served by one in-process server, which holds the file's lock: it is stopped when
+        the last store of the file closes, so that another process can open the file.
         """
         self.client.close()
-        if not self.is_server:
-            from milvus_lite.server_manager import server_manager_instance
+        self._let_go()
 
-            server_manager_instance.release_server(self.uri)
+    def _let_go(self) -> None:
+        if not self.is_server:
+            _let_go_lite(self.uri)
 
     def __enter__(self) -> PassageStore:
         return self
@@ -257,11 +289,7 @@ class PassageStore:
     # --- files and passages ------------------------------------------------------------------------------------
 
     def files(self, root: str) -> dict[str, StoredFile]:
-        """Every file completely stored under ``root``, by path relative to the root.
-
-        A file counts as stored once all its passages are in and its record is written, which happens last:
-        a run interrupted in between leaves the file to be indexed again.
-        """
+        """Every file recorded under ``root``, by path relative to the root; see :attr:`StoredFile.done`."""
         found: dict[str, StoredFile] = {}
         # Queries return at most QUERY_ROWS rows; file keys are hex, so one query per first digit.
         for digit in "0123456789abcdef":
@@ -270,14 +298,35 @@ class PassageStore:
             )
             for row in rows:
                 record = json.loads(row["value"])
-                found[record["path"]] = StoredFile(row["key"].rsplit(":", 1)[1], record["hash"], record["parts"])
+                parts = record["parts"]
+                found[record["path"]] = StoredFile(
+                    row["key"].rsplit(":", 1)[1], record["hash"], parts, record.get("span", parts),
+                    record.get("done", True),  # written before records had a state: complete
+                )  # fmt: skip
         return found
 
-    def forget_files(self, root: str, keys: Sequence[str]) -> None:
-        """Remove the records of these files (not their passages): the next run indexes them again."""
-        for start in range(0, len(keys), 512):
-            records = [f"file:{root}:{k}" for k in keys[start : start + 512]]
-            self.client.delete(self.meta, filter=f"key in {json.dumps(records)}")
+    def _set_records(self, root_files: Sequence[tuple[str, str, StoredFile]]) -> None:
+        """Write the records of ``(root, path, file)`` triples, in one upsert per 512."""
+        rows = [
+            {
+                "key": f"file:{root}:{f.key}",
+                "value": json.dumps(
+                    {"path": path, "hash": f.file_hash, "parts": f.parts, "span": f.span, "done": f.done}
+                ),
+                "unused": [0.0, 0.0],
+            }
+            for root, path, f in root_files
+        ]
+        for start in range(0, len(rows), 512):
+            self.client.upsert(self.meta, rows[start : start + 512])
+
+    def _delete_ids(self, ids: list[str]) -> None:
+        for start in range(0, len(ids), 4096):
+            self.client.delete(self.collection, ids=ids[start : start + 4096])
+
+    def forget_files(self, root: str, files: dict[str, StoredFile]) -> None:
+        """Mark ``files`` (by path) pending: the next run indexes them again, or removes them if they are gone."""
+        self._set_records([(root, path, _pending(f)) for path, f in files.items()])
 
     def passage_counts(self) -> dict[str, int]:
         """How many passages the collection holds for each file key (reads every row's key: for repairs only)."""
@@ -295,44 +344,56 @@ class PassageStore:
             iterator_log.setLevel(level)
         return counts
 
-    def put_file(self, root: str, path: str, passages: Sequence[Passage], vectors: np.ndarray, file_hash: str) -> None:
-        """Store one file's passages, drop whatever an older version of the file left, then record the file.
+    def put_files(self, files: Sequence[FileWrite]) -> None:
+        """Store files' passages: records marked pending, passages upserted, stale ones deleted, records done.
 
-        Ids are stable (root, path, position), so an interrupted run leaves a usable collection and running it
-        again overwrites instead of duplicating. Upserts are cut to stay under Milvus' message size.
+        Ids are stable (root, path, position), so a run interrupted anywhere leaves pending records that the
+        next run finishes or removes (see the module docstring). A batch of files costs four calls, however
+        many files it holds (upserts are cut to stay under Milvus' message size).
         """
-        key = _file_key(root, path)
-        rows = [
-            {
-                "id": f"{key}-{i}",
-                "vector": vector.tolist(),
-                **_stored_text(p, self.pages),
-                "root": root,
-                "path": fit_bytes(path, PATH_BYTES),
-                "file_key": key,
-                "file_hash": file_hash,
-                "parts": len(passages),
-            }
-            for i, (p, vector) in enumerate(zip(passages, vectors, strict=True))
-        ]
-        for piece in upsert_pieces(rows, vectors.shape[1] * 4 if len(vectors) else 0):
+        if not files:
+            return
+        pending, done, rows, stale = [], [], [], []
+        for f in files:
+            key = _file_key(f.root, f.path)
+            parts = len(f.passages)
+            span = max(parts, f.old.span if f.old is not None else 0)
+            pending.append((f.root, f.path, StoredFile(key, f.file_hash, parts, span, done=False)))
+            done.append((f.root, f.path, StoredFile(key, f.file_hash, parts, parts, done=True)))
+            stale += [f"{key}-{i}" for i in range(parts, span)]
+            rows += [
+                {
+                    "id": f"{key}-{i}",
+                    "vector": vector.tolist(),
+                    **_stored_text(p, self.pages),
+                    "root": f.root,
+                    "path": fit_bytes(f.path, PATH_BYTES),
+                    "file_key": key,
+                    "file_hash": f.file_hash,
+                    "parts": parts,
+                }
+                for i, (p, vector) in enumerate(zip(f.passages, f.vectors, strict=True))
+            ]
+        self.wrote_passages = True
+        self._set_records(pending)
+        vector_bytes = max((f.vectors.shape[1] * 4 for f in files if len(f.vectors)), default=0)
+        for piece in upsert_pieces(rows, vector_bytes):
             self.client.upsert(self.collection, piece)
-        stale = f"file_key == {_literal(key)} and (file_hash != {_literal(file_hash)} or parts != {len(passages)})"
-        self.client.delete(self.collection, filter=stale)
-        self._meta_set(f"file:{root}:{key}", {"path": path, "hash": file_hash, "parts": len(passages)})
+        self._delete_ids(stale)
+        self._set_records(done)
 
-    def stored_vectors(self, key: str, passages: Sequence[Passage]) -> np.ndarray | None:
-        """The vectors stored for the file ``key`` if it holds exactly ``passages`` (same texts, in order).
+    def stored_vectors(self, source: StoredFile, passages: Sequence[Passage]) -> np.ndarray | None:
+        """The vectors stored for the file ``source`` if it holds exactly ``passages`` (same texts, in order).
 
         This is how a renamed or copied file reuses what was embedded for it: the caller finds a stored file
         with the same content hash, and the texts are compared here so that a file changed since (or split
-        otherwise) is embedded again instead. None when anything differs.
+        otherwise) is embedded again instead. None when anything differs. Read by primary key.
         """
-        if not passages or len(passages) > QUERY_ROWS:
+        if not passages or not source.done or source.parts != len(passages) or len(passages) > QUERY_ROWS:
             return None
         fields = ["id", "text", "heading", "location", "vector", *(["image"] if self.pages else [])]
-        rows = self.client.query(self.collection, filter=f"file_key == {_literal(key)}", output_fields=fields,
-                                 limit=QUERY_ROWS)  # fmt: skip
+        rows = self.client.get(self.collection, ids=[f"{source.key}-{i}" for i in range(len(passages))],
+                               output_fields=fields)  # fmt: skip
         if len(rows) != len(passages):
             return None
         rows.sort(key=lambda row: int(row["id"].rsplit("-", 1)[1]))
@@ -341,12 +402,18 @@ class PassageStore:
                 return None
         return np.asarray([row["vector"] for row in rows], dtype=np.float32)
 
-    def remove_files(self, root: str, keys: Sequence[str]) -> None:
-        """Remove every passage and the record of the files under ``root`` with these keys."""
-        for start in range(0, len(keys), 512):
-            batch = list(keys[start : start + 512])
-            self.client.delete(self.collection, filter=f"file_key in {json.dumps(batch)}")
-            self.client.delete(self.meta, filter=f"key in {json.dumps([f'file:{root}:{k}' for k in batch])}")
+    def remove_files(self, root: str, files: dict[str, StoredFile]) -> None:
+        """Remove the passages and records of ``files`` (by path) under ``root``, by primary key.
+
+        The records are marked pending first, so that a run killed in between leaves them for the next run to
+        remove, and a reader never counts passages of a file half removed as missing.
+        """
+        entries = list(files.items())
+        for start in range(0, len(entries), 512):
+            batch = entries[start : start + 512]
+            self._set_records([(root, path, _pending(f)) for path, f in batch if f.done])
+            self._delete_ids([f"{f.key}-{i}" for _, f in batch for i in range(f.span)])
+            self.client.delete(self.meta, ids=[f"file:{root}:{f.key}" for _, f in batch])
 
     def count(self) -> int:
         """How many passages the collection holds."""
@@ -379,6 +446,96 @@ class PassageStore:
                 self.collection, reqs=requests, ranker=RRFRanker(60), limit=limit, output_fields=fields
             )
         return [Hit(*(h["entity"][f] for f in fields)) for h in result[0]]
+
+
+def _pending(f: StoredFile) -> StoredFile:
+    return StoredFile(f.key, f.file_hash, f.parts, f.span, done=False)
+
+
+# --- Milvus Lite: one in-process server per file, shared by this process's stores ------------------------------
+
+_lite_lock = threading.Lock()
+_lite_users: dict[str, int] = {}
+
+
+def _hold_lite(uri: str) -> None:
+    """Count one more store of the Milvus Lite file ``uri``, starting its server for the first one."""
+    path = os.path.abspath(Path(uri).expanduser())
+    with _lite_lock:
+        if not _lite_users.get(path):
+            _start_lite(uri, path)
+        _lite_users[path] = _lite_users.get(path, 0) + 1
+
+
+def _let_go_lite(uri: str) -> None:
+    """Count one store of ``uri`` fewer; the last one stops its server, which unlocks the file."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    path = os.path.abspath(Path(uri).expanduser())
+    with _lite_lock:
+        users = _lite_users.pop(path, 0) - 1
+        if users > 0:
+            _lite_users[path] = users
+            return
+        server_manager_instance.release_server(path)
+
+
+def _start_lite(uri: str, path: str) -> None:
+    """Start (or find) the server of the Milvus Lite file at ``path``; a one-line error if it cannot open it."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    if not Path(path).parent.is_dir():
+        return  # pymilvus says which folder is missing
+    failures: list[logging.LogRecord] = []
+    log = logging.getLogger("milvus_lite.server_manager")
+    keep = log.propagate
+    catch = _Catch(failures)
+    log.addHandler(catch)
+    log.propagate = False  # its traceback is not for the user: the failure is said in one line below
+    try:
+        started = server_manager_instance.start_and_get_uri(path)
+    finally:
+        log.removeHandler(catch)
+        log.propagate = keep
+    if started is not None:
+        return
+    error = failures[-1].exc_info[1] if failures and failures[-1].exc_info else None
+    if type(error).__name__ == "DataDirLockedError" or _locked(path):
+        raise RagError(
+            f"another process is writing this index ({uri} is in use); wait for it or use a Milvus server"
+        )
+    reason = f"{type(error).__name__}: {error}" if error is not None else "Open local milvus failed"
+    raise RagError(
+        f"Milvus Lite cannot open {uri}: {reason}; if its files are damaged, move it away and index again, or "
+        "restore a copy"
+    )
+
+
+class _Catch(logging.Handler):
+    def __init__(self, into: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record)
+
+
+def _locked(path: str) -> bool:
+    """Whether another process holds the Milvus Lite file's lock (its server takes an exclusive ``flock``)."""
+    lock = Path(path) / "LOCK"
+    if not lock.exists():
+        return False
+    try:
+        import fcntl
+    except ImportError:  # Windows: not known
+        return False
+    with contextlib.suppress(OSError), open(lock, "rb") as held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(held, fcntl.LOCK_UN)
+    return False
 
 
 def upsert_pieces(rows: list[dict[str, Any]], vector_bytes: int) -> Iterator[list[dict[str, Any]]]:
