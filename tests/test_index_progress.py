@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 
+from qwen3_retrieval.rag import progress
 from qwen3_retrieval.rag.progress import STATUS_SECONDS, IndexProgress, progress_mode
 
 
@@ -60,3 +62,17 @@ def test_progress_modes() -> None:
     assert progress_mode(False) == "off" and progress_mode("bar") == "bar"
     with pytest.raises(ValueError, match=r"progress='dots' is not one of bar, lines, off"):
         progress_mode("dots")
+
+
+def test_status_lines_keep_coming_while_one_batch_takes_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: a line came only when a batch ended, 30-60 s apart with a real model on a CPU.
+    monkeypatch.setattr(progress, "STATUS_SECONDS", 0.2)
+    out = io.StringIO()
+    shown = IndexProgress(files=4, size=400, mode="lines", stream=out)
+    time.sleep(1.1)  # one batch being embedded: nothing advances
+    shown.advance(files=4, passages=8, size=400)
+    shown.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 4, lines
+    assert lines[0].startswith("qwen3-rag: indexing the first of 4 files, 0s so far")
+    assert lines[-1].startswith("qwen3-rag: indexed 8 of about 8 passages (4 of 4 files)")

@@ -18,8 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from qwen3_retrieval.errors import ServerError
-from qwen3_retrieval.options import MIN_DIMENSIONS
-from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
+from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL, MIN_DIMENSIONS
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.terminal import path_name, printable
 from qwen3_retrieval.rag.types import MODES
@@ -64,6 +63,15 @@ def _gpus(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be 0 or more GPUs, got {text}")
     return value
+
+
+def _question(text: str) -> str:
+    if text == "-":
+        text = sys.stdin.read()
+    if not any(c.isprintable() and not c.isspace() for c in text):
+        what = "empty" if not text.strip() else "only spaces and control characters"
+        raise argparse.ArgumentTypeError(f"the question is {what}; ask it in words (or - to read it from stdin)")
+    return text
 
 
 def _seconds(text: str) -> float:
@@ -176,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     ask = command("ask", "answer a question from the index")
-    ask.add_argument("question", metavar="QUESTION")
+    ask.add_argument("question", metavar="QUESTION", type=_question, help="the question; - reads it from stdin")
     common(ask)
     ask.add_argument("--reranker-model", default=DEFAULT_RERANKER_MODEL, help="hub id or local folder")
     ask.add_argument("--reranker-url", default=None, help="a vLLM reranker server (http://host:8001/v1)")
@@ -203,19 +211,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status."""
-    args = build_parser().parse_args(argv)
-    _quiet_libraries()
-    secrets = _secrets(args)
-    try:
-        if args.command == "index":
-            with _known_noise_off() if args.ray is not None else contextlib.nullcontext():
-                return run_index(args)
-        return run_ask(args)
-    except (RagError, ValueError, TypeError, ServerError) as err:
-        return _fail(mask(str(err), secrets))
+    try:  # Ctrl-C while the libraries import (the first seconds) is one line too
+        return _run(argv)
     except KeyboardInterrupt:
         print("qwen3-rag: interrupted; run the same command again to finish", file=sys.stderr)
         return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "ask" and args.top_n > args.candidates:
+        parser.error(
+            f"--top-n {args.top_n} is more than --candidates {args.candidates} (the reranker keeps at most the "
+            f"passages it is given); raise --candidates to at least {args.top_n}"
+        )
+    _quiet_libraries()
+    secrets = _secrets(args)
+    try:
+        with _known_noise_off():
+            return run_index(args) if args.command == "index" else run_ask(args)
+    except (RagError, ValueError, TypeError, ServerError) as err:
+        return _fail(mask(str(err), secrets))
     except Exception as err:
         if type(err).__module__.startswith("pymilvus"):  # no import: pymilvus may not be installed
             return _fail(mask(f"Milvus at {redact_url(args.uri)} failed: {getattr(err, 'message', err)}", secrets))
@@ -253,8 +270,8 @@ KNOWN_NOISE = (
     # gRPC's C core, at "error": a server told an idle connection to ping less, which it then does (nothing fails).
     b"too_many_pings",
 )
-"""Lines that C code writes straight to stderr (no logger to quiet) during an index on Ray: none is the user's to
-fix, and any failure reaches the user as the command's own one line."""
+"""Lines that C code writes straight to stderr (no logger to quiet), on Ray and with Milvus Lite's in-process
+server alike: none is the user's to fix, and any failure reaches the user as the command's own one line."""
 
 
 @contextlib.contextmanager
@@ -265,6 +282,8 @@ def _known_noise_off() -> Iterator[None]:
     """
     try:
         sys.stderr.flush()
+        if sys.stderr.fileno() != 2:  # stderr was redirected in Python (a caller capturing it): leave it be
+            raise ValueError("not the process's stderr")
         terminal = os.dup(2)
         read, write = os.pipe()
     except (OSError, ValueError):  # no stderr to filter (closed, or replaced by an object with no descriptor)

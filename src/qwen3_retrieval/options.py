@@ -27,7 +27,12 @@ from qwen3_retrieval._validation import (
 from qwen3_retrieval.batching import BatchPolicy, default_policy
 from qwen3_retrieval.devices import resolve_device, resolve_dtype
 from qwen3_retrieval.media import MAX_PIXELS, MIN_PIXELS
-from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_INSTRUCTION, DEFAULT_RERANKER_MODEL
+from qwen3_retrieval.prompts import (
+    DEFAULT_EMBEDDING_MODEL,
+    DEFAULT_INSTRUCTION,
+    DEFAULT_RERANKER_MODEL,
+    MIN_DIMENSIONS,
+)
 from qwen3_retrieval.redaction import (
     check_secret,
     check_server_credentials,
@@ -41,9 +46,6 @@ from qwen3_retrieval.vl_prompts import (
     VL_QUERY_INSTRUCTION,
     VL_RERANK_INSTRUCTION,
 )
-
-MIN_DIMENSIONS = 32
-"""The smallest Matryoshka size the model cards support."""
 
 ENGINES = ("transformers", "vllm", "http")
 

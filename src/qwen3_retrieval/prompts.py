@@ -9,6 +9,9 @@ from __future__ import annotations
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 
+MIN_DIMENSIONS = 32
+"""The smallest Matryoshka size the model cards support."""
+
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 """The task the model cards use for web-search-style retrieval, for both embedding queries and reranking."""
 

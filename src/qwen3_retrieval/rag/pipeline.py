@@ -290,7 +290,8 @@ class RagPipeline:
             embedder = self.embedder(settings["dimensions"])
             hits = store.search(embedder.embed_query(question), question, candidates, mode=mode)
             roots = store.roots()
-        ranked = self.reranker().rank(question, _rerank_inputs(hits, roots), top_n=top_n)
+        with _question_fits():
+            ranked = self.reranker().rank(question, _rerank_inputs(hits, roots), top_n=top_n)
         return [_source(hits[i], roots, score) for i, score in ranked]
 
     async def aretrieve(
@@ -308,7 +309,8 @@ class RagPipeline:
             await asyncio.to_thread(self._give_back, store)
         # Pages are rendered for the reranker: off the event loop.
         inputs = await asyncio.to_thread(_rerank_inputs, hits, roots) if self.config.pages else [h.text for h in hits]
-        ranked = await self.reranker().arank(question, inputs, top_n=top_n)
+        with _question_fits():
+            ranked = await self.reranker().arank(question, inputs, top_n=top_n)
         return [_source(hits[i], roots, score) for i, score in ranked]
 
     def stream_answer(
@@ -505,13 +507,29 @@ def stream_answer(
 
 
 def _check_question(question: str, candidates: int, top_n: int, mode: str) -> None:
-    if not question.strip():
-        raise RagError("the question is empty")
+    if not isinstance(question, str):
+        raise TypeError(f"the question must be a str, got {type(question).__name__}")
+    if not any(c.isprintable() and not c.isspace() for c in question):  # nothing to search for: refused
+        raise RagError(f"the question is {'empty' if not question.strip() else 'only spaces and control characters'}")
     for name, value in (("candidates", candidates), ("top_n", top_n)):
         if value < 1:
             raise RagError(f"--{name.replace('_', '-')} must be at least 1")
+    if top_n > candidates:  # never capped silently: the reranker keeps at most the passages it is given
+        raise RagError(f"--top-n {top_n} is more than --candidates {candidates}; raise --candidates to {top_n}")
     if mode not in MODES:
         raise RagError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+@contextlib.contextmanager
+def _question_fits() -> Iterator[None]:
+    """Say a question too long to rerank in the pipeline's terms (the documents are cut to fit, never it)."""
+    try:
+        yield
+    except ValueError as err:
+        if "leaving no room for a document" not in str(err):
+            raise
+        detail = str(err).split(";")[0].replace("the instruction and query take", "with the instruction it takes")
+        raise RagError(f"the question is too long to rerank ({detail}); shorten it") from None
 
 
 def _new_local_file(uri: str) -> Path | None:

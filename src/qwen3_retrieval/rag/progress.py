@@ -2,12 +2,14 @@
 
 How many passages a run makes is known only once every file is split, and files are split as the run goes.
 The total is estimated from the bytes of the files read so far against those of all the files to index, and
-refined with every batch, so the ETA is sound once a few batches are done.
+refined with every batch, so the ETA is sound once a few batches are done. Status lines come every few seconds
+even while one batch is embedded for minutes (a batch of a real model on a CPU can take that long).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -59,11 +61,18 @@ class IndexProgress:
         self.done_files = self.done_passages = self.done_bytes = 0
         self.printed = 0  # files done at the last line printed
         self.start = self.shown = clock()
+        self.shown_at = time.monotonic()
         self.bar: Any = None
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.ticker: threading.Thread | None = None
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=None, desc="Indexing", unit="passage", file=self.stream, dynamic_ncols=True)
+        elif self.mode == "lines":
+            self.ticker = threading.Thread(target=self._tick, name="qwen3-rag-progress", daemon=True)
+            self.ticker.start()
 
     def estimated_total(self) -> int:
         """Passages the whole run will make: those so far, scaled by the bytes still to read (at least those)."""
@@ -73,19 +82,22 @@ class IndexProgress:
 
     def advance(self, files: int, passages: int, size: int) -> None:
         """Count a batch of ``files`` (``size`` bytes) that made ``passages``."""
-        self.done_files += files
-        self.done_passages += passages
-        self.done_bytes += size
-        if self.bar is not None:
-            self.bar.total = self.estimated_total()
-            self.bar.set_postfix_str(f"{self.done_files}/{self.files} files", refresh=False)
-            self.bar.update(passages)
-        elif self.mode == "lines" and self.clock() - self.shown >= STATUS_SECONDS:
-            self._line()
+        with self.lock:
+            self.done_files += files
+            self.done_passages += passages
+            self.done_bytes += size
+            if self.bar is not None:
+                self.bar.total = self.estimated_total()
+                self.bar.set_postfix_str(f"{self.done_files}/{self.files} files", refresh=False)
+                self.bar.update(passages)
+            elif self.mode == "lines" and self.clock() - self.shown >= STATUS_SECONDS:
+                self._line()
 
     def status(self) -> str:
         """One line: passages of about how many, files, rate and time left."""
         elapsed = max(self.clock() - self.start, 1e-9)
+        if not self.done_files:  # nothing to estimate from yet
+            return f"qwen3-rag: indexing the first of {self.files} files, {_duration(elapsed)} so far"
         rate = self.done_passages / elapsed
         total = self.estimated_total()
         left = f", about {_duration((total - self.done_passages) / rate)} left" if rate > 0 else ""
@@ -96,6 +108,9 @@ class IndexProgress:
 
     def close(self) -> None:
         """Finish the bar (its total becomes what was counted), or print the last status line."""
+        self.stopped.set()
+        if self.ticker is not None:
+            self.ticker.join()
         if self.bar is not None:
             self.bar.total = self.done_passages
             self.bar.refresh()
@@ -103,8 +118,15 @@ class IndexProgress:
         elif self.mode == "lines" and self.done_files and self.printed != self.done_files:
             self._line()
 
+    def _tick(self) -> None:
+        """Print a status line whenever none was printed for :data:`STATUS_SECONDS` (a long batch)."""
+        while not self.stopped.wait(STATUS_SECONDS / 5):
+            with self.lock:
+                if time.monotonic() - self.shown_at >= STATUS_SECONDS:  # real seconds, whatever clock counts
+                    self._line()
+
     def _line(self) -> None:
-        self.shown, self.printed = self.clock(), self.done_files
+        self.shown, self.printed, self.shown_at = self.clock(), self.done_files, time.monotonic()
         print(self.status(), file=self.stream, flush=True)
 
 
