@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -209,13 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is as Ctrl-C is: a write in flight ends, and the run stops."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; return its exit status."""
+    """Run the command; return its exit status (130 after Ctrl-C, 143 after SIGTERM)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:  # Ctrl-C while the libraries import (the first seconds) is one line too
         return _run(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("qwen3-rag: interrupted; run the same command again to finish", file=sys.stderr)
-        return 130
+        return 143 if isinstance(stop, _Terminated) else 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -253,6 +267,8 @@ def _quiet_libraries() -> None:
     # an unreachable hub (22 lines before the one error that says what to do). gRPC's C core, read when pymilvus
     # or Ray first loads it, notes every fork (Ray starting its processes) unless told to keep to errors.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # huggingface_hub sets its logger's level from this when it is first imported, over any level set before.
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     with contextlib.suppress(ImportError):
         import pymilvus  # noqa: F401  # importing it configures its loggers, with their own levels: after that
     names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] == "pymilvus"]
