@@ -31,6 +31,8 @@ LOOPBACK = {
     "HF_HUB_OFFLINE": "1",
 }  # fmt: skip
 os.environ.update(LOOPBACK)
+HEADS: dict[str, int] = {}
+"""The PID of the ``ray start`` process of each cluster address: its workers are found among its descendants."""
 pytest.importorskip("ray", reason="the [ray] extra is not installed")  # installed by the lock and by [all]
 
 
@@ -54,6 +56,7 @@ def ray_cluster() -> Iterator[str]:
         while "Ray runtime started" not in log.read_text(errors="replace"):  # a real answer: Ray says so
             assert head.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
             time.sleep(0.5)
+        HEADS[address] = head.pid
         yield address
     finally:
         head.send_signal(signal.SIGINT)
@@ -136,3 +139,91 @@ def test_an_unreachable_cluster_is_one_line(tmp_path: Path, docs_folder: Path, m
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"qwen3-rag: error: cannot reach the Ray cluster at {address}: "), done.stderr
     assert not (tmp_path / "rag.db").exists()  # a failed run leaves nothing behind
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """The processes started, directly or not, by ``pid``: their command lines (a Ray worker's is its title)."""
+    parents: dict[int, int] = {}
+    lines: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            lines[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # it ended meanwhile
+        parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found: dict[int, str] = {}
+    for child, line in lines.items():
+        parent = parents.get(child)
+        while parent and parent != pid:
+            parent = parents.get(parent)
+        if parent == pid:
+            found[child] = line
+    return found
+
+
+NOISE = ("core_worker", "constructor arguments", "too_many_pings", "GOAWAY", "Traceback")
+
+
+def test_more_embedders_than_cpus_a_stall_and_a_lost_worker_end_in_the_one_process_index(
+    tmp_path: Path, ray_cluster: str, models: list[str]
+) -> None:
+    folder = tmp_path / "notes"
+    write_notes(folder, 60)
+    uri = str(tmp_path / "ray.db")
+    env = {**os.environ, **LOOPBACK}
+    cli = [sys.executable, "-m", "qwen3_retrieval.cli", "index", str(folder), *models]
+    on_ray = [*cli, "--uri", uri, "--ray", ray_cluster]
+
+    # A run with no progress for the stall timeout (here the actors' start) stops with one line.
+    done = subprocess.run([*on_ray, "--ray-stall-timeout", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("qwen3-rag: error: no progress on the Ray cluster in 1 s (0 of 60 files done)")
+    assert "run the same command again to finish (--ray-stall-timeout sets the wait)" in done.stderr
+
+    # Three embedders on 2 CPUs: they share 1.5 CPUs (the reading tasks keep half a CPU) instead of waiting
+    # forever; one of them is killed by its PID as soon as it runs.
+    run = subprocess.Popen([*on_ray, "--ray-embedders", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=env)  # fmt: skip
+    try:
+        deadline, killed = time.monotonic() + 240, None
+        while killed is None and run.poll() is None and time.monotonic() < deadline:
+            actors = [pid for pid, line in descendants(HEADS[ray_cluster]).items() if "_Embed" in line]
+            if actors:
+                time.sleep(1.0)  # into its model's loading, or its first batch
+                os.kill(actors[0], signal.SIGKILL)
+                killed = actors[0]
+            time.sleep(0.2)
+        out, err = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=60)
+    assert run.returncode == 1 or "Indexed 120 passages from 60 files" in out, out
+    assert killed is not None, err[-3000:]
+    assert "qwen3-rag: warning: the Ray cluster has 2 CPUs free, fewer than 3.5 for 3 embedding actors and " \
+        "reading: each actor gets 0.5 of a CPU" in err, err[-3000:]  # fmt: skip
+    # Ray restarts the actor and the run finishes, or it fails in one line; either way a re-run finishes.
+    assert run.returncode == 0 or (run.returncode == 1 and err.count("qwen3-rag: error:") == 1), err[-3000:]
+    assert not any(noise in err for noise in NOISE), err[-3000:]
+    done = subprocess.run(on_ray, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and not any(noise in done.stderr for noise in NOISE), done.stderr[-3000:]
+    clean = str(tmp_path / "clean.db")
+    assert subprocess.run([*cli, "--uri", clean], env=env, timeout=300).returncode == 0
+    assert same_index(uri, clean) == 120
+
+
+def test_gpus_the_cluster_lacks_are_one_line(tmp_path: Path, ray_cluster: str, models: list[str]) -> None:
+    env = {**os.environ, **LOOPBACK}
+    folder = tmp_path / "notes"
+    write_notes(folder, 2)
+    command = [sys.executable, "-m", "qwen3_retrieval.cli", "index", str(folder), "--uri", str(tmp_path / "rag.db"),
+               *models, "--ray", ray_cluster, "--ray-embedders", "2", "--ray-gpus", "0.5"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert done.stderr == (
+        "qwen3-rag: error: 2 embedding actors with 0.5 GPU each ask for 1 GPUs, but the Ray cluster has 0 free: "
+        "use --ray-gpus 0 (embed on CPUs)\n"
+    )

@@ -18,13 +18,11 @@ and the same run again finishes the rest.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import math
-import os
-import queue
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -92,7 +90,7 @@ def size_pool(free_cpus: float, free_gpus: float, embedders: int, gpus: float) -
             actor left after reading; the message names both numbers and the fix.
     """
     if gpus > 0 and embedders * gpus > free_gpus + 1e-9:
-        fewer = int(free_gpus // gpus + 1e-9)
+        fewer = math.floor(free_gpus / gpus + 1e-6)
         fix = f" or --ray-embedders {fewer}" if fewer >= 1 else ""
         raise RagError(
             f"{embedders} embedding actors with {gpus:g} GPU each ask for {embedders * gpus:g} GPUs, but the Ray "
@@ -103,7 +101,7 @@ def size_pool(free_cpus: float, free_gpus: float, embedders: int, gpus: float) -
         return 1.0, None
     share = math.floor((free_cpus - READ_CPUS) / embedders * 100 + 1e-6) / 100
     if share < MIN_ACTOR_CPUS:
-        fewer = int((free_cpus - READ_CPUS) // MIN_ACTOR_CPUS + 1e-9)
+        fewer = math.floor((free_cpus - READ_CPUS) / MIN_ACTOR_CPUS + 1e-6)
         fix = f"use --ray-embedders {fewer}" if fewer >= 1 else "free some CPUs on the cluster or add a node"
         raise RagError(
             f"{embedders} embedding actors and reading need at least {embedders * MIN_ACTOR_CPUS + READ_CPUS:g} "
@@ -136,9 +134,8 @@ def embedded_on_ray(
         except (ConnectionError, ValueError, RuntimeError) as err:
             where = redact_url(options.address) if options.address else "$RAY_ADDRESS or a local one"
             raise RagError(f"cannot start or reach the Ray cluster ({where}): {err}") from None
-    pulling: list[threading.Thread] = []
     try:
-        yield from _run(ray, todo, config, splitting, dimensions, options, warn, pulling)
+        yield from _run(ray, todo, config, splitting, dimensions, options, warn)
     except Exception as err:
         cause = _user_error(err)
         if cause is None:
@@ -146,44 +143,22 @@ def embedded_on_ray(
         raise RagError(str(cause)) from None
     finally:
         if started:
-            _shut_down(ray, pulling)
-
-
-def _shut_down(ray: Any, pulling: list[threading.Thread]) -> None:
-    """Stop the Ray this run started, and the thread that pulled its rows if it still waits on the cluster.
-
-    That thread, left in Ray Data after a stall, would start a new local Ray on its next call (Ray connects
-    on first use): Ray's auto-connect is off until the thread has ended.
-    """
-    hook = _auto_init_hook()
-    waiting = [thread for thread in pulling if thread.is_alive()]
-    if waiting and hook is not None:
-        hook.enable_auto_connect = False
-    ray.shutdown()
-    for thread in waiting:
-        thread.join(timeout=SHUTDOWN_SECONDS)
-    if waiting and hook is not None and not any(thread.is_alive() for thread in waiting):
-        hook.enable_auto_connect = os.environ.get("RAY_ENABLE_AUTO_CONNECT", "") != "0"
-
-
-def _auto_init_hook() -> Any:
-    try:
-        from ray._private import auto_init_hook  # private: Ray's switch for connecting on first use
-    except ImportError:
-        return None
-    return auto_init_hook if hasattr(auto_init_hook, "enable_auto_connect") else None
-
-
-SHUTDOWN_SECONDS = 10.0
-"""Seconds to wait, after Ray's shutdown, for a thread still pulling rows to end."""
+            ray.shutdown()
 
 
 def _run(
     ray: Any, todo: list[FileToIndex], config: RagConfig, splitting: Splitting, dimensions: int | None,
-    options: RayOptions, warn: Callable[[str], None], pulling: list[threading.Thread],
+    options: RayOptions, warn: Callable[[str], None],
 ) -> Iterator[FileRead]:  # fmt: skip
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the run's own progress is in passages, shown by the caller
+    # Ray Data's own guard stops the run when no block moves for this long (its default is 30 minutes);
+    # it stops the run's tasks and actors too, so the cluster is left as it was.
+    context.execution_no_progress_timeout_s = options.stall_timeout
+    stalled: type[BaseException] | None = getattr(importlib.import_module("ray.data.exceptions"), STALLED, None)
+    if stalled is None:
+        warn(f"Ray Data {ray.__version__} has no stall guard: a stalled run waits (a newer ray has one)")
+        stalled = _NeverRaised
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes on what it runs; errors are raised
     free = ray.available_resources()
     cpus, note = size_pool(free.get("CPU", 0.0), free.get("GPU", 0.0), options.embedders, options.gpus)
@@ -212,77 +187,36 @@ def _run(
         num_gpus=options.gpus,
     )
     done = 0
-
-    def stalled() -> str:
-        return (
-            f"no file came back from the Ray cluster in {options.stall_timeout:g} s ({done} of {len(todo)} files "
-            "done): it may be short of CPUs or memory, or a worker may hang; the files stored so far stay, run "
-            "the same command again to finish (--ray-stall-timeout sets the wait)"
-        )
-
-    for row in _within(embedded.iter_rows(), options.stall_timeout, stalled, pulling):
-        done += 1
-        item = todo[int(row["n"])]
-        for message in json.loads(row["warnings"]):
-            warn(message)
-        passages = json.loads(row["passages"])
-        if passages is None:
-            yield FileRead(item, [], skipped=True)
-            continue
-        found = [Passage(*p) for p in passages]
-        vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(found), -1)
-        yield FileRead(item, found, vectors)
-
-
-def _within(
-    rows: Iterator[Any], seconds: float, stalled: Callable[[], str], pulling: list[threading.Thread]
-) -> Iterator[Any]:
-    """``rows`` as they come, pulled by a thread of their own; a wait of ``seconds`` for the next is a RagError.
-
-    Only the time spent waiting here counts: the caller may take as long as it likes between rows (the thread
-    holds at most :data:`ROWS_AHEAD` of them).
-    """
-    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=ROWS_AHEAD)
-    stop = threading.Event()
-
-    def hand(kind: str, value: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put((kind, value), timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def pull() -> None:
-        try:
-            for row in rows:
-                if not hand("row", row):
-                    return
-            hand("end", None)
-        except BaseException as err:  # handed on to the caller, raised there
-            hand("error", err)
-
-    thread = threading.Thread(target=pull, name="qwen3-rag-ray-rows", daemon=True)
-    pulling.append(thread)
-    thread.start()
     try:
-        while True:
-            try:
-                kind, value = ahead.get(timeout=seconds)
-            except queue.Empty:
-                raise RagError(stalled()) from None
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()  # the thread ends at its next row, or with Ray's shutdown if it waits on the cluster
+        for row in embedded.iter_rows():
+            done += 1
+            yield _file_read(todo[int(row["n"])], row, warn)
+    except stalled:
+        raise RagError(
+            f"no progress on the Ray cluster in {options.stall_timeout:g} s ({done} of {len(todo)} files done): "
+            "it may be short of CPUs or memory, or a worker may hang; the files stored so far stay, run the same "
+            "command again to finish (--ray-stall-timeout sets the wait)"
+        ) from None
 
 
-ROWS_AHEAD = 256
-"""Files come back from Ray at most this far ahead of the caller (what bounds the memory they hold)."""
+def _file_read(item: FileToIndex, row: dict[str, Any], warn: Callable[[str], None]) -> FileRead:
+    """A file as it came back from the actors: its warnings said, its passages and their vectors."""
+    for message in json.loads(row["warnings"]):
+        warn(message)
+    passages = json.loads(row["passages"])
+    if passages is None:
+        return FileRead(item, [], skipped=True)
+    found = [Passage(*p) for p in passages]
+    vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(found), -1)
+    return FileRead(item, found, vectors)
+
+
+STALLED = "ExecutionTimeoutError"
+"""Ray Data's error when its no-progress guard stops a run (``DataContext.execution_no_progress_timeout_s``)."""
+
+
+class _NeverRaised(Exception):
+    """Stands for the guard's error on a Ray Data that has none."""
 
 
 @functools.lru_cache(maxsize=4)
