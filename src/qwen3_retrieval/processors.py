@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from qwen3_retrieval.errors import QueryTooLongError
 from qwen3_retrieval.forking import compute_section
 from qwen3_retrieval.options import MIN_DIMENSIONS, EmbedderOptions, RerankerOptions
 from qwen3_retrieval.prompts import (
@@ -125,11 +126,7 @@ class RerankingProcessor:
         fixed = len(self.prefix_ids) + len(head) + len(self.suffix_ids)
         room = limit - fixed
         if room < 1:
-            raise ValueError(
-                f"the instruction and query take {'at least ' if len(head) == limit else ''}{fixed} tokens with the "
-                f"prompt template, leaving no room for a document within max_length={limit}; shorten them or "
-                "raise max_length"
-            )
+            raise QueryTooLongError(fixed, limit, truncated=len(head) == limit)
         cut = self.tokenizer.chars_needed(room)  # before the template's f-string copies a 50 MB document whole
         docs = self.tokenizer.plain([rerank_document(d[:cut]) for d in documents], limit=room)
         return self.prefix_ids + head, [doc + self.suffix_ids for doc in docs]

@@ -523,13 +523,16 @@ def _check_question(question: str, candidates: int, top_n: int, mode: str) -> No
 @contextlib.contextmanager
 def _question_fits() -> Iterator[None]:
     """Say a question too long to rerank in the pipeline's terms (the documents are cut to fit, never it)."""
+    from qwen3_retrieval.errors import QueryTooLongError
+
     try:
         yield
-    except ValueError as err:
-        if "leaving no room for a document" not in str(err):
-            raise
-        detail = str(err).split(";")[0].replace("the instruction and query take", "with the instruction it takes")
-        raise RagError(f"the question is too long to rerank ({detail}); shorten it") from None
+    except QueryTooLongError as err:
+        tokens = f"{'more than ' if err.truncated else ''}{err.tokens}"
+        raise RagError(
+            f"the question is too long to rerank: with the reranker's instruction and prompt it takes {tokens} tokens, "
+            f"and the reranker reads {err.limit}; shorten it"
+        ) from None
 
 
 def _new_local_file(uri: str) -> Path | None:
