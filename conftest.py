@@ -24,6 +24,12 @@ _scratch: Path | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _scratch
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: its basetemp is inside the controller's scratch
+        temporary = Path(config.option.basetemp) / "tmp"
+        temporary.mkdir(parents=True, exist_ok=True)
+        os.environ["TMPDIR"] = str(temporary)
+        tempfile.tempdir = str(temporary)
+        return
     if config.option.basetemp is not None:
         return  # the user chose where pytest's folders go; keep out of the way
     _scratch = Path(tempfile.mkdtemp(prefix="qwen3-retrieval-tests-"))

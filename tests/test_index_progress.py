@@ -73,6 +73,6 @@ def test_status_lines_keep_coming_while_one_batch_takes_long(monkeypatch: pytest
     shown.advance(files=4, passages=8, size=400)
     shown.close()
     lines = out.getvalue().splitlines()
-    assert len(lines) >= 4, lines
+    assert len(lines) >= 3, lines  # about 5 in 1.1 s; fewer only on a very busy machine
     assert lines[0].startswith("qwen3-rag: indexing the first of 4 files, 0s so far")
     assert lines[-1].startswith("qwen3-rag: indexed 8 of about 8 passages (4 of 4 files)")
