@@ -25,7 +25,7 @@ from qwen3_retrieval.options import (
 )
 from qwen3_retrieval.redaction import redact_url, split_credentials
 from qwen3_retrieval.reranker import Qwen3Reranker
-from qwen3_retrieval.vl import Qwen3VLEmbedder, Qwen3VLReranker
+from qwen3_retrieval.vl.models import Qwen3VLEmbedder, Qwen3VLReranker
 
 __all__ = ["COMPONENT_CONFIG", "EmbedderFields", "RerankerFields", "VLEmbedderFields", "VLRerankerFields"]
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from qwen3_retrieval.engines import EmbeddingEngine, ScoringEngine
-from qwen3_retrieval.forking import compute_section
-from qwen3_retrieval.fused import fuse_rms_norms, pack_linears
+from qwen3_retrieval.kernels.forking import compute_section
+from qwen3_retrieval.kernels.fused import fuse_rms_norms, pack_linears
+from qwen3_retrieval.kernels.packed_attention import register_packed_attention
 from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
-from qwen3_retrieval.packed import register_packed_attention
 from qwen3_retrieval.processors import answer_token_ids
 from qwen3_retrieval.prompts import EOS_TOKEN
 from qwen3_retrieval.tokenization import TextTokenizer
@@ -126,7 +126,7 @@ class LoadedReranker:
 
 def load_embedding(options: EmbedderOptions) -> LoadedEmbedding:
     """Load the tokenizer and the engine of an embedding model."""
-    tokenizer = TextTokenizer(_pretrained(options, "AutoTokenizer"))
+    tokenizer = TextTokenizer(pretrained(options, "AutoTokenizer"))
     engine: EmbeddingEngine
     if options.engine == "transformers":
         from qwen3_retrieval.engines.transformers import TransformersEmbedding
@@ -135,11 +135,11 @@ def load_embedding(options: EmbedderOptions) -> LoadedEmbedding:
         eos_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
         return LoadedEmbedding(tokenizer, TransformersEmbedding(backbone, eos_id, options.torch_device),
                                backbone.config.hidden_size)  # fmt: skip
-    config = _pretrained(options, "AutoConfig")
+    config = pretrained(options, "AutoConfig")
     if options.engine == "http":
         from qwen3_retrieval.engines.vllm_http import HttpEmbedding
 
-        engine = HttpEmbedding(_server(options), config.hidden_size)
+        engine = HttpEmbedding(server_client(options), config.hidden_size)
     else:
         from qwen3_retrieval.engines.vllm_local import VLLMEmbedding
 
@@ -150,8 +150,8 @@ def load_embedding(options: EmbedderOptions) -> LoadedEmbedding:
 
 def load_reranker(options: RerankerOptions) -> LoadedReranker:
     """Load the tokenizer and the engine of a reranker (a causal LM, or a converted one-label classifier)."""
-    tokenizer = TextTokenizer(_pretrained(options, "AutoTokenizer"))
-    config = _pretrained(options, "AutoConfig")
+    tokenizer = TextTokenizer(pretrained(options, "AutoTokenizer"))
+    config = pretrained(options, "AutoConfig")
     seq_cls = any(name.endswith("ForSequenceClassification") for name in config.architectures or [])
     if seq_cls and config.num_labels != 1:
         raise ValueError(
@@ -163,7 +163,7 @@ def load_reranker(options: RerankerOptions) -> LoadedReranker:
     if options.engine == "http":
         from qwen3_retrieval.engines.vllm_http import HttpScoring
 
-        engine = HttpScoring(_server(options))
+        engine = HttpScoring(server_client(options))
     elif options.engine == "vllm":
         from qwen3_retrieval.engines.vllm_local import VLLMScoring
 
@@ -192,7 +192,7 @@ def _transformers_scoring(options: RerankerOptions, tokenizer: TextTokenizer, ye
     return TransformersScoring(backbone, direction.detach().to(options.torch_device), pad_id, options.torch_device)
 
 
-def _pretrained(options: ModelOptions, auto_class: str, **kwargs: Any) -> Any:
+def pretrained(options: ModelOptions, auto_class: str, **kwargs: Any) -> Any:
     """``transformers.<auto_class>.from_pretrained`` on the options' model, "cannot load" as a ``ValueError``."""
     import transformers
 
@@ -207,8 +207,8 @@ def _weights(options: ModelOptions, auto_class: str) -> Any:
     # The packed layout owns attention (its own function, registered with transformers); a kernel the caller
     # names runs padded batches instead.
     attention = options.attn_implementation or register_packed_attention()
-    with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.forking)
-        model = _pretrained(options, auto_class, dtype=options.torch_dtype, attn_implementation=attention)
+    with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.kernels.forking)
+        model = pretrained(options, auto_class, dtype=options.torch_dtype, attn_implementation=attention)
         return fuse_rms_norms(model.to(options.torch_device).eval())
 
 
@@ -217,7 +217,8 @@ def _packed(backbone: Any) -> Any:
         return pack_linears(backbone)
 
 
-def _server(options: ModelOptions) -> Any:
+def server_client(options: ModelOptions) -> Any:
+    """The vLLM server client the options name (``base_url`` and the server options)."""
     from qwen3_retrieval.engines.vllm_http import VLLMServer
 
     assert options.base_url is not None

@@ -26,7 +26,6 @@ from qwen3_retrieval._validation import (
 )
 from qwen3_retrieval.batching import BatchPolicy, default_policy
 from qwen3_retrieval.devices import resolve_device, resolve_dtype
-from qwen3_retrieval.media import MAX_PIXELS, MIN_PIXELS
 from qwen3_retrieval.prompts import (
     DEFAULT_EMBEDDING_MODEL,
     DEFAULT_INSTRUCTION,
@@ -40,7 +39,8 @@ from qwen3_retrieval.redaction import (
     redact_url,
     split_credentials,
 )
-from qwen3_retrieval.vl_prompts import (
+from qwen3_retrieval.vl.media import MAX_PIXELS, MIN_PIXELS
+from qwen3_retrieval.vl.prompts import (
     DEFAULT_VL_EMBEDDING_MODEL,
     DEFAULT_VL_RERANKER_MODEL,
     VL_QUERY_INSTRUCTION,

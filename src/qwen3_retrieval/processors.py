@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from qwen3_retrieval.errors import QueryTooLongError
-from qwen3_retrieval.forking import compute_section
+from qwen3_retrieval.kernels.forking import compute_section
 from qwen3_retrieval.options import MIN_DIMENSIONS, EmbedderOptions, RerankerOptions
 from qwen3_retrieval.prompts import (
     EOS_TOKEN,
@@ -88,7 +88,7 @@ def check_dimensions(options: EmbedderOptions, hidden_size: int) -> None:
 
 def finished_vectors(pooled: torch.Tensor, dimension: int, normalize: bool) -> np.ndarray:
     """Return pooled states as float32 vectors: cut to ``dimension``, then L2-normalised if ``normalize``."""
-    with compute_section():  # no fork splits it (see qwen3_retrieval.forking)
+    with compute_section():  # no fork splits it (see qwen3_retrieval.kernels.forking)
         vectors = pooled[:, :dimension].float()
         if normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)

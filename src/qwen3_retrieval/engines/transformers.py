@@ -1,8 +1,9 @@
 """The default engine: the model in this process, run by transformers.
 
-Packed batches by default (:mod:`qwen3_retrieval.packed`); padded ones when the caller names an attention
-kernel (:mod:`qwen3_retrieval.padded`). Concurrent calls are merged into shared runs
-(:mod:`qwen3_retrieval.microbatch`): one worker thread per model runs them, so callers never fight over cores.
+Packed batches by default (:mod:`qwen3_retrieval.kernels.packed`); padded ones when the caller names an attention
+kernel (:mod:`qwen3_retrieval.kernels.padded`). Concurrent calls are merged into shared runs
+(:mod:`qwen3_retrieval.kernels.microbatch`), one run at a time per model, so callers never fight over cores; a
+run goes on the calling thread when it can (see there which thread runs it).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import BatchPolicy
 from qwen3_retrieval.engines import finish_progress
-from qwen3_retrieval.forking import compute_section
-from qwen3_retrieval.microbatch import MicroBatcher
-from qwen3_retrieval.packed import PromptGroup, last_hidden_packed
-from qwen3_retrieval.padded import last_hidden_padded
+from qwen3_retrieval.kernels.forking import compute_section
+from qwen3_retrieval.kernels.microbatch import MicroBatcher
+from qwen3_retrieval.kernels.packed import PromptGroup, last_hidden_packed
+from qwen3_retrieval.kernels.padded import last_hidden_padded
 
 
 class _Call(NamedTuple):
@@ -52,7 +53,7 @@ class _Runner:
 
     def _run(self, calls: list[_Call]) -> list[torch.Tensor]:
         """Run ``calls`` (one policy) together; return each call's last-token states."""
-        with compute_section():  # no fork splits a batch (see qwen3_retrieval.forking)
+        with compute_section():  # no fork splits a batch (see qwen3_retrieval.kernels.forking)
             return self._run_calls(calls)
 
     def _run_calls(self, calls: list[_Call]) -> list[torch.Tensor]:
@@ -60,9 +61,9 @@ class _Runner:
         # A lone call keeps its progress bar; merged calls finish theirs when their rows are done.
         progress = calls[0].progress if len(calls) == 1 else None
         if policy.layout == "packed":
-            groups: list[PromptGroup] = [(call.prefix, call.sequences) for call in calls]
+            groups = [PromptGroup(call.prefix, call.sequences) for call in calls]
             if not any(call.prefix for call in calls):  # embedding: one group, so lengths sort across calls
-                groups = [([], [s for call in calls for s in call.sequences])]
+                groups = [PromptGroup([], [s for call in calls for s in call.sequences])]
             hidden = last_hidden_packed(
                 self.backbone, groups, batch_tokens=policy.batch_tokens, device=self.device, progress=progress
             )

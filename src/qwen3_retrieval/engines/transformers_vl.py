@@ -3,9 +3,10 @@
 Prompts with images run as right-padded batches within the token budget, images' tokens counted like any
 other, so memory follows ``batch_tokens`` (and the largest single prompt) whatever the inputs. The text
 models' packed layout is bypassed here: the vision tower and M-RoPE positions come from transformers' own code,
-which takes padded batches. Concurrent calls are merged as the text models' are (:mod:`qwen3_retrieval.microbatch`):
-one worker per model runs what is waiting as shared batches; with ``batch_wait_ms=None`` each call runs in its
-caller's thread. Either way one batch runs at a time per model, so calls never split the cores.
+which takes padded batches. Concurrent calls are merged as the text models' are
+(:mod:`qwen3_retrieval.kernels.microbatch`, which says which thread runs a merged run); with
+``batch_wait_ms=None`` each call runs in its caller's thread. Either way one batch runs at a time per model, so
+calls never split the cores.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import BatchPolicy, run_in_batches, token_budget_batches
 from qwen3_retrieval.engines import finish_progress
-from qwen3_retrieval.forking import compute_section
-from qwen3_retrieval.microbatch import MicroBatcher
-from qwen3_retrieval.pooling import right_pad, take_positions
-from qwen3_retrieval.vl_processors import VLSequence
+from qwen3_retrieval.kernels.forking import compute_section
+from qwen3_retrieval.kernels.microbatch import MicroBatcher
+from qwen3_retrieval.kernels.pooling import right_pad, take_positions
+from qwen3_retrieval.vl.processors import VLSequence
 
 MAX_PADDING = 0.25
 """Largest share of a batch that may be pad tokens (the text models' padded CPU rule)."""
@@ -117,7 +118,7 @@ class TransformersVL:
         return take_positions(hidden, last)
 
 
-# A fork may happen between two batches of a call (see qwen3_retrieval.forking.fork_point), while that call's
+# A fork may happen between two batches of a call (see qwen3_retrieval.kernels.forking.fork_point), while that call's
 # thread holds its model's lock; the child would inherit the lock taken, with no thread to release it.
 _engines: weakref.WeakSet[TransformersVL] = weakref.WeakSet()
 

@@ -1,6 +1,6 @@
 """The Qwen3-VL models on a vLLM server: the same prompts as in process, sent as chat messages.
 
-A server takes images only inside chat messages (see :mod:`qwen3_retrieval.vl_messages`), one conversation per
+A server takes images only inside chat messages (see :mod:`qwen3_retrieval.vl.messages`), one conversation per
 request: each prompt is read back into its messages and checked before anything is sent, and its images are
 encoded when its request goes out, so no more than ``max_concurrency`` prompts' images are held at once.
 
@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from qwen3_retrieval.batching import BatchPolicy
 from qwen3_retrieval.engines import finish_progress
 from qwen3_retrieval.engines.vllm_http import VLLMServer, run_sync
-from qwen3_retrieval.vl_messages import ChatPrompt, ChatReader
-from qwen3_retrieval.vl_processors import VLSequence
+from qwen3_retrieval.vl.messages import ChatPrompt, ChatReader
+from qwen3_retrieval.vl.processors import VLSequence
 
 
 class HttpVL:
@@ -45,7 +45,7 @@ class HttpVL:
         """Return an ``(n, hidden)`` tensor of the server's raw pooled states, rows in input order.
 
         Raises:
-            ValueError: A prompt cannot be sent exactly (see :class:`~qwen3_retrieval.vl_messages.ChatReader`).
+            ValueError: A prompt cannot be sent exactly (see :class:`~qwen3_retrieval.vl.messages.ChatReader`).
         """
         bodies = self._bodies(sequences, "inputs", {"use_activation": False})
         rows = run_sync(lambda: self.server.aembed_chats(bodies, self.width))

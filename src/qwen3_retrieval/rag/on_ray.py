@@ -32,13 +32,13 @@ import numpy as np
 
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.extras import require
-from qwen3_retrieval.rag.indexing import FileRead, FileToIndex, split_file
+from qwen3_retrieval.rag.files import FileRead, FileToIndex, split_file
 from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
 from qwen3_retrieval.rag.types import Passage
 from qwen3_retrieval.redaction import redact_url
 
 if TYPE_CHECKING:
-    from qwen3_retrieval.rag.pipeline import RagConfig
+    from qwen3_retrieval.rag.config import RagConfig
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ class _NeverRaised(Exception):
 @functools.lru_cache(maxsize=4)
 def _splitter(model: str, chunk_tokens: int, overlap_tokens: int) -> PassageSplitter:
     """One splitter per worker process and settings: the tokenizer is loaded once, not once per task."""
-    from qwen3_retrieval.rag.pipeline import passage_tokenizer
+    from qwen3_retrieval.rag.config import passage_tokenizer
 
     return PassageSplitter(passage_tokenizer(model), Splitting(chunk_tokens, overlap_tokens))
 

@@ -501,9 +501,7 @@ def _start_lite(uri: str, path: str) -> None:
         return
     error = failures[-1].exc_info[1] if failures and failures[-1].exc_info else None
     if type(error).__name__ == "DataDirLockedError" or _locked(path):
-        raise RagError(
-            f"another process is writing this index ({uri} is in use); wait for it or use a Milvus server"
-        )
+        raise RagError(f"another process is writing this index ({uri} is in use); wait for it or use a Milvus server")
     reason = f"{type(error).__name__}: {error}" if error is not None else "Open local milvus failed"
     raise RagError(
         f"Milvus Lite cannot open {uri}: {reason}; if its files are damaged, move it away and index again, or "

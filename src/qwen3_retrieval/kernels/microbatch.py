@@ -17,7 +17,7 @@ team (it loaded the model); a second one in a worker made the same float32 embed
 2-core AMD EPYC (20.6-22.3 s against 18.0 s, the same CPU time in both). Why not every caller's thread: a server's
 pool of request threads would then keep a team per thread, for as long as the pool lives.
 
-Results equal one-at-a-time calls (every sequence attends only to itself; see :mod:`qwen3_retrieval.packed`).
+Results equal one-at-a-time calls (every sequence attends only to itself; see :mod:`qwen3_retrieval.kernels.packed`).
 At most ``max_waiting`` calls queue; further callers block (threads) or wait without blocking (async) until
 there is room. A cancelled async caller's work is skipped if not started and its answer dropped if it was: the
 other callers are unaffected. A worker thread exits when the queue is empty, so it holds no model alive.

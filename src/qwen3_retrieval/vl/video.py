@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qwen3_retrieval.media import (
+from qwen3_retrieval.vl.media import (
     MAX_SOURCE_PIXELS,
     ImageSettings,
     held_source,

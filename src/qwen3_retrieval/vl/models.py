@@ -21,9 +21,9 @@ from qwen3_retrieval.engines.transformers_vl import TransformersVL
 from qwen3_retrieval.engines.vllm_http_vl import HttpVL
 from qwen3_retrieval.options import VLEmbedderOptions, VLRerankerOptions, options_of
 from qwen3_retrieval.processors import ranked
-from qwen3_retrieval.vl_loading import LoadedVL, load_vl
-from qwen3_retrieval.vl_processors import VLEmbeddingProcessor, VLPrompts, VLRerankingProcessor
-from qwen3_retrieval.vl_prompts import (
+from qwen3_retrieval.vl.loading import LoadedVL, load_vl
+from qwen3_retrieval.vl.processors import VLEmbeddingProcessor, VLPrompts, VLRerankingProcessor
+from qwen3_retrieval.vl.prompts import (
     DEFAULT_VL_EMBEDDING_MODEL,
     DEFAULT_VL_RERANKER_MODEL,
     input_list,
@@ -53,7 +53,7 @@ class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbedding
 
     Images are resized as the official code resizes them (sides multiples of 32, area within ``min_pixels`` and
     ``max_pixels``); videos are sampled (at most 64 frames), resized and timed as it does them
-    (:mod:`qwen3_retrieval.video`). Texts are plain text: one that spells ``<|image_pad|>`` never becomes a
+    (:mod:`qwen3_retrieval.vl.video`). Texts are plain text: one that spells ``<|image_pad|>`` never becomes a
     vision token. Over-long inputs lose the end of their text; the template, every image and every video are
     kept.
 

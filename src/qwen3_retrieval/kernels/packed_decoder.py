@@ -23,12 +23,11 @@ model (:func:`supports`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from qwen3_retrieval.packed import _Packing
+from qwen3_retrieval.kernels.packed_attention import Packing, attend
 
 
 def supports(backbone: torch.nn.Module) -> bool:
@@ -49,7 +48,7 @@ def supports(backbone: torch.nn.Module) -> bool:
 
 
 def last_states(
-    backbone: Any, input_ids: torch.Tensor, positions: torch.Tensor, packing: _Packing, last: torch.Tensor
+    backbone: Any, input_ids: torch.Tensor, positions: torch.Tensor, packing: Packing, last: torch.Tensor
 ) -> torch.Tensor:
     """Each sequence's last-token final state (``(sequences, hidden)``) of one packed row.
 
@@ -60,8 +59,6 @@ def last_states(
         packing: where the sequences lie in the row, and the prefix keys and values they attend to.
         last: the row index of each sequence's last token, ``(sequences,)``.
     """
-    from qwen3_retrieval.packed import attend
-
     hidden = backbone.embed_tokens(input_ids)
     cos, sin = (table[0].unsqueeze(1) for table in backbone.rotary_emb(hidden, positions.unsqueeze(0)))
     layers = backbone.layers[: backbone.config.num_hidden_layers]

@@ -11,15 +11,15 @@ from typing import Any
 
 from qwen3_retrieval.engines.transformers_vl import TransformersVL
 from qwen3_retrieval.engines.vllm_http_vl import HttpVL
-from qwen3_retrieval.forking import compute_section
-from qwen3_retrieval.fused import fuse_rms_norms, pack_linears
-from qwen3_retrieval.loading import _pretrained, _server
-from qwen3_retrieval.media import ImageSettings
+from qwen3_retrieval.kernels.forking import compute_section
+from qwen3_retrieval.kernels.fused import fuse_rms_norms, pack_linears
+from qwen3_retrieval.loading import pretrained, server_client
 from qwen3_retrieval.options import VisionOptions
 from qwen3_retrieval.processors import answer_token_ids
 from qwen3_retrieval.prompts import EOS_TOKEN
 from qwen3_retrieval.tokenization import TextTokenizer
-from qwen3_retrieval.vl_messages import ChatReader
+from qwen3_retrieval.vl.media import ImageSettings
+from qwen3_retrieval.vl.messages import ChatReader
 
 
 @dataclass(eq=False)
@@ -38,22 +38,23 @@ def load_vl(options: VisionOptions, *, reranker: bool) -> LoadedVL:
     Raises:
         ValueError: The checkpoint cannot be loaded, or is not a Qwen3-VL one.
     """
-    config = _pretrained(options, "AutoConfig")
+    config = pretrained(options, "AutoConfig")
     if getattr(config, "model_type", None) != "qwen3_vl":
         raise ValueError(
             f"{options.model!r} is a {getattr(config, 'model_type', 'unknown')!r} checkpoint, not a Qwen3-VL one; "
             "pass a Qwen3-VL-Embedding or Qwen3-VL-Reranker model (Qwen3Embedder/Qwen3Reranker take the text models)"
         )
-    tokenizer = TextTokenizer(_pretrained(options, "AutoTokenizer"))
+    tokenizer = TextTokenizer(pretrained(options, "AutoTokenizer"))
     settings = _image_settings(options, config)
     hidden_size = config.text_config.hidden_size
     if options.engine == "http":
-        return LoadedVL(tokenizer, settings, HttpVL(_server(options), ChatReader(tokenizer), hidden_size), hidden_size)
+        server = HttpVL(server_client(options), ChatReader(tokenizer), hidden_size)
+        return LoadedVL(tokenizer, settings, server, hidden_size)
     pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are masked out; any id does
     yes_no = answer_token_ids(tokenizer, options.model) if reranker else None
-    with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.forking)
+    with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.kernels.forking)
         auto_class = "AutoModelForImageTextToText" if reranker else "AutoModel"
-        model = _pretrained(options, auto_class, dtype=options.torch_dtype,
+        model = pretrained(options, auto_class, dtype=options.torch_dtype,
                             attn_implementation=options.attn_implementation)  # fmt: skip
         model = model.to(options.torch_device).eval()
         direction = None
