@@ -100,10 +100,9 @@ class BatchPolicy:
 def default_policy(device: torch.device, *, packed: bool = True) -> BatchPolicy:
     """Return the batching policy for ``device``: packed, or padded for a caller-named attention kernel.
 
-    Packed batches hold no padding, so their budget only bounds memory and how much work one call shares.
-    CPU (2 threads, real 0.6B shape, the benchmark's 16 texts, interleaved runs): budgets of 512 to 4096 tokens
-    all timed within this machine's run-to-run noise (about 13-15 s); 1024 keeps activations small. GPUs need
-    large batches to fill the device.
+    Packed batches hold no padding, so their budget only bounds memory and how much work one call shares: on a
+    CPU, budgets from 512 to 4096 tokens timed alike, and 1024 keeps activations small. GPUs need large batches
+    to fill the device.
     """
     if device.type in ("cuda", "mps"):
         budget = 16384 if device.type == "cuda" else 8192

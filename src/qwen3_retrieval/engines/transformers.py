@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import BatchPolicy
-from qwen3_retrieval.engines import finish_progress
+from qwen3_retrieval.engines import RerankPrompts, finish_progress
 from qwen3_retrieval.kernels.forking import compute_section
+from qwen3_retrieval.kernels.fused import fuse_rms_norms, pack_linears
 from qwen3_retrieval.kernels.microbatch import MicroBatcher
 from qwen3_retrieval.kernels.packed import PromptGroup, last_hidden_packed
+from qwen3_retrieval.kernels.packed_attention import register_packed_attention
 from qwen3_retrieval.kernels.padded import last_hidden_padded
+from qwen3_retrieval.loading import LoadedEmbedding, pretrained
+from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
+from qwen3_retrieval.prompts import EOS_TOKEN
+from qwen3_retrieval.tokenization import TextTokenizer
 
 
 class _Call(NamedTuple):
@@ -77,9 +83,14 @@ class _Runner:
 
     def _padded(self, call: _Call, progress: tqdm | None) -> torch.Tensor:
         return last_hidden_padded(
-            self.backbone, call.prefix, call.sequences, pad_id=self.pad_id, policy=call.policy, device=self.device,
+            self.backbone,
+            call.prefix,
+            call.sequences,
+            pad_id=self.pad_id,
+            policy=call.policy,
+            device=self.device,
             progress=progress,
-        )  # fmt: skip
+        )
 
 
 class TransformersEmbedding(_Runner):
@@ -104,22 +115,66 @@ class TransformersScoring(_Runner):
         super().__init__(backbone, pad_id, device)
         self.direction = direction
 
-    def score(
-        self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None
-    ) -> list[float]:
+    def score(self, prompts: RerankPrompts, policy: BatchPolicy, progress: tqdm | None) -> list[float]:
         """Return P(yes) of each ``prefix + tail``."""
-        return self._probabilities(self._submit(self._call(prefix, tails, policy, progress)))
+        return self._probabilities(self._submit(self._call(prompts, policy, progress)))
 
-    async def ascore(self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy) -> list[float]:
+    async def ascore(self, prompts: RerankPrompts, policy: BatchPolicy) -> list[float]:
         """Async :meth:`score`."""
-        return self._probabilities(await self._asubmit(self._call(prefix, tails, policy, None)))
+        return self._probabilities(await self._asubmit(self._call(prompts, policy, None)))
 
     @staticmethod
-    def _call(prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None) -> _Call:
+    def _call(prompts: RerankPrompts, policy: BatchPolicy, progress: tqdm | None) -> _Call:
         if not policy.share_prefix:
-            return _Call([], [prefix + tail for tail in tails], policy, progress)
-        return _Call(prefix, tails, policy, progress)
+            return _Call([], prompts.whole(), policy, progress)
+        return _Call(prompts.prefix, prompts.tails, policy, progress)
 
     def _probabilities(self, hidden: torch.Tensor) -> list[float]:
         with compute_section():
             return torch.sigmoid(hidden.float() @ self.direction).cpu().tolist()
+
+
+# --- loading (see qwen3_retrieval.engines.registry) -----------------------------------------------------------
+
+
+def load_embedding(options: EmbedderOptions, tokenizer: TextTokenizer) -> LoadedEmbedding:
+    """Load an embedding model's weights into this process, packed for its batches."""
+    backbone = pack(load_weights(options, "AutoModel"))
+    eos_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
+    engine = TransformersEmbedding(backbone, eos_id, options.torch_device)
+    return LoadedEmbedding(tokenizer, engine, backbone.config.hidden_size)
+
+
+def load_scoring(
+    options: RerankerOptions, tokenizer: TextTokenizer, config: Any, yes_no: tuple[int, int] | None
+) -> TransformersScoring:
+    """Load a reranker's backbone and its yes-minus-no direction (``yes_no`` None: a converted classifier)."""
+    if yes_no is None:
+        model = load_weights(options, "AutoModelForSequenceClassification")
+        direction = model.score.weight[0].float()
+    else:
+        model = load_weights(options, "AutoModelForCausalLM")
+        head = model.get_output_embeddings().weight
+        # softmax([z_no, z_yes])[1] == sigmoid((w_yes - w_no) . h); the difference is taken in float32 to avoid
+        # cancellation in low precision.
+        with compute_section():
+            direction = head[yes_no[0]].float() - head[yes_no[1]].float()
+    backbone = pack(getattr(model, model.base_model_prefix))  # the head, outside it, is only read above
+    pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
+    return TransformersScoring(backbone, direction.detach().to(options.torch_device), pad_id, options.torch_device)
+
+
+def load_weights(options: ModelOptions, auto_class: str) -> Any:
+    """The model in eval mode on its device, its RMSNorms fused, attending the packed way unless a kernel is named."""
+    # The packed layout owns attention (its own function, registered with transformers); a kernel the caller
+    # names runs padded batches instead.
+    attention = options.attn_implementation or register_packed_attention()
+    with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.kernels.forking)
+        model = pretrained(options, auto_class, dtype=options.torch_dtype, attn_implementation=attention)
+        return fuse_rms_norms(model.to(options.torch_device).eval())
+
+
+def pack(backbone: Any) -> Any:
+    """``backbone`` with its float32 linears packed for oneDNN where that is faster (see ``kernels.fused``)."""
+    with compute_section():  # packing copies the weights with torch's parallel kernels
+        return pack_linears(backbone)

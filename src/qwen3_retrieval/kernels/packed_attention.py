@@ -105,9 +105,14 @@ def attend(
         # Grouped-query attention: each key/value head serves heads // kv_heads queries. SDPA shares them in
         # place (enable_gqa) instead of copying every key and value head that many times first.
         attended = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and not last_only, scale=scaling,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None and not last_only,
+            scale=scaling,
             enable_gqa=kv_heads != heads,
-        )  # fmt: skip
+        )
         if last_only:
             out[done : done + count] = attended[:, :, 0]
         else:

@@ -43,6 +43,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Defaults shown after each option, and the environment list kept as written."""
 
 
+class _Renamed(argparse.Action):
+    """An option whose second spelling is its old name: still accepted, with a one-line warning on stderr."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        if option_string is not None and option_string != self.option_strings[0]:
+            print(f"qwen3-rag: warning: {option_string} is now {self.option_strings[0]}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _at_least(minimum: int) -> Any:
     def parse(text: str) -> int:
         try:
@@ -116,9 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
             help="the name the embedding server serves the model under; None: asked from the server",
         )
         sub.add_argument(
-            "--server-requests", type=_at_least(1), default=4, help="requests in flight at once to a vLLM server"
+            "--max-concurrency",
+            "--server-requests",
+            action=_Renamed,
+            type=_at_least(1),
+            default=4,
+            help="requests in flight at once to a vLLM server",
         )
-        sub.add_argument("--server-batch", type=_at_least(1), default=32, help="sequences per vLLM server request")
+        sub.add_argument(
+            "--max-batch",
+            "--server-batch",
+            action=_Renamed,
+            type=_at_least(1),
+            default=32,
+            help="sequences per vLLM server request",
+        )
         sub.add_argument(
             "--dimensions",
             type=_at_least(MIN_DIMENSIONS),
@@ -357,8 +378,8 @@ def _where(args: argparse.Namespace) -> Any:
         reranker_model=getattr(args, "reranker_model", DEFAULT_RERANKER_MODEL),
         reranker_url=getattr(args, "reranker_url", None),
         reranker_served_name=getattr(args, "reranker_served_name", None),
-        server_requests=args.server_requests,
-        server_batch=args.server_batch,
+        max_concurrency=args.max_concurrency,
+        max_batch=args.max_batch,
         dimensions=args.dimensions,
         device=args.device,
         splitting=splitting,

@@ -5,6 +5,7 @@ The pipeline, the indexing run and the Ray workers all read it; it depends on no
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MO
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.passages import Splitting
 from qwen3_retrieval.rag.store import PassageStore
+
+RENAMED = {"server_requests": "max_concurrency", "server_batch": "max_batch"}
+"""Old option names, accepted with a ``DeprecationWarning``: the new ones are the models' (``base_url``-side)."""
 
 
 @dataclass(frozen=True)
@@ -37,15 +41,29 @@ class RagConfig:
     """The name the embedding server serves the model under; None: asked from the server."""
     reranker_served_name: str | None = None
     """The name the reranker server serves the model under; None: asked from the server."""
-    server_requests: int = 4
+    max_concurrency: int = 4
     """Requests in flight at once to a vLLM server, per call (raise it for a fleet behind one URL)."""
-    server_batch: int = 32
+    max_batch: int = 32
     """Sequences per request to a vLLM server."""
     pages: bool = False
     """Index PDF pages and image files as images too, with the Qwen3-VL models (``--pages``); the default models
     become Qwen3-VL-Embedding-2B and Qwen3-VL-Reranker-2B. The collection records it."""
+    server_requests: int | None = field(default=None, repr=False, compare=False)
+    """Deprecated: the old name of ``max_concurrency``."""
+    server_batch: int | None = field(default=None, repr=False, compare=False)
+    """Deprecated: the old name of ``max_batch``."""
 
     def __post_init__(self) -> None:
+        for old, new in RENAMED.items():
+            value = getattr(self, old)
+            if value is not None:
+                warnings.warn(
+                    f"RagConfig({old}=...) is now {new}=..., the name the models' options use",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
+                object.__setattr__(self, new, value)
+                object.__setattr__(self, old, None)
         if self.pages:  # the text models cannot read pages: their defaults mean the VL ones here
             from qwen3_retrieval.vl.prompts import DEFAULT_VL_EMBEDDING_MODEL, DEFAULT_VL_RERANKER_MODEL
 
@@ -91,9 +109,12 @@ class RagConfig:
         if url is None:
             return {"device": self.device}
         return {
-            "base_url": url, "api_key": api_key, "served_model_name": served, "max_concurrency": self.server_requests,
-            "max_batch": self.server_batch,
-        }  # fmt: skip
+            "base_url": url,
+            "api_key": api_key,
+            "served_model_name": served,
+            "max_concurrency": self.max_concurrency,
+            "max_batch": self.max_batch,
+        }
 
 
 def passage_tokenizer(model: str) -> Any:

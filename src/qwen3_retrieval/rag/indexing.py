@@ -32,6 +32,8 @@ from qwen3_retrieval.rag.pages import is_image_file, model_input
 from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
 from qwen3_retrieval.rag.progress import IndexProgress
 from qwen3_retrieval.rag.readers import (
+    FORMATS,
+    PAGE_FORMATS,
     PAGE_SUFFIXES,
     READERS,
     find_files,
@@ -119,7 +121,7 @@ def index_roots(
         gone.append(removed)
     _find_sources(store, todo)
     splitter = PassageSplitter(models.tokenizer(), splitting)
-    batch_passages = max(INDEX_BATCH_PASSAGES, where.server_batch * where.server_requests)
+    batch_passages = max(INDEX_BATCH_PASSAGES, where.max_batch * where.max_concurrency)
     shown = IndexProgress(len(todo), sum(item.size for item in todo), progress)
     # On Ray, files that may reuse stored vectors stay here: only this process reads the store.
     here = todo if ray is None else [item for item in todo if item.source]
@@ -434,7 +436,7 @@ def given_roots(
     With ``pages``, image files are taken too.
     """
     suffixes = PAGE_SUFFIXES if pages else READERS.keys()
-    formats = ", ".join(sorted(suffixes))
+    formats = PAGE_FORMATS if pages else FORMATS
     if not paths:
         raise RagError("no files or folders to index")
     groups: list[tuple[Path, list[Path], bool]] = []
@@ -446,8 +448,9 @@ def given_roots(
             raise RagError(f"no such file or folder: {path_name(raw)}")
         path = path.resolve()
         if path.is_dir():
-            files = find_files(path, include_hidden=include_hidden, follow_links=follow_links, warn=warn,
-                               suffixes=suffixes)  # fmt: skip
+            files = find_files(
+                path, include_hidden=include_hidden, follow_links=follow_links, warn=warn, suffixes=suffixes
+            )
             groups.append((path, files, True))
         elif supported([path], suffixes):
             groups.append((path.parent, [path], False))

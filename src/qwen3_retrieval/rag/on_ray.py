@@ -114,9 +114,13 @@ def size_pool(free_cpus: float, free_gpus: float, embedders: int, gpus: float) -
 
 
 def embedded_on_ray(
-    todo: list[FileToIndex], config: RagConfig, splitting: Splitting, dimensions: int | None, options: RayOptions,
+    todo: list[FileToIndex],
+    config: RagConfig,
+    splitting: Splitting,
+    dimensions: int | None,
+    options: RayOptions,
     warn: Callable[[str], None],
-) -> Iterator[FileRead]:  # fmt: skip
+) -> Iterator[FileRead]:
     """Each file of ``todo`` read, split and embedded on Ray, as it comes back (in any order).
 
     Raises:
@@ -147,9 +151,14 @@ def embedded_on_ray(
 
 
 def _run(
-    ray: Any, todo: list[FileToIndex], config: RagConfig, splitting: Splitting, dimensions: int | None,
-    options: RayOptions, warn: Callable[[str], None],
-) -> Iterator[FileRead]:  # fmt: skip
+    ray: Any,
+    todo: list[FileToIndex],
+    config: RagConfig,
+    splitting: Splitting,
+    dimensions: int | None,
+    options: RayOptions,
+    warn: Callable[[str], None],
+) -> Iterator[FileRead]:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the run's own progress is in passages, shown by the caller
     # Ray Data's own guard stops the run when no block moves for this long (its default is 30 minutes);

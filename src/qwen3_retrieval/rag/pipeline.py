@@ -182,8 +182,7 @@ class RagPipeline:
             store = None
             try:
                 with self._using_store() as store:
-                    index_roots(store, groups, self, report, recreate=recreate, warn=warn, progress=mode,
-                                ray=ray)  # fmt: skip
+                    index_roots(store, groups, self, report, recreate=recreate, warn=warn, progress=mode, ray=ray)
             except BaseException:
                 # A run that fails before storing anything (a model that does not load, a bad --dimensions) leaves
                 # no empty Milvus Lite file behind; once a file is stored, it is kept for the re-run to finish.
@@ -372,9 +371,14 @@ def index(
 ) -> IndexReport:
     """:meth:`RagPipeline.index` on the process's pipeline for ``where``."""
     return pipeline_for(where).index(
-        paths, include_hidden=include_hidden, follow_links=follow_links, recreate=recreate, warn=warn,
-        progress=progress, ray=ray,
-    )  # fmt: skip
+        paths,
+        include_hidden=include_hidden,
+        follow_links=follow_links,
+        recreate=recreate,
+        warn=warn,
+        progress=progress,
+        ray=ray,
+    )
 
 
 def retrieve(
@@ -393,9 +397,12 @@ def retrieve(
     given = (reranker_model, reranker_url, reranker_api_key, reranker_served_name)
     if any(value is not None for value in given):  # a reranker named here replaces the config's
         where = replace(
-            where, reranker_model=reranker_model or where.reranker_model, reranker_url=reranker_url,
-            reranker_api_key=reranker_api_key, reranker_served_name=reranker_served_name,
-        )  # fmt: skip
+            where,
+            reranker_model=reranker_model or where.reranker_model,
+            reranker_url=reranker_url,
+            reranker_api_key=reranker_api_key,
+            reranker_served_name=reranker_served_name,
+        )
     return pipeline_for(where).retrieve(question, candidates=candidates, top_n=top_n, mode=mode)
 
 

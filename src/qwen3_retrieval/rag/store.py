@@ -300,9 +300,12 @@ class PassageStore:
                 record = json.loads(row["value"])
                 parts = record["parts"]
                 found[record["path"]] = StoredFile(
-                    row["key"].rsplit(":", 1)[1], record["hash"], parts, record.get("span", parts),
+                    row["key"].rsplit(":", 1)[1],
+                    record["hash"],
+                    parts,
+                    record.get("span", parts),
                     record.get("done", True),  # written before records had a state: complete
-                )  # fmt: skip
+                )
         return found
 
     def _set_records(self, root_files: Sequence[tuple[str, str, StoredFile]]) -> None:
@@ -392,8 +395,9 @@ class PassageStore:
         if not passages or not source.done or source.parts != len(passages) or len(passages) > QUERY_ROWS:
             return None
         fields = ["id", "text", "heading", "location", "vector", *(["image"] if self.pages else [])]
-        rows = self.client.get(self.collection, ids=[f"{source.key}-{i}" for i in range(len(passages))],
-                               output_fields=fields)  # fmt: skip
+        rows = self.client.get(
+            self.collection, ids=[f"{source.key}-{i}" for i in range(len(passages))], output_fields=fields
+        )
         if len(rows) != len(passages):
             return None
         rows.sort(key=lambda row: int(row["id"].rsplit("-", 1)[1]))

@@ -17,11 +17,9 @@ import numpy as np
 
 from qwen3_retrieval._model import OptionView, SharedModel
 from qwen3_retrieval._validation import check_call_instruction, check_score_threshold, check_top_n
-from qwen3_retrieval.engines.transformers_vl import TransformersVL
-from qwen3_retrieval.engines.vllm_http_vl import HttpVL
 from qwen3_retrieval.options import VLEmbedderOptions, VLRerankerOptions, options_of
 from qwen3_retrieval.processors import ranked
-from qwen3_retrieval.vl.loading import LoadedVL, load_vl
+from qwen3_retrieval.vl.loading import LoadedVL, VLEngine, load_vl
 from qwen3_retrieval.vl.processors import VLEmbeddingProcessor, VLPrompts, VLRerankingProcessor
 from qwen3_retrieval.vl.prompts import (
     DEFAULT_VL_EMBEDDING_MODEL,
@@ -40,7 +38,7 @@ def _prompts(loaded: LoadedVL, options: VLEmbedderOptions | VLRerankerOptions) -
     return VLPrompts(loaded.tokenizer, settings, options.allow_urls, options.model)
 
 
-class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbeddingProcessor, TransformersVL | HttpVL]]):
+class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbeddingProcessor, VLEngine]]):
     """Embeds texts, images and both together with a Qwen3-VL-Embedding model, as the official code does.
 
     An input is a text (``str``), an image (``PIL.Image`` or ``bytes``), or a dict with ``"text"``,
@@ -142,11 +140,11 @@ class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbedding
     def _load(self, options: VLEmbedderOptions) -> LoadedVL:
         return load_vl(options, reranker=False)
 
-    def _build(self, loaded: LoadedVL) -> tuple[VLEmbeddingProcessor, TransformersVL | HttpVL]:
+    def _build(self, loaded: LoadedVL) -> tuple[VLEmbeddingProcessor, VLEngine]:
         return VLEmbeddingProcessor(_prompts(loaded, self.options), self.options, loaded.hidden_size), loaded.engine
 
 
-class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLRerankingProcessor, TransformersVL | HttpVL]]):
+class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLRerankingProcessor, VLEngine]]):
     """Scores (query, document) pairs of texts and images with a Qwen3-VL-Reranker, as the official code does.
 
     The query and each document are inputs as :class:`Qwen3VLEmbedder` takes them. Each pair becomes the official
@@ -216,5 +214,5 @@ class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLReranking
     def _load(self, options: VLRerankerOptions) -> LoadedVL:
         return load_vl(options, reranker=True)
 
-    def _build(self, loaded: LoadedVL) -> tuple[VLRerankingProcessor, TransformersVL | HttpVL]:
+    def _build(self, loaded: LoadedVL) -> tuple[VLRerankingProcessor, VLEngine]:
         return VLRerankingProcessor(_prompts(loaded, self.options), self.options), loaded.engine

@@ -146,9 +146,12 @@ class SizedVideo:
         if (self.height, self.width) == self.frame_size:
             return frame
         scaled = torch.nn.functional.interpolate(
-            frame[None].to(torch.float32), size=(self.height, self.width), mode="bicubic", align_corners=False,
+            frame[None].to(torch.float32),
+            size=(self.height, self.width),
+            mode="bicubic",
+            align_corners=False,
             antialias=True,
-        )  # fmt: skip
+        )
         return scaled[0].clamp(0, 255).round().to(torch.uint8)
 
 
