@@ -170,7 +170,7 @@ def test_indexing_keeps_a_server_busy_and_stores_what_one_process_does(
     folder = many_files(tmp_path / "notes")
     fleet = RagConfig(
         uri=str(tmp_path / "fleet.db"), embedding_model=str(embedding_path), embedding_url=url,
-        server_requests=8, server_batch=4,
+        max_concurrency=8, max_batch=4,
     )  # fmt: skip
     report = RagPipeline(fleet).index([str(folder)])
     assert report.files_indexed == FILES and report.passages_added == FILES
@@ -190,7 +190,7 @@ def test_indexing_keeps_every_replica_behind_one_balancing_url_busy(tmp_path: Pa
         front = stack.enter_context(serving(balancer(ports)))
         config = RagConfig(
             uri=str(tmp_path / "fleet.db"), embedding_model=str(embedding_path),
-            embedding_url=f"http://127.0.0.1:{front}/v1", server_requests=8, server_batch=4,
+            embedding_url=f"http://127.0.0.1:{front}/v1", max_concurrency=8, max_batch=4,
         )  # fmt: skip
         report = RagPipeline(config).index([str(folder)])
     assert report.files_indexed == FILES

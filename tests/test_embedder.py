@@ -271,7 +271,7 @@ sys.path.insert(0, sys.argv[2])
 from test_embedder import model_card_embeddings, card_query
 from texts import DOCUMENTS, QUERIES
 from qwen3_retrieval import Qwen3Embedder
-from qwen3_retrieval.fused import onednn_linears_available
+from qwen3_retrieval.kernels.fused import onednn_linears_available
 embedder = Qwen3Embedder(sys.argv[1], device="cpu")
 texts = DOCUMENTS * 30  # batches of hundreds of rows: the chunked, padded oneDNN calls
 ours = np.concatenate([embedder.embed_documents(texts), embedder.embed_queries(QUERIES)])

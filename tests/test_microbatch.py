@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from qwen3_retrieval.microbatch import MicroBatcher
+from qwen3_retrieval.kernels.microbatch import MicroBatcher
 
 
 class Recorder:

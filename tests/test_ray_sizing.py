@@ -76,8 +76,8 @@ def test_a_stall_timeout_out_of_range_is_a_usage_error(capsys: pytest.CaptureFix
 def test_known_noise_is_kept_off_the_terminal() -> None:
     script = """if True:
         import os, sys
-        from qwen3_retrieval.cli import _known_noise_off
-        with _known_noise_off():
+        from qwen3_retrieval.cli import known_noise_off
+        with known_noise_off():
             os.write(2, b"[E 1 1] core_worker.cc:2465: Actor ... has constructor arguments in the object store\\n")
             os.write(2, b'E0000 chttp2: Received a GOAWAY with error code ENHANCE_YOUR_CALM ... "too_many_pings"\\n')
             os.write(2, b"a line of another kind\\n")

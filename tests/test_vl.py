@@ -407,3 +407,17 @@ def test_concurrent_calls_are_merged_into_shared_batches(vl_embedding: Path, wai
         assert passes == [1] * len(inputs)  # each call alone
     else:
         assert len(passes) < len(inputs) and sum(passes) == len(inputs) and max(passes) > 1, passes
+
+
+async def test_async_calls_equal_the_sync_ones(vl_embedding: Path, vl_reranker: Path) -> None:
+    inputs = mixed_inputs()
+    for wait_ms in (2.0, None):  # merged with other calls, and alone
+        embedder = Qwen3VLEmbedder(vl_embedding, batch_wait_ms=wait_ms)
+        np.testing.assert_allclose(await embedder.aembed(inputs), embedder.embed(inputs), atol=1e-6)
+    reranker = Qwen3VLReranker(vl_reranker)
+    query, documents = {"text": "a dog on a beach"}, [{"text": "a dog"}, {"image": picture(80, 60, 15)}, {}]
+    np.testing.assert_allclose(await reranker.ascore(query, documents), reranker.score(query, documents), atol=1e-6)
+    assert await reranker.arank(query, documents, top_n=2) == reranker.rank(query, documents, top_n=2)
+    assert await reranker.ascore(query, []) == []
+    with pytest.raises(ValueError, match="query is empty"):
+        await reranker.ascore({"text": " "}, documents)

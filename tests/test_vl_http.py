@@ -226,3 +226,18 @@ def test_both_frameworks_reach_the_server_with_the_core_options(
     llama: Any = Qwen3VLEmbedding(model_name=str(vl_embedding), base_url=url)
     np.testing.assert_allclose(llama.get_image_embedding(str(path)), expected[1], atol=TOL)
     assert {path for path, _ in sent(state)} == {"/embeddings"}
+
+
+async def test_http_async_calls_await_the_server_as_the_sync_ones_do(
+    vl_embedding: Path, vl_reranker: Path, loopback: tuple[LoopbackVLLM, str]
+) -> None:
+    state, url = loopback
+    inputs = mixed_inputs()
+    embedder = Qwen3VLEmbedder(vl_embedding, base_url=url)
+    np.testing.assert_allclose(await embedder.aembed(inputs), state.embedder.embed(inputs).numpy(), atol=TOL)
+    query, documents = {"text": "a dog on a beach"}, [{"text": "a dog"}, {"image": picture(80, 60, 15)}]
+    reranker = Qwen3VLReranker(vl_reranker, base_url=url, served_model_name="vl-rr")
+    expected = state.reranker.score(query, documents)
+    np.testing.assert_allclose(await reranker.ascore(query, documents), expected, atol=TOL)
+    assert [i for i, _ in await reranker.arank(query, documents)] == [i for i, _ in reranker.rank(query, documents)]
+    sent(state)

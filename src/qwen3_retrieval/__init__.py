@@ -14,7 +14,7 @@ from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_INSTRUCTION
 if TYPE_CHECKING:
     from qwen3_retrieval.embedder import Qwen3Embedder
     from qwen3_retrieval.reranker import Qwen3Reranker
-    from qwen3_retrieval.vl import Qwen3VLEmbedder, Qwen3VLReranker
+    from qwen3_retrieval.vl.models import Qwen3VLEmbedder, Qwen3VLReranker
 
 __version__ = "0.1.0"
 __all__ = [
@@ -32,8 +32,8 @@ __all__ = [
 _LAZY = {
     "Qwen3Embedder": "qwen3_retrieval.embedder",
     "Qwen3Reranker": "qwen3_retrieval.reranker",
-    "Qwen3VLEmbedder": "qwen3_retrieval.vl",
-    "Qwen3VLReranker": "qwen3_retrieval.vl",
+    "Qwen3VLEmbedder": "qwen3_retrieval.vl.models",
+    "Qwen3VLReranker": "qwen3_retrieval.vl.models",
 }
 
 

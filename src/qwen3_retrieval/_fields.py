@@ -23,9 +23,9 @@ from qwen3_retrieval.options import (
     VLEmbedderOptions,
     VLRerankerOptions,
 )
-from qwen3_retrieval.redaction import redact_url, split_credentials
+from qwen3_retrieval.redaction import redact_url, without_secrets
 from qwen3_retrieval.reranker import Qwen3Reranker
-from qwen3_retrieval.vl import Qwen3VLEmbedder, Qwen3VLReranker
+from qwen3_retrieval.vl.models import Qwen3VLEmbedder, Qwen3VLReranker
 
 __all__ = ["COMPONENT_CONFIG", "EmbedderFields", "RerankerFields", "VLEmbedderFields", "VLRerankerFields"]
 
@@ -50,13 +50,8 @@ class _CoreFields(BaseModel):
         def __getattr__(self, name: str) -> Any: ...
 
     def __getstate__(self) -> dict[Any, Any]:
-        # Secrets never travel in a pickle (LlamaIndex's workers, multiprocessing): a copy reads VLLM_API_KEY.
         state = super().__getstate__()
-        values = dict(state["__dict__"])
-        values["api_key"] = None
-        if values.get("base_url"):
-            values["base_url"] = split_credentials(values["base_url"])[0]
-        return {**state, "__dict__": values}
+        return {**state, "__dict__": without_secrets(state["__dict__"])}
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from qwen3_retrieval.forking import fork_point
+from qwen3_retrieval.kernels.forking import fork_point
 
 
 def token_budget_batches(
@@ -62,7 +62,7 @@ def run_in_batches(
     """
     out: torch.Tensor | None = None
     for batch in batches:
-        fork_point()  # a fork waiting for this call goes now, between batches (see qwen3_retrieval.forking)
+        fork_point()  # a fork waiting for this call goes now, between batches (see qwen3_retrieval.kernels.forking)
         rows = run(batch)
         if out is None:
             out = torch.empty((sum(map(len, batches)), rows.shape[1]), dtype=rows.dtype, device=device)
@@ -85,13 +85,13 @@ class BatchPolicy:
     """Padded layouts: the largest share of a batch's padded size that may be pad tokens."""
     layout: Literal["packed", "left", "right"]
     """``"packed"`` (the default): a batch's sequences end to end in one row, attention inside each (see
-    :mod:`qwen3_retrieval.packed`). Padded layouts serve an ``attn_implementation`` the caller names:
+    :mod:`qwen3_retrieval.kernels.packed`). Padded layouts serve an ``attn_implementation`` the caller names:
     ``"left"``, pads first behind an attention mask (what transformers' kernels expect on GPU); ``"right"``, pads
     last and no mask, since causal attention already keeps every real token from seeing them."""
     share_prefix: bool = True
     """Reranking: run the prompt part every document of a query shares once per call, each document on top."""
     micro_batch: bool = True
-    """Concurrent callers: merge calls into shared runs on one worker (see :mod:`qwen3_retrieval.microbatch`);
+    """Concurrent callers: merge calls into shared runs on one worker (see :mod:`qwen3_retrieval.kernels.microbatch`);
     False runs each call alone in its caller's thread."""
     batch_wait_s: float = 0.002
     """How long a merged run waits for more calls while calls are streaming in; a lone caller never waits."""
@@ -100,10 +100,9 @@ class BatchPolicy:
 def default_policy(device: torch.device, *, packed: bool = True) -> BatchPolicy:
     """Return the batching policy for ``device``: packed, or padded for a caller-named attention kernel.
 
-    Packed batches hold no padding, so their budget only bounds memory and how much work one call shares.
-    CPU (2 threads, real 0.6B shape, the benchmark's 16 texts, interleaved runs): budgets of 512 to 4096 tokens
-    all timed within this machine's run-to-run noise (about 13-15 s); 1024 keeps activations small. GPUs need
-    large batches to fill the device.
+    Packed batches hold no padding, so their budget only bounds memory and how much work one call shares: on a
+    CPU, budgets from 512 to 4096 tokens timed alike, and 1024 keeps activations small. GPUs need large batches
+    to fill the device.
     """
     if device.type in ("cuda", "mps"):
         budget = 16384 if device.type == "cuda" else 8192

@@ -49,8 +49,8 @@ from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MO
 from qwen3_retrieval.rag.pipeline import RagPipeline
 from qwen3_retrieval.rag.types import MODES, Source
 from qwen3_retrieval.reranker import Qwen3Reranker
-from qwen3_retrieval.vl import Qwen3VLEmbedder, Qwen3VLReranker
-from qwen3_retrieval.vl_prompts import DEFAULT_VL_EMBEDDING_MODEL, DEFAULT_VL_RERANKER_MODEL
+from qwen3_retrieval.vl.models import Qwen3VLEmbedder, Qwen3VLReranker
+from qwen3_retrieval.vl.prompts import DEFAULT_VL_EMBEDDING_MODEL, DEFAULT_VL_RERANKER_MODEL
 
 __all__ = ["Qwen3Embedding", "Qwen3RagRetriever", "Qwen3Rerank", "Qwen3VLEmbedding", "Qwen3VLRerank"]
 

@@ -12,17 +12,13 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from qwen3_retrieval.engines import EmbeddingEngine, ScoringEngine
-from qwen3_retrieval.forking import compute_section
-from qwen3_retrieval.fused import fuse_rms_norms, pack_linears
+from qwen3_retrieval.engines import EmbeddingEngine, RerankPrompts, ScoringEngine
 from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
-from qwen3_retrieval.packed import register_packed_attention
 from qwen3_retrieval.processors import answer_token_ids
-from qwen3_retrieval.prompts import EOS_TOKEN
 from qwen3_retrieval.tokenization import TextTokenizer
 
 T = TypeVar("T")
@@ -112,7 +108,7 @@ class LoadedEmbedding:
     """An embedding model's shared parts."""
 
     tokenizer: TextTokenizer
-    engine: EmbeddingEngine
+    engine: EmbeddingEngine[Sequence[int]]
     hidden_size: int
 
 
@@ -121,37 +117,20 @@ class LoadedReranker:
     """A reranker's shared parts."""
 
     tokenizer: TextTokenizer
-    engine: ScoringEngine
+    engine: ScoringEngine[RerankPrompts]
 
 
 def load_embedding(options: EmbedderOptions) -> LoadedEmbedding:
-    """Load the tokenizer and the engine of an embedding model."""
-    tokenizer = TextTokenizer(_pretrained(options, "AutoTokenizer"))
-    engine: EmbeddingEngine
-    if options.engine == "transformers":
-        from qwen3_retrieval.engines.transformers import TransformersEmbedding
-
-        backbone = _packed(_weights(options, "AutoModel"))
-        eos_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
-        return LoadedEmbedding(tokenizer, TransformersEmbedding(backbone, eos_id, options.torch_device),
-                               backbone.config.hidden_size)  # fmt: skip
-    config = _pretrained(options, "AutoConfig")
-    if options.engine == "http":
-        from qwen3_retrieval.engines.vllm_http import HttpEmbedding
-
-        engine = HttpEmbedding(_server(options), config.hidden_size)
-    else:
-        from qwen3_retrieval.engines.vllm_local import VLLMEmbedding
-
-        engine = VLLMEmbedding(options.model, dtype=options.torch_dtype, max_length=options.max_length,
-                               options=_vllm_options(options, config))  # fmt: skip
-    return LoadedEmbedding(tokenizer, engine, config.hidden_size)
+    """Load the tokenizer of an embedding model, and the engine its options name."""
+    tokenizer = TextTokenizer(pretrained(options, "AutoTokenizer"))
+    loaded: LoadedEmbedding = options.runs_on.loader().load_embedding(options, tokenizer)
+    return loaded
 
 
 def load_reranker(options: RerankerOptions) -> LoadedReranker:
-    """Load the tokenizer and the engine of a reranker (a causal LM, or a converted one-label classifier)."""
-    tokenizer = TextTokenizer(_pretrained(options, "AutoTokenizer"))
-    config = _pretrained(options, "AutoConfig")
+    """Load the tokenizer of a reranker (a causal LM, or a converted one-label classifier), and its engine."""
+    tokenizer = TextTokenizer(pretrained(options, "AutoTokenizer"))
+    config = pretrained(options, "AutoConfig")
     seq_cls = any(name.endswith("ForSequenceClassification") for name in config.architectures or [])
     if seq_cls and config.num_labels != 1:
         raise ValueError(
@@ -159,40 +138,11 @@ def load_reranker(options: RerankerOptions) -> LoadedReranker:
             "Qwen3-Reranker has exactly one (score = sigmoid(logit))"
         )
     yes_no = None if seq_cls else answer_token_ids(tokenizer, options.model)
-    engine: ScoringEngine
-    if options.engine == "http":
-        from qwen3_retrieval.engines.vllm_http import HttpScoring
-
-        engine = HttpScoring(_server(options))
-    elif options.engine == "vllm":
-        from qwen3_retrieval.engines.vllm_local import VLLMScoring
-
-        engine = VLLMScoring(options.model, dtype=options.torch_dtype, max_length=options.max_length,
-                             original=not seq_cls, options=_vllm_options(options, config))  # fmt: skip
-    else:
-        engine = _transformers_scoring(options, tokenizer, yes_no)
+    engine = options.runs_on.loader().load_scoring(options, tokenizer, config, yes_no)
     return LoadedReranker(tokenizer, engine)
 
 
-def _transformers_scoring(options: RerankerOptions, tokenizer: TextTokenizer, yes_no: tuple[int, int] | None) -> Any:
-    from qwen3_retrieval.engines.transformers import TransformersScoring
-
-    if yes_no is None:
-        model = _weights(options, "AutoModelForSequenceClassification")
-        direction = model.score.weight[0].float()
-    else:
-        model = _weights(options, "AutoModelForCausalLM")
-        head = model.get_output_embeddings().weight
-        # softmax([z_no, z_yes])[1] == sigmoid((w_yes - w_no) . h); the difference is taken in float32 to avoid
-        # cancellation in low precision.
-        with compute_section():
-            direction = head[yes_no[0]].float() - head[yes_no[1]].float()
-    backbone = _packed(getattr(model, model.base_model_prefix))  # the head, outside it, is only read above
-    pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
-    return TransformersScoring(backbone, direction.detach().to(options.torch_device), pad_id, options.torch_device)
-
-
-def _pretrained(options: ModelOptions, auto_class: str, **kwargs: Any) -> Any:
+def pretrained(options: ModelOptions, auto_class: str, **kwargs: Any) -> Any:
     """``transformers.<auto_class>.from_pretrained`` on the options' model, "cannot load" as a ``ValueError``."""
     import transformers
 
@@ -201,35 +151,3 @@ def _pretrained(options: ModelOptions, auto_class: str, **kwargs: Any) -> Any:
             return getattr(transformers, auto_class).from_pretrained(options.model, trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as err:
         raise load_error(options.model, err) from err
-
-
-def _weights(options: ModelOptions, auto_class: str) -> Any:
-    # The packed layout owns attention (its own function, registered with transformers); a kernel the caller
-    # names runs padded batches instead.
-    attention = options.attn_implementation or register_packed_attention()
-    with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.forking)
-        model = _pretrained(options, auto_class, dtype=options.torch_dtype, attn_implementation=attention)
-        return fuse_rms_norms(model.to(options.torch_device).eval())
-
-
-def _packed(backbone: Any) -> Any:
-    with compute_section():  # packing copies the weights with torch's parallel kernels
-        return pack_linears(backbone)
-
-
-def _server(options: ModelOptions) -> Any:
-    from qwen3_retrieval.engines.vllm_http import VLLMServer
-
-    assert options.base_url is not None
-    return VLLMServer(
-        options.base_url, options.model, api_key=options.server_key, timeout=options.timeout,
-        served_model_name=options.served_model_name, max_batch=options.max_batch,
-        max_concurrency=options.max_concurrency,
-    )  # fmt: skip
-
-
-def _vllm_options(options: ModelOptions, config: Any) -> dict[str, Any]:
-    from qwen3_retrieval.engines.vllm_local import kv_cache_bytes
-
-    room = kv_cache_bytes(config, options.torch_dtype, options.max_length)
-    return {"kv_cache_memory_bytes": room, **(options.engine_options or {})}

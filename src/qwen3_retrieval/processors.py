@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from qwen3_retrieval.engines import RerankPrompts
 from qwen3_retrieval.errors import QueryTooLongError
-from qwen3_retrieval.forking import compute_section
+from qwen3_retrieval.kernels.forking import compute_section
 from qwen3_retrieval.options import MIN_DIMENSIONS, EmbedderOptions, RerankerOptions
 from qwen3_retrieval.prompts import (
     EOS_TOKEN,
@@ -88,7 +89,7 @@ def check_dimensions(options: EmbedderOptions, hidden_size: int) -> None:
 
 def finished_vectors(pooled: torch.Tensor, dimension: int, normalize: bool) -> np.ndarray:
     """Return pooled states as float32 vectors: cut to ``dimension``, then L2-normalised if ``normalize``."""
-    with compute_section():  # no fork splits it (see qwen3_retrieval.forking)
+    with compute_section():  # no fork splits it (see qwen3_retrieval.kernels.forking)
         vectors = pooled[:, :dimension].float()
         if normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
@@ -108,9 +109,7 @@ class RerankingProcessor:
         self.prefix_ids = tokenizer.template(RERANK_PREFIX)
         self.suffix_ids = tokenizer.template(RERANK_SUFFIX)
 
-    def prompts(
-        self, query: str, documents: Sequence[str], instruction: str | None = None
-    ) -> tuple[list[int], list[list[int]]]:
+    def prompts(self, query: str, documents: Sequence[str], instruction: str | None = None) -> RerankPrompts:
         """Return the ids every prompt starts with, and each document's own ids (document and suffix).
 
         ``prefix + tails[i]`` is the card's whole prompt for document ``i``. Only the document is cut to fit
@@ -129,12 +128,11 @@ class RerankingProcessor:
             raise QueryTooLongError(fixed, limit, truncated=len(head) == limit)
         cut = self.tokenizer.chars_needed(room)  # before the template's f-string copies a 50 MB document whole
         docs = self.tokenizer.plain([rerank_document(d[:cut]) for d in documents], limit=room)
-        return self.prefix_ids + head, [doc + self.suffix_ids for doc in docs]
+        return RerankPrompts(self.prefix_ids + head, [doc + self.suffix_ids for doc in docs])
 
     def prompt_ids(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[list[int]]:
-        """Return each (query, document) pair's whole prompt ids, as an engine without prefix reuse runs them."""
-        prefix, tails = self.prompts(query, documents, instruction)
-        return [prefix + tail for tail in tails]
+        """Return each (query, document) pair's whole prompt ids (what the model card's code builds)."""
+        return self.prompts(query, documents, instruction).whole()
 
 
 def ranked(scores: Sequence[float], top_n: int | None, score_threshold: float | None) -> list[tuple[int, float]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
@@ -28,6 +29,18 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port is not None else host
     return urlunsplit(parts._replace(netloc=netloc)), (parts.username or "", parts.password or "")
+
+
+def without_secrets(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (options by name) with ``api_key`` dropped and the password of ``base_url`` taken out.
+
+    Secrets never travel in a pickle (LlamaIndex's workers, multiprocessing) or a dump: a copy built from these
+    values reads ``VLLM_API_KEY`` where it is built.
+    """
+    values = {**values, "api_key": None}
+    if values.get("base_url") is not None:
+        values["base_url"] = split_credentials(values["base_url"])[0]
+    return values
 
 
 def redact_url(url: str) -> str:

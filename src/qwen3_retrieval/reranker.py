@@ -82,8 +82,8 @@ class Qwen3Reranker(SharedModel[RerankerOptions, LoadedReranker, _Parts]):
         if not docs:
             return []
         processor, engine = self._ready()
-        prefix, tails = processor.prompts(query, docs, task)
-        return engine.score(prefix, tails, self.options.policy, self._progress(len(tails), "Reranking"))
+        prompts = processor.prompts(query, docs, task)
+        return engine.score(prompts, self.options.policy, self._progress(len(prompts.tails), "Reranking"))
 
     async def ascore(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[float]:
         """Async :meth:`score`: a server engine's requests run on the event loop, no thread per call."""
@@ -91,8 +91,8 @@ class Qwen3Reranker(SharedModel[RerankerOptions, LoadedReranker, _Parts]):
         if not docs:
             return []
         processor, engine = await self._aready()
-        prefix, tails = await off_the_loop(lambda: processor.prompts(query, docs, task), sum(map(len, docs)))
-        return await engine.ascore(prefix, tails, self.options.policy)
+        prompts = await off_the_loop(lambda: processor.prompts(query, docs, task), sum(map(len, docs)))
+        return await engine.ascore(prompts, self.options.policy)
 
     def rank(
         self,

@@ -1,25 +1,32 @@
 """The default engine: the model in this process, run by transformers.
 
-Packed batches by default (:mod:`qwen3_retrieval.packed`); padded ones when the caller names an attention
-kernel (:mod:`qwen3_retrieval.padded`). Concurrent calls are merged into shared runs
-(:mod:`qwen3_retrieval.microbatch`): one worker thread per model runs them, so callers never fight over cores.
+Packed batches by default (:mod:`qwen3_retrieval.kernels.packed`); padded ones when the caller names an attention
+kernel (:mod:`qwen3_retrieval.kernels.padded`). Concurrent calls are merged into shared runs
+(:mod:`qwen3_retrieval.kernels.microbatch`), one run at a time per model, so callers never fight over cores; a
+run goes on the calling thread when it can (see there which thread runs it).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import BatchPolicy
-from qwen3_retrieval.engines import finish_progress
-from qwen3_retrieval.forking import compute_section
-from qwen3_retrieval.microbatch import MicroBatcher
-from qwen3_retrieval.packed import PromptGroup, last_hidden_packed
-from qwen3_retrieval.padded import last_hidden_padded
+from qwen3_retrieval.engines import RerankPrompts, finish_progress
+from qwen3_retrieval.kernels.forking import compute_section
+from qwen3_retrieval.kernels.fused import fuse_rms_norms, pack_linears
+from qwen3_retrieval.kernels.microbatch import MicroBatcher
+from qwen3_retrieval.kernels.packed import PromptGroup, last_hidden_packed
+from qwen3_retrieval.kernels.packed_attention import register_packed_attention
+from qwen3_retrieval.kernels.padded import last_hidden_padded
+from qwen3_retrieval.loading import LoadedEmbedding, pretrained
+from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
+from qwen3_retrieval.prompts import EOS_TOKEN
+from qwen3_retrieval.tokenization import TextTokenizer
 
 
 class _Call(NamedTuple):
@@ -52,7 +59,7 @@ class _Runner:
 
     def _run(self, calls: list[_Call]) -> list[torch.Tensor]:
         """Run ``calls`` (one policy) together; return each call's last-token states."""
-        with compute_section():  # no fork splits a batch (see qwen3_retrieval.forking)
+        with compute_section():  # no fork splits a batch (see qwen3_retrieval.kernels.forking)
             return self._run_calls(calls)
 
     def _run_calls(self, calls: list[_Call]) -> list[torch.Tensor]:
@@ -60,9 +67,9 @@ class _Runner:
         # A lone call keeps its progress bar; merged calls finish theirs when their rows are done.
         progress = calls[0].progress if len(calls) == 1 else None
         if policy.layout == "packed":
-            groups: list[PromptGroup] = [(call.prefix, call.sequences) for call in calls]
+            groups = [PromptGroup(call.prefix, call.sequences) for call in calls]
             if not any(call.prefix for call in calls):  # embedding: one group, so lengths sort across calls
-                groups = [([], [s for call in calls for s in call.sequences])]
+                groups = [PromptGroup([], [s for call in calls for s in call.sequences])]
             hidden = last_hidden_packed(
                 self.backbone, groups, batch_tokens=policy.batch_tokens, device=self.device, progress=progress
             )
@@ -76,9 +83,14 @@ class _Runner:
 
     def _padded(self, call: _Call, progress: tqdm | None) -> torch.Tensor:
         return last_hidden_padded(
-            self.backbone, call.prefix, call.sequences, pad_id=self.pad_id, policy=call.policy, device=self.device,
+            self.backbone,
+            call.prefix,
+            call.sequences,
+            pad_id=self.pad_id,
+            policy=call.policy,
+            device=self.device,
             progress=progress,
-        )  # fmt: skip
+        )
 
 
 class TransformersEmbedding(_Runner):
@@ -103,22 +115,66 @@ class TransformersScoring(_Runner):
         super().__init__(backbone, pad_id, device)
         self.direction = direction
 
-    def score(
-        self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None
-    ) -> list[float]:
+    def score(self, prompts: RerankPrompts, policy: BatchPolicy, progress: tqdm | None) -> list[float]:
         """Return P(yes) of each ``prefix + tail``."""
-        return self._probabilities(self._submit(self._call(prefix, tails, policy, progress)))
+        return self._probabilities(self._submit(self._call(prompts, policy, progress)))
 
-    async def ascore(self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy) -> list[float]:
+    async def ascore(self, prompts: RerankPrompts, policy: BatchPolicy) -> list[float]:
         """Async :meth:`score`."""
-        return self._probabilities(await self._asubmit(self._call(prefix, tails, policy, None)))
+        return self._probabilities(await self._asubmit(self._call(prompts, policy, None)))
 
     @staticmethod
-    def _call(prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None) -> _Call:
+    def _call(prompts: RerankPrompts, policy: BatchPolicy, progress: tqdm | None) -> _Call:
         if not policy.share_prefix:
-            return _Call([], [prefix + tail for tail in tails], policy, progress)
-        return _Call(prefix, tails, policy, progress)
+            return _Call([], prompts.whole(), policy, progress)
+        return _Call(prompts.prefix, prompts.tails, policy, progress)
 
     def _probabilities(self, hidden: torch.Tensor) -> list[float]:
         with compute_section():
             return torch.sigmoid(hidden.float() @ self.direction).cpu().tolist()
+
+
+# --- loading (see qwen3_retrieval.engines.registry) -----------------------------------------------------------
+
+
+def load_embedding(options: EmbedderOptions, tokenizer: TextTokenizer) -> LoadedEmbedding:
+    """Load an embedding model's weights into this process, packed for its batches."""
+    backbone = pack(load_weights(options, "AutoModel"))
+    eos_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
+    engine = TransformersEmbedding(backbone, eos_id, options.torch_device)
+    return LoadedEmbedding(tokenizer, engine, backbone.config.hidden_size)
+
+
+def load_scoring(
+    options: RerankerOptions, tokenizer: TextTokenizer, config: Any, yes_no: tuple[int, int] | None
+) -> TransformersScoring:
+    """Load a reranker's backbone and its yes-minus-no direction (``yes_no`` None: a converted classifier)."""
+    if yes_no is None:
+        model = load_weights(options, "AutoModelForSequenceClassification")
+        direction = model.score.weight[0].float()
+    else:
+        model = load_weights(options, "AutoModelForCausalLM")
+        head = model.get_output_embeddings().weight
+        # softmax([z_no, z_yes])[1] == sigmoid((w_yes - w_no) . h); the difference is taken in float32 to avoid
+        # cancellation in low precision.
+        with compute_section():
+            direction = head[yes_no[0]].float() - head[yes_no[1]].float()
+    backbone = pack(getattr(model, model.base_model_prefix))  # the head, outside it, is only read above
+    pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
+    return TransformersScoring(backbone, direction.detach().to(options.torch_device), pad_id, options.torch_device)
+
+
+def load_weights(options: ModelOptions, auto_class: str) -> Any:
+    """The model in eval mode on its device, its RMSNorms fused, attending the packed way unless a kernel is named."""
+    # The packed layout owns attention (its own function, registered with transformers); a kernel the caller
+    # names runs padded batches instead.
+    attention = options.attn_implementation or register_packed_attention()
+    with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.kernels.forking)
+        model = pretrained(options, auto_class, dtype=options.torch_dtype, attn_implementation=attention)
+        return fuse_rms_norms(model.to(options.torch_device).eval())
+
+
+def pack(backbone: Any) -> Any:
+    """``backbone`` with its float32 linears packed for oneDNN where that is faster (see ``kernels.fused``)."""
+    with compute_section():  # packing copies the weights with torch's parallel kernels
+        return pack_linears(backbone)

@@ -3,29 +3,37 @@
 Prompts with images run as right-padded batches within the token budget, images' tokens counted like any
 other, so memory follows ``batch_tokens`` (and the largest single prompt) whatever the inputs. The text
 models' packed layout is bypassed here: the vision tower and M-RoPE positions come from transformers' own code,
-which takes padded batches. Concurrent calls are merged as the text models' are (:mod:`qwen3_retrieval.microbatch`):
-one worker per model runs what is waiting as shared batches; with ``batch_wait_ms=None`` each call runs in its
-caller's thread. Either way one batch runs at a time per model, so calls never split the cores.
+which takes padded batches. Concurrent calls are merged as the text models' are
+(:mod:`qwen3_retrieval.kernels.microbatch`, which says which thread runs a merged run); with
+``batch_wait_ms=None`` each call runs in its caller's thread. Either way one batch runs at a time per model, so
+calls never split the cores.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import BatchPolicy, run_in_batches, token_budget_batches
 from qwen3_retrieval.engines import finish_progress
-from qwen3_retrieval.forking import compute_section
-from qwen3_retrieval.microbatch import MicroBatcher
-from qwen3_retrieval.pooling import right_pad, take_positions
-from qwen3_retrieval.vl_processors import VLSequence
+from qwen3_retrieval.kernels.forking import compute_section
+from qwen3_retrieval.kernels.fused import fuse_rms_norms, pack_linears
+from qwen3_retrieval.kernels.microbatch import MicroBatcher
+from qwen3_retrieval.kernels.pooling import right_pad, take_positions
+from qwen3_retrieval.loading import pretrained
+from qwen3_retrieval.options import VisionOptions
+from qwen3_retrieval.processors import answer_token_ids
+from qwen3_retrieval.prompts import EOS_TOKEN
+from qwen3_retrieval.tokenization import TextTokenizer
+from qwen3_retrieval.vl.processors import VLSequence
 
 MAX_PADDING = 0.25
 """Largest share of a batch that may be pad tokens (the text models' padded CPU rule)."""
@@ -70,6 +78,13 @@ class TransformersVL:
             return self._run_calls([call])[0]
         return self.batcher.submit(call)
 
+    async def aembed(self, sequences: Sequence[VLSequence], policy: BatchPolicy) -> torch.Tensor:
+        """Async :meth:`embed`: the event loop keeps running while the model computes."""
+        call = _Call(sequences, policy, None)
+        if not policy.micro_batch:
+            return (await asyncio.to_thread(self._run_calls, [call]))[0]
+        return await self.batcher.asubmit(call)
+
     def _run_calls(self, calls: list[_Call]) -> list[torch.Tensor]:
         """Run ``calls`` (one policy) as shared batches; return each call's rows."""
         rows = [sequence for call in calls for sequence in call.sequences]
@@ -88,8 +103,14 @@ class TransformersVL:
 
     def score(self, sequences: Sequence[VLSequence], policy: BatchPolicy, progress: tqdm | None) -> list[float]:
         """Return ``sigmoid(direction . h)`` at each prompt's last token, in input order."""
+        return self._probabilities(self.embed(sequences, policy, progress))
+
+    async def ascore(self, sequences: Sequence[VLSequence], policy: BatchPolicy) -> list[float]:
+        """Async :meth:`score`."""
+        return self._probabilities(await self.aembed(sequences, policy))
+
+    def _probabilities(self, hidden: torch.Tensor) -> list[float]:
         assert self.direction is not None, "an embedding model has no yes/no direction"
-        hidden = self.embed(sequences, policy, progress)
         with compute_section():
             return torch.sigmoid(hidden.float() @ self.direction).cpu().tolist()
 
@@ -117,7 +138,7 @@ class TransformersVL:
         return take_positions(hidden, last)
 
 
-# A fork may happen between two batches of a call (see qwen3_retrieval.forking.fork_point), while that call's
+# A fork may happen between two batches of a call (see qwen3_retrieval.kernels.forking.fork_point), while that call's
 # thread holds its model's lock; the child would inherit the lock taken, with no thread to release it.
 _engines: weakref.WeakSet[TransformersVL] = weakref.WeakSet()
 
@@ -128,3 +149,25 @@ def _reset_locks_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_locks_after_fork)
+
+
+def load_vl(options: VisionOptions, tokenizer: TextTokenizer, config: Any, reranker: bool) -> TransformersVL:
+    """Load a Qwen3-VL checkpoint's weights into this process (a reranker's with its yes-minus-no direction)."""
+    pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are masked out; any id does
+    yes_no = answer_token_ids(tokenizer, options.model) if reranker else None
+    with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.kernels.forking)
+        auto_class = "AutoModelForImageTextToText" if reranker else "AutoModel"
+        model = pretrained(
+            options, auto_class, dtype=options.torch_dtype, attn_implementation=options.attn_implementation
+        )
+        model = model.to(options.torch_device).eval()
+        direction = None
+        if yes_no is not None:
+            # The official score is sigmoid((W[yes] - W[no]) . h) on the backbone's last state; the difference
+            # is taken in float32, as vLLM takes it (the official code rounds it to the model dtype).
+            head = model.get_output_embeddings().weight
+            direction = (head[yes_no[0]].float() - head[yes_no[1]].float()).detach().to(options.torch_device)
+            model = model.model  # the head is only read above
+        # The text models' exact fast paths: float32 RMSNorms through rms_norm, linears through packed oneDNN.
+        model = pack_linears(fuse_rms_norms(model))
+    return TransformersVL(model, pad_id, options.torch_device, direction)

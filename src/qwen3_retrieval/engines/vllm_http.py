@@ -29,8 +29,10 @@ from tqdm.auto import tqdm
 
 from qwen3_retrieval._validation import check_base_url, check_positive_number
 from qwen3_retrieval.batching import BatchPolicy
-from qwen3_retrieval.engines import finish_progress
+from qwen3_retrieval.engines import RerankPrompts, finish_progress
 from qwen3_retrieval.errors import ServerError
+from qwen3_retrieval.loading import LoadedEmbedding, pretrained
+from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
 from qwen3_retrieval.redaction import (
     check_secret,
     check_server_credentials,
@@ -38,6 +40,7 @@ from qwen3_retrieval.redaction import (
     mask,
     split_credentials,
 )
+from qwen3_retrieval.tokenization import TextTokenizer
 
 RETRY_STATUS = (429, 503)
 # The largest answer accepted per input row: a 4096-wide float vector in JSON is about 100 kB.
@@ -99,7 +102,7 @@ class VLLMServer:
         return f"VLLMServer(base_url={self.base_url!r}, model={self.model!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        # Secrets never travel in a pickle: a copy in another process reads VLLM_API_KEY from its environment.
+        # As the options' (see qwen3_retrieval.redaction.without_secrets): the copy reads VLLM_API_KEY.
         return {**self.__dict__, "_api_key": None, "_credentials": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -122,9 +125,11 @@ class VLLMServer:
         url = f"{self.base_url}/embeddings"
         # use_activation=false: the raw last-token state, which the core cuts (Matryoshka) and normalises itself.
         return await self._batched(
-            sequences, url, lambda batch: {"input": batch, "use_activation": False},
+            sequences,
+            url,
+            lambda batch: {"input": batch, "use_activation": False},
             lambda row: _vector(row.get("embedding"), width),
-        )  # fmt: skip
+        )
 
     def classify(self, sequences: list[list[int]]) -> list[float]:
         """Return the server's single-label probability (P(yes) for a Qwen3 reranker) for each sequence."""
@@ -410,14 +415,42 @@ class HttpScoring:
     def __init__(self, server: VLLMServer) -> None:
         self.server = server
 
-    def score(
-        self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None
-    ) -> list[float]:
+    def score(self, prompts: RerankPrompts, policy: BatchPolicy, progress: tqdm | None) -> list[float]:
         """Return P(yes) of each full prompt ``prefix + tail``."""
-        scores = self.server.classify([prefix + tail for tail in tails])
+        scores = self.server.classify(prompts.whole())
         finish_progress(progress, len(scores))
         return scores
 
-    async def ascore(self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy) -> list[float]:
+    async def ascore(self, prompts: RerankPrompts, policy: BatchPolicy) -> list[float]:
         """Async :meth:`score`."""
-        return await self.server.aclassify([prefix + tail for tail in tails])
+        return await self.server.aclassify(prompts.whole())
+
+
+# --- loading (see qwen3_retrieval.engines.registry) -----------------------------------------------------------
+
+
+def load_embedding(options: EmbedderOptions, tokenizer: TextTokenizer) -> LoadedEmbedding:
+    """Reach an embedding server; only the model's config is read here, for its width."""
+    config = pretrained(options, "AutoConfig")
+    return LoadedEmbedding(tokenizer, HttpEmbedding(server_for(options), config.hidden_size), config.hidden_size)
+
+
+def load_scoring(
+    options: RerankerOptions, tokenizer: TextTokenizer, config: Any, yes_no: tuple[int, int] | None
+) -> HttpScoring:
+    """Reach a reranker server."""
+    return HttpScoring(server_for(options))
+
+
+def server_for(options: ModelOptions) -> VLLMServer:
+    """The client of the server the options name (``base_url``, checked with its key when they were built)."""
+    assert options.base_url is not None
+    return VLLMServer(
+        options.base_url,
+        options.model,
+        api_key=options.server_key,
+        timeout=options.timeout,
+        served_model_name=options.served_model_name,
+        max_batch=options.max_batch,
+        max_concurrency=options.max_concurrency,
+    )

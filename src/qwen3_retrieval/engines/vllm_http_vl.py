@@ -1,6 +1,6 @@
 """The Qwen3-VL models on a vLLM server: the same prompts as in process, sent as chat messages.
 
-A server takes images only inside chat messages (see :mod:`qwen3_retrieval.vl_messages`), one conversation per
+A server takes images only inside chat messages (see :mod:`qwen3_retrieval.vl.messages`), one conversation per
 request: each prompt is read back into its messages and checked before anything is sent, and its images are
 encoded when its request goes out, so no more than ``max_concurrency`` prompts' images are held at once.
 
@@ -24,9 +24,11 @@ from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import BatchPolicy
 from qwen3_retrieval.engines import finish_progress
-from qwen3_retrieval.engines.vllm_http import VLLMServer, run_sync
-from qwen3_retrieval.vl_messages import ChatPrompt, ChatReader
-from qwen3_retrieval.vl_processors import VLSequence
+from qwen3_retrieval.engines.vllm_http import VLLMServer, run_sync, server_for
+from qwen3_retrieval.options import VisionOptions
+from qwen3_retrieval.tokenization import TextTokenizer
+from qwen3_retrieval.vl.messages import ChatPrompt, ChatReader
+from qwen3_retrieval.vl.processors import VLSequence
 
 
 class HttpVL:
@@ -45,19 +47,27 @@ class HttpVL:
         """Return an ``(n, hidden)`` tensor of the server's raw pooled states, rows in input order.
 
         Raises:
-            ValueError: A prompt cannot be sent exactly (see :class:`~qwen3_retrieval.vl_messages.ChatReader`).
+            ValueError: A prompt cannot be sent exactly (see :class:`~qwen3_retrieval.vl.messages.ChatReader`).
         """
-        bodies = self._bodies(sequences, "inputs", {"use_activation": False})
-        rows = run_sync(lambda: self.server.aembed_chats(bodies, self.width))
+        rows = run_sync(lambda: self.aembed(sequences, policy))
         finish_progress(progress, len(rows))
-        return torch.tensor(rows, dtype=torch.float32)
+        return rows
+
+    async def aembed(self, sequences: Sequence[VLSequence], policy: BatchPolicy) -> torch.Tensor:
+        """Async :meth:`embed`."""
+        bodies = self._bodies(sequences, "inputs", {"use_activation": False})
+        return torch.tensor(await self.server.aembed_chats(bodies, self.width), dtype=torch.float32)
 
     def score(self, sequences: Sequence[VLSequence], policy: BatchPolicy, progress: tqdm | None) -> list[float]:
         """Return each pair's P(yes) as the server's reranker scores it, in input order."""
-        bodies = self._bodies(sequences, "the pair of the query and documents", {})
-        scores = run_sync(lambda: self.server.aclassify_chats(bodies))
+        scores = run_sync(lambda: self.ascore(sequences, policy))
         finish_progress(progress, len(scores))
         return scores
+
+    async def ascore(self, sequences: Sequence[VLSequence], policy: BatchPolicy) -> list[float]:
+        """Async :meth:`score`."""
+        bodies = self._bodies(sequences, "the pair of the query and documents", {})
+        return await self.server.aclassify_chats(bodies)
 
     def _bodies(
         self, sequences: Sequence[VLSequence], what: str, extra: dict[str, Any]
@@ -78,3 +88,8 @@ def _body(prompt: ChatPrompt, extra: dict[str, Any]) -> Callable[[], Awaitable[d
         return body
 
     return make
+
+
+def load_vl(options: VisionOptions, tokenizer: TextTokenizer, config: Any, reranker: bool) -> HttpVL:
+    """Reach a server running a Qwen3-VL model; no weights are loaded here."""
+    return HttpVL(server_for(options), ChatReader(tokenizer), config.text_config.hidden_size)

@@ -16,7 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import BatchPolicy
-from qwen3_retrieval.engines import finish_progress
+from qwen3_retrieval.engines import RerankPrompts, finish_progress
+from qwen3_retrieval.loading import LoadedEmbedding, pretrained
+from qwen3_retrieval.options import EmbedderOptions, ModelOptions, RerankerOptions
+from qwen3_retrieval.tokenization import TextTokenizer
 
 ORIGINAL_RERANKER_OVERRIDES = {
     "architectures": ["Qwen3ForSequenceClassification"],
@@ -100,14 +103,43 @@ class VLLMScoring:
             options = {"hf_overrides": ORIGINAL_RERANKER_OVERRIDES, **options}
         self._llm = _LocalLLM(load_llm(model, dtype=dtype, max_length=max_length, options=options))
 
-    def score(
-        self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy, progress: tqdm | None
-    ) -> list[float]:
+    def score(self, prompts: RerankPrompts, policy: BatchPolicy, progress: tqdm | None) -> list[float]:
         """Return P(yes) of each ``prefix + tail``."""
-        outputs = self._llm.run("classify", [prefix + tail for tail in tails])
+        outputs = self._llm.run("classify", prompts.whole())
         finish_progress(progress, len(outputs))
         return [float(o.outputs.probs[0]) for o in outputs]
 
-    async def ascore(self, prefix: list[int], tails: list[list[int]], policy: BatchPolicy) -> list[float]:
+    async def ascore(self, prompts: RerankPrompts, policy: BatchPolicy) -> list[float]:
         """Async :meth:`score`, in a worker thread."""
-        return await asyncio.to_thread(self.score, prefix, tails, policy, None)
+        return await asyncio.to_thread(self.score, prompts, policy, None)
+
+
+# --- loading (see qwen3_retrieval.engines.registry) -----------------------------------------------------------
+
+
+def load_embedding(options: EmbedderOptions, tokenizer: TextTokenizer) -> LoadedEmbedding:
+    """Start ``vllm.LLM`` on an embedding model."""
+    config = pretrained(options, "AutoConfig")
+    engine = VLLMEmbedding(
+        options.model, dtype=options.torch_dtype, max_length=options.max_length, options=vllm_options(options, config)
+    )
+    return LoadedEmbedding(tokenizer, engine, config.hidden_size)
+
+
+def load_scoring(
+    options: RerankerOptions, tokenizer: TextTokenizer, config: Any, yes_no: tuple[int, int] | None
+) -> VLLMScoring:
+    """Start ``vllm.LLM`` on a reranker (``yes_no`` None: a converted classifier, loaded as it is)."""
+    return VLLMScoring(
+        options.model,
+        dtype=options.torch_dtype,
+        max_length=options.max_length,
+        original=yes_no is not None,
+        options=vllm_options(options, config),
+    )
+
+
+def vllm_options(options: ModelOptions, config: Any) -> dict[str, Any]:
+    """``vllm.LLM``'s arguments: a KV cache sized for the model (see :func:`kv_cache_bytes`), then the user's."""
+    room = kv_cache_bytes(config, options.torch_dtype, options.max_length)
+    return {"kv_cache_memory_bytes": room, **(options.engine_options or {})}

@@ -57,8 +57,10 @@ def build_messages(question: str, passages: Sequence[Source], *, images: bool = 
             except (OSError, ValueError, RagError):
                 url = None
             if url is not None:
-                attached += [{"type": "text", "text": f"Image of passage [{n}]:"},
-                             {"type": "image_url", "image_url": {"url": url}}]  # fmt: skip
+                attached += [
+                    {"type": "text", "text": f"Image of passage [{n}]:"},
+                    {"type": "image_url", "image_url": {"url": url}},
+                ]
                 body = f"(the page image is attached below){chr(10) + body if body else ''}"
         blocks.append(f'<passage n="{n}" source="{where(p)}">\n{body}\n</passage>')
     context = "\n".join(blocks)

@@ -22,30 +22,29 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from qwen3_retrieval.rag.errors import RagError
-from qwen3_retrieval.rag.pages import image_file_passage, is_image_file, model_input, page_passages
+from qwen3_retrieval.rag.files import FileRead, FileToIndex, split_file
+from qwen3_retrieval.rag.pages import is_image_file, model_input
 from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
 from qwen3_retrieval.rag.progress import IndexProgress
 from qwen3_retrieval.rag.readers import (
+    FORMATS,
+    PAGE_FORMATS,
     PAGE_SUFFIXES,
     READERS,
-    NotText,
     find_files,
-    no_text_warning,
-    read_file,
     supported,
 )
 from qwen3_retrieval.rag.store import FileWrite, PassageStore, StoredFile
-from qwen3_retrieval.rag.terminal import is_valid_name, path_name, printable
-from qwen3_retrieval.rag.types import Passage
+from qwen3_retrieval.rag.terminal import is_valid_name, path_name
 
 if TYPE_CHECKING:
+    from qwen3_retrieval.rag.config import RagConfig
     from qwen3_retrieval.rag.on_ray import RayOptions
-    from qwen3_retrieval.rag.pipeline import RagConfig, RagPipeline
 
 # A moved or renamed folder is recognised when at least this share of its files are stored, unchanged, under
 # a root whose folder no longer exists.
@@ -68,10 +67,24 @@ class IndexReport:
     warnings: list[str] = field(default_factory=list)
 
 
+class IndexModels(Protocol):
+    """What an index run needs of its pipeline: the configuration, and the models it names, each made once."""
+
+    config: RagConfig
+
+    def embedder(self, dimensions: int | None) -> Any:
+        """The embedding model at ``dimensions`` (None: full size)."""
+        ...
+
+    def tokenizer(self) -> Any:
+        """The embedding model's tokenizer, which sizes passages."""
+        ...
+
+
 def index_roots(
     store: PassageStore,
     groups: list[tuple[Path, list[Path], bool]],
-    models: RagPipeline,
+    models: IndexModels,
     report: IndexReport,
     *,
     recreate: bool,
@@ -108,7 +121,7 @@ def index_roots(
         gone.append(removed)
     _find_sources(store, todo)
     splitter = PassageSplitter(models.tokenizer(), splitting)
-    batch_passages = max(INDEX_BATCH_PASSAGES, where.server_batch * where.server_requests)
+    batch_passages = max(INDEX_BATCH_PASSAGES, where.max_batch * where.max_concurrency)
     shown = IndexProgress(len(todo), sum(item.size for item in todo), progress)
     # On Ray, files that may reuse stored vectors stay here: only this process reads the store.
     here = todo if ray is None else [item for item in todo if item.source]
@@ -145,34 +158,6 @@ INDEX_BATCH_PASSAGES = 256
 and for a server's requests to run side by side (at least requests in flight x sequences per request)."""
 READ_AHEAD_FILES = 32
 """Files read and split ahead of the embedding, at most: what bounds the memory of a run of any size."""
-
-
-@dataclass
-class FileToIndex:
-    """A file to index: where it is, its root and root-relative path, content hash, size and stored record."""
-
-    file: Path
-    root: str
-    rel: str
-    file_hash: str
-    size: int
-    stored: StoredFile | None
-    source: StoredFile | None = None
-    """A stored file with the same content hash, whose vectors this one may reuse."""
-
-
-@dataclass
-class FileRead:
-    """A file read and split, ready to embed."""
-
-    todo: FileToIndex
-    passages: list[Passage]
-    vectors: np.ndarray | None = None
-    """The passages' vectors if they are known (stored for a renamed or copied file, or embedded on Ray)."""
-    reused: bool = False
-    """The vectors are those stored for the same content."""
-    skipped: bool = False
-    """The file could not be read (warned): nothing is stored, and it counts as done for the progress."""
 
 
 def _changed_files(
@@ -291,33 +276,6 @@ class _Reader:
             return FileRead(todo, [], skipped=True)
         vectors = self.store.stored_vectors(todo.source, passages) if todo.source else None
         return FileRead(todo, passages, vectors, reused=vectors is not None)
-
-
-def split_file(file: Path, splitter: PassageSplitter, pages: bool = False) -> tuple[list[Passage] | None, list[str]]:
-    """A file's passages (None if it is skipped) and the warnings reading it gave.
-
-    With ``pages`` an image file is one image passage, and a PDF's pages are image passages after its text ones.
-
-    Raises:
-        RagError: An extra that reads this format is missing: the user must install it, since skipping every
-            PDF would hide that.
-    """
-    try:
-        if pages and is_image_file(file):
-            return [image_file_passage(file)], []
-        document = read_file(file)
-    except RagError:
-        raise
-    except NotText as err:
-        return None, [f"skipped {path_name(file)}: {err}"]
-    except Exception as err:  # a broken or unreadable file must not stop the others
-        reason = printable(" ".join(str(err).split())[:200])
-        return None, [f"skipped {path_name(file)}: {type(err).__name__}: {reason}"]
-    passages = splitter.split(document.markdown, paged=document.paged)
-    if pages and document.paged:
-        images, said = page_passages(file, document.pages)
-        return passages + images, [*document.warnings, *said]
-    return passages, [*document.warnings, *no_text_warning(file, document)]
 
 
 class _Writer:
@@ -478,7 +436,7 @@ def given_roots(
     With ``pages``, image files are taken too.
     """
     suffixes = PAGE_SUFFIXES if pages else READERS.keys()
-    formats = ", ".join(sorted(suffixes))
+    formats = PAGE_FORMATS if pages else FORMATS
     if not paths:
         raise RagError("no files or folders to index")
     groups: list[tuple[Path, list[Path], bool]] = []
@@ -490,8 +448,9 @@ def given_roots(
             raise RagError(f"no such file or folder: {path_name(raw)}")
         path = path.resolve()
         if path.is_dir():
-            files = find_files(path, include_hidden=include_hidden, follow_links=follow_links, warn=warn,
-                               suffixes=suffixes)  # fmt: skip
+            files = find_files(
+                path, include_hidden=include_hidden, follow_links=follow_links, warn=warn, suffixes=suffixes
+            )
             groups.append((path, files, True))
         elif supported([path], suffixes):
             groups.append((path.parent, [path], False))

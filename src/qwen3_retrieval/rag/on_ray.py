@@ -32,13 +32,13 @@ import numpy as np
 
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.extras import require
-from qwen3_retrieval.rag.indexing import FileRead, FileToIndex, split_file
+from qwen3_retrieval.rag.files import FileRead, FileToIndex, split_file
 from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
 from qwen3_retrieval.rag.types import Passage
 from qwen3_retrieval.redaction import redact_url
 
 if TYPE_CHECKING:
-    from qwen3_retrieval.rag.pipeline import RagConfig
+    from qwen3_retrieval.rag.config import RagConfig
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,13 @@ def size_pool(free_cpus: float, free_gpus: float, embedders: int, gpus: float) -
 
 
 def embedded_on_ray(
-    todo: list[FileToIndex], config: RagConfig, splitting: Splitting, dimensions: int | None, options: RayOptions,
+    todo: list[FileToIndex],
+    config: RagConfig,
+    splitting: Splitting,
+    dimensions: int | None,
+    options: RayOptions,
     warn: Callable[[str], None],
-) -> Iterator[FileRead]:  # fmt: skip
+) -> Iterator[FileRead]:
     """Each file of ``todo`` read, split and embedded on Ray, as it comes back (in any order).
 
     Raises:
@@ -147,9 +151,14 @@ def embedded_on_ray(
 
 
 def _run(
-    ray: Any, todo: list[FileToIndex], config: RagConfig, splitting: Splitting, dimensions: int | None,
-    options: RayOptions, warn: Callable[[str], None],
-) -> Iterator[FileRead]:  # fmt: skip
+    ray: Any,
+    todo: list[FileToIndex],
+    config: RagConfig,
+    splitting: Splitting,
+    dimensions: int | None,
+    options: RayOptions,
+    warn: Callable[[str], None],
+) -> Iterator[FileRead]:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the run's own progress is in passages, shown by the caller
     # Ray Data's own guard stops the run when no block moves for this long (its default is 30 minutes);
@@ -222,7 +231,7 @@ class _NeverRaised(Exception):
 @functools.lru_cache(maxsize=4)
 def _splitter(model: str, chunk_tokens: int, overlap_tokens: int) -> PassageSplitter:
     """One splitter per worker process and settings: the tokenizer is loaded once, not once per task."""
-    from qwen3_retrieval.rag.pipeline import passage_tokenizer
+    from qwen3_retrieval.rag.config import passage_tokenizer
 
     return PassageSplitter(passage_tokenizer(model), Splitting(chunk_tokens, overlap_tokens))
 

@@ -17,12 +17,12 @@ import io
 import math
 from pathlib import Path
 
-from qwen3_retrieval.media import MAX_PIXELS
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.extras import require
 from qwen3_retrieval.rag.readers import IMAGE_SUFFIXES
 from qwen3_retrieval.rag.terminal import path_name
 from qwen3_retrieval.rag.types import Passage
+from qwen3_retrieval.vl.media import MAX_PIXELS
 
 RENDER_PIXELS = MAX_PIXELS
 """A page is rendered to about this many pixels: the Qwen3-VL models' largest image (1800 tokens)."""
@@ -61,7 +61,7 @@ def image_file_passage(file: Path) -> Passage:
     Raises:
         ValueError: The file is not an image PIL can read (the message names it).
     """
-    from qwen3_retrieval.media import read_image
+    from qwen3_retrieval.vl.media import read_image
 
     read_image(file, str(file))  # checked here, so a broken image is skipped with a warning, not stored
     return Passage("", "", "", image=FILE)

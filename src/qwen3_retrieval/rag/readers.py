@@ -220,3 +220,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 PAGE_SUFFIXES = (*READERS, *IMAGE_SUFFIXES)
 """What ``--pages`` takes: every format with a reader, and images."""
 FORMATS = ", ".join(sorted(READERS))
+"""The formats read, as messages list them."""
+PAGE_FORMATS = ", ".join(sorted(PAGE_SUFFIXES))
+"""What ``--pages`` takes, as messages list them."""

@@ -300,9 +300,12 @@ class PassageStore:
                 record = json.loads(row["value"])
                 parts = record["parts"]
                 found[record["path"]] = StoredFile(
-                    row["key"].rsplit(":", 1)[1], record["hash"], parts, record.get("span", parts),
+                    row["key"].rsplit(":", 1)[1],
+                    record["hash"],
+                    parts,
+                    record.get("span", parts),
                     record.get("done", True),  # written before records had a state: complete
-                )  # fmt: skip
+                )
         return found
 
     def _set_records(self, root_files: Sequence[tuple[str, str, StoredFile]]) -> None:
@@ -392,8 +395,9 @@ class PassageStore:
         if not passages or not source.done or source.parts != len(passages) or len(passages) > QUERY_ROWS:
             return None
         fields = ["id", "text", "heading", "location", "vector", *(["image"] if self.pages else [])]
-        rows = self.client.get(self.collection, ids=[f"{source.key}-{i}" for i in range(len(passages))],
-                               output_fields=fields)  # fmt: skip
+        rows = self.client.get(
+            self.collection, ids=[f"{source.key}-{i}" for i in range(len(passages))], output_fields=fields
+        )
         if len(rows) != len(passages):
             return None
         rows.sort(key=lambda row: int(row["id"].rsplit("-", 1)[1]))
@@ -501,9 +505,7 @@ def _start_lite(uri: str, path: str) -> None:
         return
     error = failures[-1].exc_info[1] if failures and failures[-1].exc_info else None
     if type(error).__name__ == "DataDirLockedError" or _locked(path):
-        raise RagError(
-            f"another process is writing this index ({uri} is in use); wait for it or use a Milvus server"
-        )
+        raise RagError(f"another process is writing this index ({uri} is in use); wait for it or use a Milvus server")
     reason = f"{type(error).__name__}: {error}" if error is not None else "Open local milvus failed"
     raise RagError(
         f"Milvus Lite cannot open {uri}: {reason}; if its files are damaged, move it away and index again, or "

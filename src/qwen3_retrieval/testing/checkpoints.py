@@ -112,8 +112,8 @@ def make_embedding_checkpoint(
         config.vocab_size = vocab_rows
     torch.manual_seed(seed)
     model = Qwen3Model(config)
-    _randomize(model, std=_STD[shape], seed=seed)
-    _save(model.to(getattr(torch, dtype)), out)
+    randomize_weights(model, std=_STD[shape], seed=seed)
+    save_checkpoint(model.to(getattr(torch, dtype)), out)
     _set_architecture(out, "Qwen3ForCausalLM")  # as in the published embedding checkpoints
     hidden = config.hidden_size
     write_json(
@@ -170,12 +170,12 @@ def make_reranker_checkpoint(
     config.tie_word_embeddings = True
     torch.manual_seed(seed)
     causal = Qwen3ForCausalLM(config)
-    _randomize(causal, std=_STD[shape], seed=seed)
+    randomize_weights(causal, std=_STD[shape], seed=seed)
     tokenizer_vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
     yes_id, no_id = tokenizer_vocab[YES_TOKEN], tokenizer_vocab[NO_TOKEN]
     spread_yes_no(causal, out, seed=seed)
     if kind == "causal-lm":
-        _save(causal.to(getattr(torch, dtype)), out)
+        save_checkpoint(causal.to(getattr(torch, dtype)), out)
         (out / "chat_template.jinja").write_text(RERANKER_CHAT_TEMPLATE)
         return out
     if kind != "seq-cls":
@@ -187,7 +187,7 @@ def make_reranker_checkpoint(
         classifier.model.load_state_dict(causal.model.state_dict())
         head = causal.get_output_embeddings().weight
         classifier.score.weight.copy_((head[yes_id].float() - head[no_id].float())[None])
-    _save(classifier.to(getattr(torch, dtype)), out)
+    save_checkpoint(classifier.to(getattr(torch, dtype)), out)
     return out
 
 
@@ -247,7 +247,8 @@ def spread_yes_no(model: Any, folder: Path, *, seed: int) -> None:
             rows[vocab[token]] = torch.randn(rows.shape[1], generator=gen) * scale
 
 
-def _randomize(model: Any, *, std: float, seed: int) -> None:
+def randomize_weights(model: Any, *, std: float, seed: int) -> None:
+    """Fill every weight but the norms' gains with seeded normal noise of ``std``."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -258,7 +259,8 @@ def _randomize(model: Any, *, std: float, seed: int) -> None:
             param.copy_(torch.randn(param.shape, generator=gen) * std)
 
 
-def _save(model: Any, folder: Path) -> None:
+def save_checkpoint(model: Any, folder: Path) -> None:
+    """Save ``model`` to ``folder`` without transformers' progress bars."""
     from qwen3_retrieval.loading import quiet_transformers
 
     with quiet_transformers():

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from qwen3_retrieval.testing.checkpoints import _randomize, _save, spread_yes_no
+from qwen3_retrieval.testing.checkpoints import randomize_weights, save_checkpoint, spread_yes_no
 from qwen3_retrieval.testing.tokenizer import VISION_TOKENS, build_tokenizer, write_json
 
 VLKind = Literal["vl-embedding", "vl-reranker"]
@@ -134,10 +134,10 @@ def make_vl_checkpoint(
     )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config)
-    _randomize(model, std=_STD[shape], seed=seed)  # RMSNorm and LayerNorm gains stay at 1
+    randomize_weights(model, std=_STD[shape], seed=seed)  # RMSNorm and LayerNorm gains stay at 1
     if kind == "vl-reranker":
         spread_yes_no(model, out, seed=seed)
-    _save(model.to(getattr(torch, dtype)), out)
+    save_checkpoint(model.to(getattr(torch, dtype)), out)
     (out / "chat_template.jinja").write_text(QWEN3_VL_CHAT_TEMPLATE)
     write_json(out / "preprocessor_config.json", PREPROCESSOR_CONFIG)
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())

@@ -1,7 +1,7 @@
 """What to compute for the Qwen3-VL models, for every engine: inputs to token ids and image patches.
 
-The prompt layouts come from :mod:`qwen3_retrieval.vl_prompts`; images are read and cut by
-:mod:`qwen3_retrieval.media`. Text is always tokenized as plain characters, so a text that spells
+The prompt layouts come from :mod:`qwen3_retrieval.vl.prompts`; images are read and cut by
+:mod:`qwen3_retrieval.vl.media`. Text is always tokenized as plain characters, so a text that spells
 ``<|image_pad|>`` or ``<|im_end|>`` stays those characters; only the layout's own control tokens and the
 vision markers of real images are special. Consecutive text parts are tokenized together, as transformers
 tokenizes a rendered prompt between two special tokens, so the ids equal the official ones.
@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from qwen3_retrieval.media import ImageSettings, SizedImage, size_image
 from qwen3_retrieval.options import VLEmbedderOptions, VLRerankerOptions
 from qwen3_retrieval.processors import finished_vectors
 from qwen3_retrieval.tokenization import TextTokenizer
-from qwen3_retrieval.video import SizedVideo, size_video
-from qwen3_retrieval.vl_prompts import (
+from qwen3_retrieval.vl.media import ImageSettings, SizedImage, size_image
+from qwen3_retrieval.vl.prompts import (
     IM_END,
     IMAGE_PAD,
     VIDEO_PAD,
@@ -42,6 +41,7 @@ from qwen3_retrieval.vl_prompts import (
     embedding_parts,
     rerank_parts,
 )
+from qwen3_retrieval.vl.video import SizedVideo, size_video
 
 KEPT_SUFFIX = 5
 """The official reranker keeps a prompt's last 5 tokens (``<|im_end|>\\n<|im_start|>assistant\\n``) whole."""

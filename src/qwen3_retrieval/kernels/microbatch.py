@@ -13,11 +13,11 @@ thread, say), runs what is waiting in its own call when the model is idle. Other
 thread's run if it is running. Why not always a worker: torch's Linux CPU builds use GNU OpenMP, which gives
 every thread that runs parallel kernels its own team of threads, and once a process holds more of them than it
 has cores, every team gives up spinning at its barriers and sleeps instead. The caller's thread already has a
-team (it loaded the model); a second one in a worker made the same float32 embedding round 14-24% slower on a
-2-core AMD EPYC (20.6-22.3 s against 18.0 s, the same CPU time in both). Why not every caller's thread: a server's
+team (it loaded the model); a second one in a worker made the same float32 embedding round measurably slower for
+the same CPU time (see the README's benchmark section). Why not every caller's thread: a server's
 pool of request threads would then keep a team per thread, for as long as the pool lives.
 
-Results equal one-at-a-time calls (every sequence attends only to itself; see :mod:`qwen3_retrieval.packed`).
+Results equal one-at-a-time calls (every sequence attends only to itself; see :mod:`qwen3_retrieval.kernels.packed`).
 At most ``max_waiting`` calls queue; further callers block (threads) or wait without blocking (async) until
 there is room. A cancelled async caller's work is skipped if not started and its answer dropped if it was: the
 other callers are unaffected. A worker thread exits when the queue is empty, so it holds no model alive.

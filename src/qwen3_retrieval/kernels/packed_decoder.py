@@ -1,11 +1,10 @@
 """A Qwen3 decoder's packed forward pass written out, for float32 on a CPU: the same layers, less memory traffic.
 
-On a CPU the passes between the matrix multiplies are bound by memory, not arithmetic: in one embedding round
-of the benchmark (3056 tokens, 0.6B shape, AMD EPYC, 2 threads) they took about 1.3 of 9.4 s. transformers'
-layer writes rotary embeddings as five whole-tensor passes over the queries and keys (``q * cos``, a negation,
-a concatenation, ``* sin``, the sum) and allocates a new tensor for each step of the MLP and both residual
-additions. This forward runs the model's own modules (its linear layers, norms and rotary table) in the same
-order, with:
+On a CPU the passes between the matrix multiplies are bound by memory, not arithmetic, and they take a share of a
+round worth saving (the README's benchmark section has the figures). transformers' layer writes rotary embeddings as
+five whole-tensor passes over the queries and keys (``q * cos``, a negation, a concatenation, ``* sin``, the sum)
+and allocates a new tensor for each step of the MLP and both residual additions. This forward runs the model's own
+modules (its linear layers, norms and rotary table) in the same order, with:
 
 - rotary as one multiply and two half-width multiply-adds, into one new tensor;
 - the MLP's SiLU and product, and both residual additions, in place;
@@ -13,22 +12,19 @@ order, with:
   embedder and the reranker read, so its queries, attention output, MLP and final norm run on one row per
   sequence instead of every token (about 1/28 of the 0.6B model's work).
 
-The results equal transformers' layer to float32 rounding (the reference tests run on this path). Embedding
-that round went from 20.4 / 21.9 s to 19.5 / 18.5 s (best of 3 rounds, the two alternated twice, a slower
-instance of the same EPYC). It is used only where it was measured: a float32 ``Qwen3Model`` on a CPU with the
-default rotary embedding and no sliding window. In bfloat16 it measured no gain (10.8 / 11.2 s against 11.0 /
-10.4 s), so bfloat16 models keep transformers' layer, and with it transformers' rounding; so does every other
-model (:func:`supports`).
+The results equal transformers' layer to float32 rounding (the reference tests run on this path). It is used
+only where it was measured to help: a float32 ``Qwen3Model`` on a CPU with the default rotary embedding and no
+sliding window. In bfloat16 it measured no gain, so bfloat16 models keep transformers' layer, and with it
+transformers' rounding; so does every other model (:func:`supports`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from qwen3_retrieval.packed import _Packing
+from qwen3_retrieval.kernels.packed_attention import Packing, attend
 
 
 def supports(backbone: torch.nn.Module) -> bool:
@@ -49,7 +45,7 @@ def supports(backbone: torch.nn.Module) -> bool:
 
 
 def last_states(
-    backbone: Any, input_ids: torch.Tensor, positions: torch.Tensor, packing: _Packing, last: torch.Tensor
+    backbone: Any, input_ids: torch.Tensor, positions: torch.Tensor, packing: Packing, last: torch.Tensor
 ) -> torch.Tensor:
     """Each sequence's last-token final state (``(sequences, hidden)``) of one packed row.
 
@@ -60,8 +56,6 @@ def last_states(
         packing: where the sequences lie in the row, and the prefix keys and values they attend to.
         last: the row index of each sequence's last token, ``(sequences,)``.
     """
-    from qwen3_retrieval.packed import attend
-
     hidden = backbone.embed_tokens(input_ids)
     cos, sin = (table[0].unsqueeze(1) for table in backbone.rotary_emb(hidden, positions.unsqueeze(0)))
     layers = backbone.layers[: backbone.config.num_hidden_layers]

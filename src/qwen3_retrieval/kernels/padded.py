@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicLayer
 
 from qwen3_retrieval.batching import BatchPolicy, run_in_batches, token_budget_batches
-from qwen3_retrieval.kv_cache import cache_argument, prefix_states
-from qwen3_retrieval.pooling import last_token_pool, left_pad, right_pad, take_positions
+from qwen3_retrieval.kernels.kv_cache import cache_argument, prefix_states
+from qwen3_retrieval.kernels.pooling import last_token_pool, left_pad, right_pad, take_positions
 
 
 @torch.inference_mode()

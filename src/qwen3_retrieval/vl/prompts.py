@@ -58,7 +58,7 @@ class VideoSlot:
     """Where the input's video number ``index`` goes.
 
     Each pair of its frames is a timestamp, then ``<|vision_start|>``, the pair's pads and ``<|vision_end|>``
-    (see :mod:`qwen3_retrieval.video`).
+    (see :mod:`qwen3_retrieval.vl.video`).
     """
 
     index: int

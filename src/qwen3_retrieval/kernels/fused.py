@@ -3,11 +3,11 @@
 - Linear layers on an x86 CPU in float32 (:func:`pack_linears`): oneDNN with weights laid out for it once,
   instead of ``F.linear``'s MKL call.
 - Qwen3 normalises every query and key head (``q_norm``/``k_norm``) with transformers' RMSNorm, written as five
-  element-wise passes whose mean runs over only 128 values a head. On a CPU in float32 that took about 5 ms for
-  one 1024-token batch of query heads in one layer, against 0.5 ms for torch's own ``rms_norm`` (AMD EPYC, 2
-  threads), with identical results (:func:`fuse_rms_norms`). In bfloat16 transformers rounds the normalised
-  values before the weight multiply, which ``rms_norm`` with a weight does not; the same rounding in two passes
-  (``rms_norm`` without a weight, then the multiply) measured no clear gain, so bfloat16 keeps transformers' layer.
+  element-wise passes whose mean runs over only 128 values a head, each pass bound by memory; torch's own
+  ``rms_norm`` does it in one, with identical results in float32 (:func:`fuse_rms_norms`). In bfloat16 transformers
+  rounds the normalised values before the weight multiply, which ``rms_norm`` with a weight does not; the same
+  rounding in two passes (``rms_norm`` without a weight, then the multiply) measured no clear gain, so bfloat16
+  keeps transformers' layer.
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def onednn_linears_available() -> bool:
 def pack_linears(backbone: torch.nn.Module) -> torch.nn.Module:
     """On an x86 CPU, run ``backbone``'s float32 linear layers through oneDNN with packed weights; return it.
 
-    ``F.linear`` on a CPU calls MKL, which on an AMD EPYC ran the 0.6B shape's float32 matrix multiplies at
-    about 190 GFLOP/s against oneDNN's 440 with weights reordered ahead of time (what vLLM's CPU backend and
-    inductor's weight freezing do). The reordered copy replaces the weight, so the model's memory does not grow.
+    ``F.linear`` on a CPU calls MKL; oneDNN with weights reordered ahead of time (what vLLM's CPU backend and inductor's
+    weight freezing do) runs the same multiplies faster on the CPUs measured (the README's benchmark section). The
+    reordered copy replaces the weight, so the model's memory does not grow.
     bfloat16 already runs through oneDNN in ``F.linear``, and other CPUs and devices keep it too.
     """
     if not onednn_linears_available():

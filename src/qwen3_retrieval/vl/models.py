@@ -17,15 +17,14 @@ import numpy as np
 
 from qwen3_retrieval._model import OptionView, SharedModel
 from qwen3_retrieval._validation import check_call_instruction, check_score_threshold, check_top_n
-from qwen3_retrieval.engines.transformers_vl import TransformersVL
-from qwen3_retrieval.engines.vllm_http_vl import HttpVL
 from qwen3_retrieval.options import VLEmbedderOptions, VLRerankerOptions, options_of
 from qwen3_retrieval.processors import ranked
-from qwen3_retrieval.vl_loading import LoadedVL, load_vl
-from qwen3_retrieval.vl_processors import VLEmbeddingProcessor, VLPrompts, VLRerankingProcessor
-from qwen3_retrieval.vl_prompts import (
+from qwen3_retrieval.vl.loading import LoadedVL, VLEngine, load_vl
+from qwen3_retrieval.vl.processors import VLEmbeddingProcessor, VLPrompts, VLRerankingProcessor
+from qwen3_retrieval.vl.prompts import (
     DEFAULT_VL_EMBEDDING_MODEL,
     DEFAULT_VL_RERANKER_MODEL,
+    VLInput,
     input_list,
     vl_input,
     vl_inputs,
@@ -40,7 +39,7 @@ def _prompts(loaded: LoadedVL, options: VLEmbedderOptions | VLRerankerOptions) -
     return VLPrompts(loaded.tokenizer, settings, options.allow_urls, options.model)
 
 
-class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbeddingProcessor, TransformersVL | HttpVL]]):
+class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbeddingProcessor, VLEngine]]):
     """Embeds texts, images and both together with a Qwen3-VL-Embedding model, as the official code does.
 
     An input is a text (``str``), an image (``PIL.Image`` or ``bytes``), or a dict with ``"text"``,
@@ -53,7 +52,7 @@ class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbedding
 
     Images are resized as the official code resizes them (sides multiples of 32, area within ``min_pixels`` and
     ``max_pixels``); videos are sampled (at most 64 frames), resized and timed as it does them
-    (:mod:`qwen3_retrieval.video`). Texts are plain text: one that spells ``<|image_pad|>`` never becomes a
+    (:mod:`qwen3_retrieval.vl.video`). Texts are plain text: one that spells ``<|image_pad|>`` never becomes a
     vision token. Over-long inputs lose the end of their text; the template, every image and every video are
     kept.
 
@@ -92,8 +91,7 @@ class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbedding
                 alone exceed ``max_length``.
             TypeError: An input has a type or key that is not accepted.
         """
-        items = vl_inputs(inputs)
-        task = check_call_instruction(instruction)
+        items, task = vl_inputs(inputs), check_call_instruction(instruction)
         if not items:
             return np.zeros((0, 0), dtype=np.float32)
         processor, engine = self._ready()
@@ -117,36 +115,39 @@ class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbedding
         """Embed images as documents: each a ``PIL.Image``, bytes, or a path (a string here is a path)."""
         return self.embed([{"image": image} for image in input_list(images, "images")])
 
-    # Async: the same work in a worker thread (reading images and running the model both block), so the event
-    # loop keeps running; concurrent calls queue for the model's one batch at a time.
     async def aembed(self, inputs: Sequence[Any], instruction: str | None = None) -> np.ndarray:
-        """Async :meth:`embed`."""
-        return await asyncio.to_thread(self.embed, inputs, instruction)
+        """Async :meth:`embed`: the inputs are read in a worker thread (images block), the engine's async awaited."""
+        items, task = vl_inputs(inputs), check_call_instruction(instruction)
+        if not items:
+            return np.zeros((0, 0), dtype=np.float32)
+        processor, engine = await self._aready()
+        sequences = await asyncio.to_thread(processor.sequences, items, task)
+        return processor.vectors(await engine.aembed(sequences, self.options.policy))
 
     async def aembed_documents(self, inputs: Sequence[Any]) -> np.ndarray:
         """Async :meth:`embed_documents`."""
-        return await asyncio.to_thread(self.embed_documents, inputs)
+        return await self.aembed(inputs)
 
     async def aembed_queries(self, inputs: Sequence[Any], instruction: str | None = None) -> np.ndarray:
         """Async :meth:`embed_queries`."""
-        return await asyncio.to_thread(self.embed_queries, inputs, instruction)
+        return await self.aembed(inputs, self.options.instruction if instruction is None else instruction)
 
     async def aembed_query(self, query: Any, instruction: str | None = None) -> np.ndarray:
         """Async :meth:`embed_query`."""
-        return await asyncio.to_thread(self.embed_query, query, instruction)
+        return (await self.aembed_queries([query], instruction))[0]
 
     async def aembed_images(self, images: Sequence[Any]) -> np.ndarray:
         """Async :meth:`embed_images`."""
-        return await asyncio.to_thread(self.embed_images, images)
+        return await self.aembed([{"image": image} for image in input_list(images, "images")])
 
     def _load(self, options: VLEmbedderOptions) -> LoadedVL:
         return load_vl(options, reranker=False)
 
-    def _build(self, loaded: LoadedVL) -> tuple[VLEmbeddingProcessor, TransformersVL | HttpVL]:
+    def _build(self, loaded: LoadedVL) -> tuple[VLEmbeddingProcessor, VLEngine]:
         return VLEmbeddingProcessor(_prompts(loaded, self.options), self.options, loaded.hidden_size), loaded.engine
 
 
-class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLRerankingProcessor, TransformersVL | HttpVL]]):
+class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLRerankingProcessor, VLEngine]]):
     """Scores (query, document) pairs of texts and images with a Qwen3-VL-Reranker, as the official code does.
 
     The query and each document are inputs as :class:`Qwen3VLEmbedder` takes them. Each pair becomes the official
@@ -175,11 +176,7 @@ class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLReranking
             ValueError: The query is empty, or an image cannot be read.
             TypeError: An input has a type or key that is not accepted.
         """
-        asked = vl_input(query, "query")
-        if not asked.images and not asked.videos and not "".join(asked.texts).strip():
-            raise ValueError("query is empty; pass the search text, image or video to rank the documents against")
-        docs = vl_inputs(documents, "documents")
-        task = check_call_instruction(instruction)
+        asked, docs, task = _pairs(query, documents, instruction)
         if not docs:
             return []
         processor, engine = self._ready()
@@ -199,8 +196,13 @@ class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLReranking
         return ranked(self.score(query, documents, instruction), top_n, score_threshold)
 
     async def ascore(self, query: Any, documents: Sequence[Any], instruction: str | None = None) -> list[float]:
-        """Async :meth:`score` (in a worker thread: reading images and running the model both block)."""
-        return await asyncio.to_thread(self.score, query, documents, instruction)
+        """Async :meth:`score`: the inputs are read in a worker thread (images block), the engine's async awaited."""
+        asked, docs, task = _pairs(query, documents, instruction)
+        if not docs:
+            return []
+        processor, engine = await self._aready()
+        sequences = await asyncio.to_thread(processor.sequences, asked, docs, task)
+        return await engine.ascore(sequences, self.options.policy)
 
     async def arank(
         self,
@@ -211,10 +213,19 @@ class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLReranking
         score_threshold: float | None = None,
     ) -> list[tuple[int, float]]:
         """Async :meth:`rank`."""
-        return await asyncio.to_thread(self.rank, query, documents, top_n, instruction, score_threshold)
+        top_n, score_threshold = check_top_n(top_n), check_score_threshold(score_threshold)
+        return ranked(await self.ascore(query, documents, instruction), top_n, score_threshold)
 
     def _load(self, options: VLRerankerOptions) -> LoadedVL:
         return load_vl(options, reranker=True)
 
-    def _build(self, loaded: LoadedVL) -> tuple[VLRerankingProcessor, TransformersVL | HttpVL]:
+    def _build(self, loaded: LoadedVL) -> tuple[VLRerankingProcessor, VLEngine]:
         return VLRerankingProcessor(_prompts(loaded, self.options), self.options), loaded.engine
+
+
+def _pairs(query: Any, documents: Sequence[Any], instruction: str | None) -> tuple[VLInput, list[VLInput], str | None]:
+    """A reranker call's query, documents and instruction, checked."""
+    asked = vl_input(query, "query")
+    if not asked.images and not asked.videos and not "".join(asked.texts).strip():
+        raise ValueError("query is empty; pass the search text, image or video to rank the documents against")
+    return asked, vl_inputs(documents, "documents"), check_call_instruction(instruction)

@@ -143,11 +143,15 @@ def read_image(source: Any, what: str, *, allow_urls: bool = False) -> Any:
         try:
             image = Image.open(stream)
         except Image.DecompressionBombError:
-            raise ValueError(f"{what} claims more pixels than PIL's decompression-bomb limit ({_describe(source)}); "
-                             "downscale it first") from None  # fmt: skip
+            raise ValueError(
+                f"{what} claims more pixels than PIL's decompression-bomb limit ({_describe(source)}); "
+                "downscale it first"
+            ) from None
         except UnidentifiedImageError:
-            raise ValueError(f"{what} is not an image PIL can read ({_describe(source)}); pass a PNG, JPEG, "
-                             "WebP, GIF, BMP or TIFF file") from None  # fmt: skip
+            raise ValueError(
+                f"{what} is not an image PIL can read ({_describe(source)}); pass a PNG, JPEG, "
+                "WebP, GIF, BMP or TIFF file"
+            ) from None
         except (OSError, ValueError) as err:
             raise ValueError(f"{what} cannot be read ({_describe(source)}: {_reason(err)})") from None
     width, height = image.size
@@ -162,8 +166,9 @@ def read_image(source: Any, what: str, *, allow_urls: bool = False) -> Any:
         image.load()
         return _to_rgb(image)
     except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt data surfaces when decoding
-        raise ValueError(f"{what} cannot be decoded ({_describe(source)}: {_reason(err)}); is the file complete?") \
-            from None  # fmt: skip
+        raise ValueError(
+            f"{what} cannot be decoded ({_describe(source)}: {_reason(err)}); is the file complete?"
+        ) from None
 
 
 def size_image(source: Any, settings: ImageSettings, what: str, *, allow_urls: bool = False) -> SizedImage:
@@ -260,8 +265,7 @@ def _open_source(source: Any, what: str, allow_urls: bool) -> Any:
         with open(path, "rb") as file:
             data = file.read()
     except OSError as err:
-        raise ValueError(f"{what} cannot be opened ({_describe(source)}: {_reason(err)}); check the path") \
-            from None  # fmt: skip
+        raise ValueError(f"{what} cannot be opened ({_describe(source)}: {_reason(err)}); check the path") from None
     if not data:
         raise ValueError(f"{what} is an empty file ({_describe(source)}); pass an image file")
     return io.BytesIO(data)

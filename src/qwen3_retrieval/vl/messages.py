@@ -2,14 +2,14 @@
 
 vLLM takes token ids on ``/v1/embeddings`` and ``/classify``, but images only inside chat messages, which it
 renders with the model's chat template and tokenizes with control tokens recognised. So for a server, each
-prompt's exact ids (built, cut and checked by :mod:`qwen3_retrieval.vl_processors`, as for every engine) are read
+prompt's exact ids (built, cut and checked by :mod:`qwen3_retrieval.vl.processors`, as for every engine) are read
 back into the messages that render to them, and the read-back is checked rather than trusted:
 
 * Each run of text between two control tokens must tokenize, control tokens recognised, to the very ids it was
   read from. A text that spells a control token (``<|im_end|>``, ``<|image_pad|>``) would become that token on
   the server, and a cut that ends inside a character would come back as other characters. Both are refused
   with a ``ValueError``, never sent as a prompt other than the one computed here.
-* Each image is sent resized the official way, as lossless PNG (:meth:`~qwen3_retrieval.media.SizedImage.png`),
+* Each image is sent resized the official way, as lossless PNG (:meth:`~qwen3_retrieval.vl.media.SizedImage.png`),
   with the pixel bounds as ``mm_processor_kwargs``: a resized image is the fixed point of the server's own
   resize, so it is cut into the same patches, and its ``<|image_pad|>`` run has the same length.
 """
@@ -20,10 +20,10 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from qwen3_retrieval.media import SizedImage
 from qwen3_retrieval.tokenization import TextTokenizer
-from qwen3_retrieval.vl_processors import VLSequence
-from qwen3_retrieval.vl_prompts import IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START
+from qwen3_retrieval.vl.media import SizedImage
+from qwen3_retrieval.vl.processors import VLSequence
+from qwen3_retrieval.vl.prompts import IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START
 
 
 @dataclass(frozen=True, eq=False)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qwen3_retrieval.media import (
+from qwen3_retrieval.vl.media import (
     MAX_SOURCE_PIXELS,
     ImageSettings,
     held_source,
@@ -146,9 +146,12 @@ class SizedVideo:
         if (self.height, self.width) == self.frame_size:
             return frame
         scaled = torch.nn.functional.interpolate(
-            frame[None].to(torch.float32), size=(self.height, self.width), mode="bicubic", align_corners=False,
+            frame[None].to(torch.float32),
+            size=(self.height, self.width),
+            mode="bicubic",
+            align_corners=False,
             antialias=True,
-        )  # fmt: skip
+        )
         return scaled[0].clamp(0, 255).round().to(torch.uint8)
 
 
