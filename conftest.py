@@ -25,7 +25,9 @@ _scratch: Path | None = None
 def pytest_configure(config: pytest.Config) -> None:
     global _scratch
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its basetemp is inside the controller's scratch
-        temporary = Path(config.option.basetemp) / "tmp"
+        # Beside it, not in it: pytest empties a basetemp when a test first asks for a temporary folder.
+        basetemp = Path(config.option.basetemp)
+        temporary = basetemp.with_name(f"{basetemp.name}-tmp")
         temporary.mkdir(parents=True, exist_ok=True)
         os.environ["TMPDIR"] = str(temporary)
         tempfile.tempdir = str(temporary)
