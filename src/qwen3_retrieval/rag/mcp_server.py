@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, Literal
 
+from qwen3_retrieval.errors import ServerError
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.pipeline import RagConfig, RagPipeline
 from qwen3_retrieval.rag.serve import Served, ServeOptions
@@ -37,11 +38,12 @@ def build_server(served: Served) -> Any:
     server = MCPServer("qwen3-rag", instructions=INSTRUCTIONS, log_level="ERROR")
 
     async def retrieve(question: str, top_n: int, candidates: int, mode: str) -> list[Any]:
-        if candidates > options.max_inputs:
-            raise RagError(f"candidates {candidates} is over the server's limit of {options.max_inputs}")
-        return await asyncio.wait_for(
-            pipeline.aretrieve(question, candidates=candidates, top_n=top_n, mode=mode), options.request_timeout
-        )
+        with _said():
+            if candidates > options.max_inputs:
+                raise RagError(f"candidates {candidates} is over the server's limit of {options.max_inputs}")
+            return await asyncio.wait_for(
+                pipeline.aretrieve(question, candidates=candidates, top_n=top_n, mode=mode), options.request_timeout
+            )
 
     @server.tool()
     async def search(
@@ -75,12 +77,27 @@ def build_server(served: Served) -> Any:
         sources = await retrieve(question, top_n, candidates, mode)
         answer = None
         if not options.no_llm and os.environ.get("OPENAI_API_KEY") and sources:
-            answer = await asyncio.to_thread(
-                pipeline.answer, question, sources, model=options.llm_model, timeout=options.llm_timeout, images=False
-            )
+            with _said():
+                answer = await asyncio.to_thread(
+                    pipeline.answer, question, sources, model=options.llm_model, timeout=options.llm_timeout,
+                    images=False,
+                )  # fmt: skip
         return {"answer": answer, "sources": [s.as_dict() for s in sources]}
 
     return server
+
+
+@contextlib.contextmanager
+def _said() -> Iterator[None]:
+    """A problem the caller can fix reaches the agent as its one line (the SDK hides other exceptions' text)."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    try:
+        yield
+    except asyncio.TimeoutError:
+        raise ToolError("the search did not finish in time; try again, or ask for fewer candidates") from None
+    except (RagError, ServerError, ValueError, TypeError) as err:
+        raise ToolError(str(err).replace("--top-n", "top_n").replace("--candidates", "candidates")) from None
 
 
 def run_mcp(config: RagConfig, options: ServeOptions) -> int:
