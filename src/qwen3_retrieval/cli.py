@@ -273,7 +273,8 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def _secrets(args: argparse.Namespace) -> list[str]:
     """Every secret this run may hold, masked in whatever it prints (the libraries mask theirs too)."""
-    keys = [os.environ.get(name) for name in ("OPENAI_API_KEY", "VLLM_API_KEY", "MILVUS_TOKEN")]
+    keys = [os.environ.get(name) for name in ("OPENAI_API_KEY", "VLLM_API_KEY", "MILVUS_TOKEN", "QWEN3_RAG_API_KEY")]
+    keys.append(getattr(args, "api_key", None))  # serve's
     urls = [args.uri, getattr(args, "embedding_url", None), getattr(args, "reranker_url", None)]
     urls.append(os.environ.get("OPENAI_BASE_URL"))
     return [s for s in (*keys, args.token) if s] + [s for url in urls for s in url_secrets(url)]

@@ -502,7 +502,12 @@ def add_arguments(parser: argparse.ArgumentParser, seconds: Callable[[str], floa
     """``serve``'s own options (the index, model and chat-model options are ``ask``'s)."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=at_least(0), default=8000, help="port to listen on")
-    parser.add_argument("--api-key", default=None, help=f"require this bearer token; None: ${API_KEY_ENV}, if set")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require this bearer token (other users may see it in the process list: prefer ${API_KEY_ENV}); None: "
+        f"${API_KEY_ENV}, if set",
+    )
     parser.add_argument("--allow-index", action="store_true", help="accept POST /v1/index (else read-only)")
     parser.add_argument(
         "--index-root", action="append", default=[], metavar="FOLDER",
