@@ -239,7 +239,13 @@ def test_our_http_engine_is_exact_against_the_server(setup: dict[str, Any], loca
 
 
 def test_rerank_schema(setup: dict[str, Any], local: dict[str, Any]) -> None:
+    import cohere
+
     expected = local["reranker"].rank(QUESTIONS[1], TEXTS, top_n=3)
+    client = cohere.ClientV2(api_key="unused", base_url=setup["a"].url)  # Cohere's own client, on /v2/rerank
+    got = client.rerank(model=setup["reranker"], query=QUESTIONS[1], documents=TEXTS, top_n=3)
+    assert [r.index for r in got.results] == [i for i, _ in expected]
+    assert [r.relevance_score for r in got.results] == pytest.approx([s for _, s in expected], abs=TOL)
     for path, documents in (("/v1/rerank", TEXTS), ("/v2/rerank", [{"text": t} for t in TEXTS])):
         body = {"model": setup["reranker"], "query": QUESTIONS[1], "documents": documents, "top_n": 3}
         got = httpx.post(setup["a"].url + path, json=body).json()
