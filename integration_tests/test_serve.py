@@ -302,13 +302,17 @@ def test_a_body_that_is_not_json_says_so(setup: dict[str, Any]) -> None:
     assert answer.status_code == 422 and "Content-Type: application/json" in answer.json()["error"]["message"]
 
 
-def test_key_limits_and_indexing_under_the_served_roots(setup: dict[str, Any]) -> None:
+def test_key_limits_and_indexing_under_the_served_roots(setup: dict[str, Any], local: dict[str, Any]) -> None:
     b, auth = setup["b"], {"Authorization": f"Bearer {KEY}"}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
         answer = httpx.post(f"{b.url}/v1/search", json={"question": "x"}, headers=headers)
         assert answer.status_code == 401 and "--api-key" in answer.json()["error"]["message"]
         assert KEY not in answer.text
     assert httpx.get(f"{b.url}/health").status_code == 200  # a probe needs no key
+    remote = Qwen3Embedder(setup["embedding"], base_url=f"{b.url}/v1", api_key=KEY)  # our engine sends it
+    np.testing.assert_allclose(remote.embed_query("x"), local["embedder"].embed_query("x"), atol=TOL)
+    with pytest.raises(ValueError, match="refused the API key"):
+        Qwen3Embedder(setup["embedding"], base_url=f"{b.url}/v1", api_key="wrong").embed_query("x")
     big = httpx.post(f"{b.url}/v1/embeddings", json={"input": ["word " * 2000]}, headers=auth)
     assert big.status_code == 413 and "--max-request-bytes" in big.json()["error"]["message"]
 
