@@ -109,6 +109,9 @@ class Served:
         self.embedding_vocab = _vocabulary(self.embedding_parts[1])
         self.reranker_vocab = _vocabulary(self.reranking_parts[1])
         self.index_lock = asyncio.Lock()
+        # A model may be named as given at start or as its folder's absolute path (what the index records).
+        names = (self.embedding_name, self.reranker_name)
+        self._aliases = {name: {name, str(Path(name).expanduser().resolve())} for name in names}
 
     def models(self) -> list[dict[str, Any]]:
         """The ``/v1/models`` rows: each model's name as given, with ``root`` (what the HTTP engine matches)."""
@@ -125,7 +128,7 @@ class Served:
 
     def check_model(self, given: str | None, expected: str) -> str:
         """The model a request names must be the one its route runs (vLLM's 404 text, which our engine reads)."""
-        if given is None or given in (expected, str(Path(expected).expanduser().resolve())):
+        if given is None or given in self._aliases[expected]:
             return expected
         other = self.reranker_name if expected == self.embedding_name else self.embedding_name
         hint = f" ({given!r} is served on the other routes)" if given == other else ""
