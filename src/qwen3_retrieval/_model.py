@@ -86,7 +86,7 @@ class SharedModel(Generic[OptionsT, Loaded, Parts]):
         """The loaded model this object runs on (shared with others of the same ``cache_key``); None until used."""
         return self._loaded
 
-    def _ready(self) -> Parts:
+    def ready(self) -> Parts:
         """Return this object's processor and engine, loading the model (or taking the shared copy) on first use."""
         parts = self._parts
         if parts is None:
@@ -95,9 +95,9 @@ class SharedModel(Generic[OptionsT, Loaded, Parts]):
             self._loaded, self._parts = loaded, parts
         return parts
 
-    async def _aready(self) -> Parts:
-        """Async :meth:`_ready`: a first call loads in a thread, so the event loop keeps running meanwhile."""
-        return self._parts if self._parts is not None else await asyncio.to_thread(self._ready)
+    async def aready(self) -> Parts:
+        """Async :meth:`ready`: a first call loads in a thread, so the event loop keeps running meanwhile."""
+        return self._parts if self._parts is not None else await asyncio.to_thread(self.ready)
 
     def _load(self, options: OptionsT) -> Loaded:
         raise NotImplementedError

@@ -67,7 +67,7 @@ class Qwen3Embedder(SharedModel[EmbedderOptions, LoadedEmbedding, _Parts]):
     @property
     def processor(self) -> EmbeddingProcessor:
         """What turns texts into token ids and pooled states into vectors (loads the model if needed)."""
-        return self._ready()[0]
+        return self.ready()[0]
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Embed documents (no instruction).
@@ -113,7 +113,7 @@ class Qwen3Embedder(SharedModel[EmbedderOptions, LoadedEmbedding, _Parts]):
         """The one embedding path: texts -> token ids -> pooled states -> vectors."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        processor, engine = self._ready()
+        processor, engine = self.ready()
         ids = processor.queries(texts, instruction) if queries else processor.documents(texts)
         pooled = engine.embed(ids, self.options.policy, self._progress(len(ids), "Embedding"))
         return processor.vectors(pooled)
@@ -122,7 +122,7 @@ class Qwen3Embedder(SharedModel[EmbedderOptions, LoadedEmbedding, _Parts]):
         """Async :meth:`_embed`: the same three steps, the engine's awaited."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        processor, engine = await self._aready()
+        processor, engine = await self.aready()
         tokenize = (lambda: processor.queries(texts, instruction)) if queries else (lambda: processor.documents(texts))
         ids = await off_the_loop(tokenize, sum(map(len, texts)))
         return processor.vectors(await engine.aembed(ids, self.options.policy))

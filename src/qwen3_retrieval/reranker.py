@@ -64,7 +64,7 @@ class Qwen3Reranker(SharedModel[RerankerOptions, LoadedReranker, _Parts]):
     @property
     def processor(self) -> RerankingProcessor:
         """What builds the prompt ids and ranks the scores (loads the model if needed)."""
-        return self._ready()[0]
+        return self.ready()[0]
 
     def score(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[float]:
         """Return ``P(yes)`` in [0, 1] for each document, in input order.
@@ -81,7 +81,7 @@ class Qwen3Reranker(SharedModel[RerankerOptions, LoadedReranker, _Parts]):
         docs, task = _checked(query, documents, instruction)
         if not docs:
             return []
-        processor, engine = self._ready()
+        processor, engine = self.ready()
         prompts = processor.prompts(query, docs, task)
         return engine.score(prompts, self.options.policy, self._progress(len(prompts.tails), "Reranking"))
 
@@ -90,7 +90,7 @@ class Qwen3Reranker(SharedModel[RerankerOptions, LoadedReranker, _Parts]):
         docs, task = _checked(query, documents, instruction)
         if not docs:
             return []
-        processor, engine = await self._aready()
+        processor, engine = await self.aready()
         prompts = await off_the_loop(lambda: processor.prompts(query, docs, task), sum(map(len, docs)))
         return await engine.ascore(prompts, self.options.policy)
 

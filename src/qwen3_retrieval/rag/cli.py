@@ -36,6 +36,7 @@ ENVIRONMENT = """environment variables:
   OPENAI_BASE_URL   an OpenAI-compatible server for the chat model (vLLM, Ollama, ...)
   VLLM_API_KEY      the key of the vLLM servers named by --embedding-url / --reranker-url
   MILVUS_TOKEN      the Milvus server's or Zilliz Cloud's token, when --token is not given
+  QWEN3_RAG_API_KEY the key serve requires, when --api-key is not given
 """
 
 
@@ -205,22 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
         "the same command again finishes it",
     )
 
+    def answering(sub: argparse.ArgumentParser) -> None:
+        """The reranker and chat-model options: ask's, and serve's and mcp's (which answer as ask does)."""
+        sub.add_argument("--reranker-model", default=DEFAULT_RERANKER_MODEL, help="hub id or local folder")
+        sub.add_argument("--reranker-url", default=None, help="a vLLM reranker server (http://host:8001/v1)")
+        sub.add_argument(
+            "--reranker-served-name",
+            default=None,
+            help="the name the reranker server serves the model under; None: asked from the server",
+        )
+        sub.add_argument("--llm-model", default="gpt-4o-mini", help="chat model name")
+        sub.add_argument("--llm-timeout", type=_seconds, default=60.0, help="seconds to wait for the chat model")
+        sub.add_argument("--no-llm", action="store_true", help="only show the reranked passages")
+
     ask = command("ask", "answer a question from the index")
     ask.add_argument("question", metavar="QUESTION", type=_question, help="the question; - reads it from stdin")
     common(ask)
-    ask.add_argument("--reranker-model", default=DEFAULT_RERANKER_MODEL, help="hub id or local folder")
-    ask.add_argument("--reranker-url", default=None, help="a vLLM reranker server (http://host:8001/v1)")
-    ask.add_argument(
-        "--reranker-served-name",
-        default=None,
-        help="the name the reranker server serves the model under; None: asked from the server",
-    )
+    answering(ask)
     ask.add_argument("--mode", choices=MODES, default=MODES[0], help="retrieval before reranking")
     ask.add_argument("--candidates", type=_at_least(1), default=10, help="passages retrieved before reranking")
     ask.add_argument("--top-n", type=_at_least(1), default=3, help="passages kept after reranking")
-    ask.add_argument("--llm-model", default="gpt-4o-mini", help="chat model name")
-    ask.add_argument("--llm-timeout", type=_seconds, default=60.0, help="seconds to wait for the chat model")
-    ask.add_argument("--no-llm", action="store_true", help="only show the reranked passages")
     ask.add_argument(
         "--no-images",
         action="store_true",
@@ -228,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
         "model that takes no images)",
     )
     ask.add_argument("--json", action="store_true", help="print {answer, sources} as one JSON object")
+
+    from qwen3_retrieval.rag.serve import add_arguments
+
+    serve = command("serve", "serve the index and its models over HTTP (the [serve] extra)")
+    mcp = command("mcp", "serve the index as MCP tools (search, ask) on stdio (the [serve] extra)")
+    for sub in (serve, mcp):
+        common(sub)
+        answering(sub)
+    add_arguments(serve, _seconds, _at_least)
     return parser
 
 
@@ -265,6 +279,18 @@ def _run(argv: Sequence[str] | None) -> int:
     secrets = _secrets(args)
     try:
         with known_noise_off():
+            if args.command == "serve":
+                from qwen3_retrieval.rag.serve import options_from, run_serve
+
+                return run_serve(_where(args), options_from(args), args.host, args.port)
+            if args.command == "mcp":
+                from qwen3_retrieval.rag.extras import require
+                from qwen3_retrieval.rag.serve import options_from
+
+                require("mcp.server.mcpserver", "serve", "qwen3-rag mcp")
+                from qwen3_retrieval.rag.mcp_server import run_mcp
+
+                return run_mcp(_where(args), options_from(args))
             return run_index(args) if args.command == "index" else run_ask(args)
     except (RagError, ValueError, TypeError, ServerError) as err:
         return _fail(mask(str(err), secrets))
@@ -276,7 +302,8 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def _secrets(args: argparse.Namespace) -> list[str]:
     """Every secret this run may hold, masked in whatever it prints (the libraries mask theirs too)."""
-    keys = [os.environ.get(name) for name in ("OPENAI_API_KEY", "VLLM_API_KEY", "MILVUS_TOKEN")]
+    keys = [os.environ.get(name) for name in ("OPENAI_API_KEY", "VLLM_API_KEY", "MILVUS_TOKEN", "QWEN3_RAG_API_KEY")]
+    keys.append(getattr(args, "api_key", None))  # serve's
     urls = [args.uri, getattr(args, "embedding_url", None), getattr(args, "reranker_url", None)]
     urls.append(os.environ.get("OPENAI_BASE_URL"))
     return [s for s in (*keys, args.token) if s] + [s for url in urls for s in url_secrets(url)]

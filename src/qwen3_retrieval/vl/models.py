@@ -73,7 +73,7 @@ class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbedding
     @property
     def dimension(self) -> int:
         """The size of the vectors this embedder returns (loads the model if needed)."""
-        return self._ready()[0].dimension
+        return self.ready()[0].dimension
 
     def embed(self, inputs: Sequence[Any], instruction: str | None = None) -> np.ndarray:
         """Embed inputs (texts, images, or dicts of both) with one instruction.
@@ -94,7 +94,7 @@ class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbedding
         items, task = vl_inputs(inputs), check_call_instruction(instruction)
         if not items:
             return np.zeros((0, 0), dtype=np.float32)
-        processor, engine = self._ready()
+        processor, engine = self.ready()
         sequences = processor.sequences(items, task)
         pooled = engine.embed(sequences, self.options.policy, self._progress(len(sequences), "Embedding"))
         return processor.vectors(pooled)
@@ -120,7 +120,7 @@ class Qwen3VLEmbedder(SharedModel[VLEmbedderOptions, LoadedVL, tuple[VLEmbedding
         items, task = vl_inputs(inputs), check_call_instruction(instruction)
         if not items:
             return np.zeros((0, 0), dtype=np.float32)
-        processor, engine = await self._aready()
+        processor, engine = await self.aready()
         sequences = await asyncio.to_thread(processor.sequences, items, task)
         return processor.vectors(await engine.aembed(sequences, self.options.policy))
 
@@ -179,7 +179,7 @@ class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLReranking
         asked, docs, task = _pairs(query, documents, instruction)
         if not docs:
             return []
-        processor, engine = self._ready()
+        processor, engine = self.ready()
         sequences = processor.sequences(asked, docs, task)
         return engine.score(sequences, self.options.policy, self._progress(len(sequences), "Reranking"))
 
@@ -200,7 +200,7 @@ class Qwen3VLReranker(SharedModel[VLRerankerOptions, LoadedVL, tuple[VLReranking
         asked, docs, task = _pairs(query, documents, instruction)
         if not docs:
             return []
-        processor, engine = await self._aready()
+        processor, engine = await self.aready()
         sequences = await asyncio.to_thread(processor.sequences, asked, docs, task)
         return await engine.ascore(sequences, self.options.policy)
 
