@@ -5,7 +5,9 @@ extra), so an import that only the test extra provides, or a file missing from t
 snippets are read from README.md itself (never copied). The "To try it" block runs first, as written: it builds
 the README's own test checkpoints, which then stand in for the hub ids of the Python snippets (CI has no model
 hub). Every snippet runs twice in the same folder, as a user who runs it again would: the second run meets the
-collections and files the first one left.
+collections and files the first one left. Then every ```python block of the docs pages (docs/*.md) runs the same
+way, except a block marked as needing what CI lacks: an HTML comment `<!-- not run: ... -->` between it and the
+block before it (the page shows a note saying so).
 
     python .ci/readme_snippets.py
 """
@@ -21,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("## LangChain", "## LlamaIndex", "## The core", "## Texts and images: Qwen3-VL")
+SECTIONS = ("## LangChain", "## LlamaIndex", "## The core")
+NOT_RUN = "<!-- not run:"
 TRY_IT = "To try it with no model download"
 CHECKPOINTS = {
     "Qwen/Qwen3-Embedding-0.6B": "test-models/emb",
@@ -46,6 +49,26 @@ def first_block(text: str, language: str, where: str) -> str:
     return block.group(1)
 
 
+def docs_blocks(page: Path) -> list[tuple[int, str]]:
+    """Return the (line, code) of each ```python block of a docs page that is not marked ``<!-- not run: ...``."""
+    text = page.read_text()
+    if re.search(r"^[ \t]+```python", text, re.M):
+        raise SystemExit(f"{page}: an indented python block would not run; put it at the start of a line")
+    blocks, previous_end = [], 0
+    for block in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.M | re.S):
+        if block.group(1) == "python" and NOT_RUN not in text[previous_end : block.start()]:
+            blocks.append((text.count("\n", 0, block.start()) + 1, block.group(2)))
+        previous_end = block.end()
+    return blocks
+
+
+def with_test_checkpoints(code: str) -> str:
+    """Return ``code`` with the hub ids replaced by the test checkpoints' folders."""
+    for hub_id, folder in CHECKPOINTS.items():
+        code = code.replace(hub_id, folder)
+    return code
+
+
 def main() -> None:
     """Run the "To try it" block, each Python snippet and each example, twice; then qwen3-rag on every format."""
     import qwen3_retrieval
@@ -67,12 +90,19 @@ def main() -> None:
         make_vl_checkpoint("test-models/vl-emb", kind="vl-embedding")
         make_vl_checkpoint("test-models/vl-rr", kind="vl-reranker")
         for heading in SECTIONS:
-            code = first_block(section(readme, heading), "python", heading)
-            for hub_id, folder in CHECKPOINTS.items():
-                code = code.replace(hub_id, folder)
+            code = with_test_checkpoints(first_block(section(readme, heading), "python", heading))
             for run in (1, 2):
                 print(f"--- README: {heading} (run {run})", flush=True)
                 exec(compile(code, f"README.md ({heading})", "exec"), {"__name__": "__readme__"})
+        pages = sorted((ROOT / "docs").glob("*.md"))
+        if not pages:
+            raise SystemExit("no docs/*.md pages: the docs' snippets are part of this check")
+        for page in pages:
+            for line, code in docs_blocks(page):
+                for run in (1, 2):
+                    print(f"--- docs/{page.name}, line {line} (run {run})", flush=True)
+                    compiled = compile(with_test_checkpoints(code), f"docs/{page.name}:{line}", "exec")
+                    exec(compiled, {"__name__": "__docs__"})
         for example in sorted((ROOT / "examples").glob("[!_]*.py")):
             print(f"--- {example.name} --help", flush=True)
             subprocess.run([sys.executable, str(example), "--help"], check=True, stdout=subprocess.DEVNULL)
@@ -80,7 +110,7 @@ def main() -> None:
     finally:
         os.chdir(ROOT)
         shutil.rmtree(work, ignore_errors=True)
-    print("README snippets (each twice), examples and qwen3-rag on every format ran with the [all] extras only")
+    print("README and docs snippets (each twice), examples and qwen3-rag on every format ran with the [all] extras only")
 
 
 def rag_on_every_format(work: Path, hub_ids: dict[str, str]) -> None:
