@@ -110,7 +110,7 @@ def main() -> None:
     finally:
         os.chdir(ROOT)
         shutil.rmtree(work, ignore_errors=True)
-    print("README and docs snippets (each twice), examples and qwen3-rag on every format ran with the [all] extras only")
+    print("README and docs snippets (each twice), examples and qwen3-rag on every format ran with [all] only")
 
 
 def rag_on_every_format(work: Path, hub_ids: dict[str, str]) -> None:
