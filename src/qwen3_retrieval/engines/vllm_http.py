@@ -295,7 +295,7 @@ class VLLMServer:
             kind, fix = (
                 ("an embedding", "`vllm serve MODEL --runner pooling`")
                 if url.endswith("/embeddings")
-                else ("a reranker", "the --hf-overrides of the README for an original Qwen3-Reranker")
+                else ("a reranker", "the --hf-overrides of docs/engines.md for an original Qwen3-Reranker")
             )
             return ValueError(
                 f"{where} has no such endpoint: it does not serve {kind} model; point the URL at a server started "
@@ -374,7 +374,9 @@ def _vector(value: object, width: int | None) -> list[float]:
 def _probability(row: dict[str, Any]) -> float:
     probs = row.get("probs")
     if not isinstance(probs, list) or len(probs) != 1:
-        raise _BadAnswer("a row has no one-label 'probs' list; is the server a reranker started as the README shows?")
+        raise _BadAnswer(
+            "a row has no one-label 'probs' list; is the server a reranker started as docs/engines.md shows?"
+        )
     p = _number(probs[0])
     if not 0.0 <= p <= 1.0:
         raise _BadAnswer(f"a probability of {p!r}, outside 0 to 1")

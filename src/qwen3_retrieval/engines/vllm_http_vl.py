@@ -7,7 +7,7 @@ encoded when its request goes out, so no more than ``max_concurrency`` prompts' 
 * Embedding: ``/v1/embeddings`` with ``messages``, ``add_generation_prompt: true`` (vLLM's default is now
   false, and the vector is pooled on the generation prompt's last token) and ``use_activation: false`` (the
   raw state: the core cuts and normalises it).
-* Reranking: ``/classify`` with ``messages`` on a server started with the README's ``--hf-overrides``, which
+* Reranking: ``/classify`` with ``messages`` on a server started with docs/qwen3-vl.md's ``--hf-overrides``, which
   turn the LM head's yes/no rows into one label scored ``sigmoid((W_yes - W_no) . h)``.
 
 Retries, deadlines, answer checks and secret masking are :class:`~qwen3_retrieval.engines.vllm_http.VLLMServer`'s.

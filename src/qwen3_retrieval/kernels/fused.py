@@ -102,8 +102,8 @@ def pack_linears(backbone: torch.nn.Module) -> torch.nn.Module:
     """On an x86 CPU, run ``backbone``'s float32 linear layers through oneDNN with packed weights; return it.
 
     ``F.linear`` on a CPU calls MKL; oneDNN with weights reordered ahead of time (what vLLM's CPU backend and inductor's
-    weight freezing do) runs the same multiplies faster on the CPUs measured (the README's benchmark section). The
-    reordered copy replaces the weight, so the model's memory does not grow.
+    weight freezing do) runs the same multiplies faster on the CPUs measured (docs/benchmarks.md,
+    docs/design-notes.md). The reordered copy replaces the weight, so the model's memory does not grow.
     bfloat16 already runs through oneDNN in ``F.linear``, and other CPUs and devices keep it too.
     """
     if not onednn_linears_available():

@@ -14,7 +14,7 @@ thread's run if it is running. Why not always a worker: torch's Linux CPU builds
 every thread that runs parallel kernels its own team of threads, and once a process holds more of them than it
 has cores, every team gives up spinning at its barriers and sleeps instead. The caller's thread already has a
 team (it loaded the model); a second one in a worker made the same float32 embedding round measurably slower for
-the same CPU time (see the README's benchmark section). Why not every caller's thread: a server's
+the same CPU time (see docs/design-notes.md). Why not every caller's thread: a server's
 pool of request threads would then keep a team per thread, for as long as the pool lives.
 
 Results equal one-at-a-time calls (every sequence attends only to itself; see :mod:`qwen3_retrieval.kernels.packed`).

@@ -1,7 +1,7 @@
 """A Qwen3 decoder's packed forward pass written out, for float32 on a CPU: the same layers, less memory traffic.
 
 On a CPU the passes between the matrix multiplies are bound by memory, not arithmetic, and they take a share of a
-round worth saving (the README's benchmark section has the figures). transformers' layer writes rotary embeddings as
+round worth saving (docs/design-notes.md has the figures). transformers' layer writes rotary embeddings as
 five whole-tensor passes over the queries and keys (``q * cos``, a negation, a concatenation, ``* sin``, the sum)
 and allocates a new tensor for each step of the MLP and both residual additions. This forward runs the model's own
 modules (its linear layers, norms and rotary table) in the same order, with:
