@@ -79,9 +79,13 @@ def build_server(served: Served) -> Any:
         if not options.no_llm and os.environ.get("OPENAI_API_KEY") and sources:
             with _said():
                 answer = await asyncio.to_thread(
-                    pipeline.answer, question, sources, model=options.llm_model, timeout=options.llm_timeout,
+                    pipeline.answer,
+                    question,
+                    sources,
+                    model=options.llm_model,
+                    timeout=options.llm_timeout,
                     images=False,
-                )  # fmt: skip
+                )
         return {"answer": answer, "sources": [s.as_dict() for s in sources]}
 
     return server

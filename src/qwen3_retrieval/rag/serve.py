@@ -121,10 +121,17 @@ class Served:
             (self.reranker_name, self.reranker.options.max_length),
         ]
         return [
-            {"id": name, "object": "model", "created": made, "owned_by": "qwen3-retrieval", "root": name,
-             "parent": None, "max_model_len": length}
+            {
+                "id": name,
+                "object": "model",
+                "created": made,
+                "owned_by": "qwen3-retrieval",
+                "root": name,
+                "parent": None,
+                "max_model_len": length,
+            }
             for name, length in rows
-        ]  # fmt: skip
+        ]
 
     def check_model(self, given: str | None, expected: str) -> str:
         """The model a request names must be the one its route runs (vLLM's 404 text, which our engine reads)."""
@@ -133,9 +140,10 @@ class Served:
         other = self.reranker_name if expected == self.embedding_name else self.embedding_name
         hint = f" ({given!r} is served on the other routes)" if given == other else ""
         raise ApiError(
-            404, f"The model `{given}` does not exist on this route{hint}; send model {expected!r} or leave it out",
+            404,
+            f"The model `{given}` does not exist on this route{hint}; send model {expected!r} or leave it out",
             "NotFoundError",
-        )  # fmt: skip
+        )
 
 
 def _vocabulary(engine: Any) -> int | None:
@@ -175,9 +183,11 @@ def create_app(served: Served, *, on_ready: Callable[[], None] | None = None) ->
         # Compared in constant time, as bytes; the key and what was sent never reach a log or an answer.
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
             raise ApiError(
-                401, f"missing or wrong API key: send the key the server was started with as 'Authorization: "
-                f"Bearer KEY' (--api-key or ${API_KEY_ENV})", "AuthenticationError",
-            )  # fmt: skip
+                401,
+                f"missing or wrong API key: send the key the server was started with as 'Authorization: "
+                f"Bearer KEY' (--api-key or ${API_KEY_ENV})",
+                "AuthenticationError",
+            )
 
     guarded = [Depends(authorized)]
 
@@ -227,8 +237,9 @@ def create_app(served: Served, *, on_ready: Callable[[], None] | None = None) ->
     @app.post("/v1/index", dependencies=guarded)
     async def index(body: Index) -> dict[str, Any]:
         if not options.allow_index:
-            raise ApiError(403, "the index is read-only: start the server with --allow-index to index over HTTP",
-                           "PermissionError")  # fmt: skip
+            raise ApiError(
+                403, "the index is read-only: start the server with --allow-index to index over HTTP", "PermissionError"
+            )
         paths = await asyncio.to_thread(_indexable, served, body.paths)
         async with served.index_lock:  # one run at a time; questions go on meanwhile (see RagPipeline.index)
             report = await asyncio.to_thread(_catching, lambda: served.pipeline.index(paths))
@@ -268,9 +279,10 @@ class _BodyLimit:
 
     async def _refuse(self, send: Any, size: int) -> None:
         response = _error(
-            413, f"the request body is {size} bytes, over the server's limit of {self.limit}: send fewer or shorter "
+            413,
+            f"the request body is {size} bytes, over the server's limit of {self.limit}: send fewer or shorter "
             "inputs per request, or start the server with a larger --max-request-bytes",
-        )  # fmt: skip
+        )
         await response({"type": "http"}, _replay([]), send)
 
 
@@ -308,9 +320,11 @@ async def _answering(options: ServeOptions, work: Callable[[], Awaitable[T]]) ->
         return await asyncio.wait_for(work(), options.request_timeout)
     except asyncio.TimeoutError:
         raise ApiError(
-            504, f"the request did not finish within {options.request_timeout:g} s: send less per request, or start "
-            "the server with a larger --request-timeout", "TimeoutError",
-        ) from None  # fmt: skip
+            504,
+            f"the request did not finish within {options.request_timeout:g} s: send less per request, or start "
+            "the server with a larger --request-timeout",
+            "TimeoutError",
+        ) from None
     except ServerError as err:
         raise ApiError(502, str(err), "ServerError") from None
     except RagError as err:
@@ -342,8 +356,7 @@ def _catching(work: Callable[[], T]) -> T:
 
 async def _retrieve(served: Served, body: Any) -> list[Any]:
     _check_count(served.options, body.candidates, "candidates", "--candidates of a search")
-    return await served.pipeline.aretrieve(body.question, candidates=body.candidates, top_n=body.top_n,
-                                           mode=body.mode)  # fmt: skip
+    return await served.pipeline.aretrieve(body.question, candidates=body.candidates, top_n=body.top_n, mode=body.mode)
 
 
 async def _ask_events(served: Served, question: str, sources: list[Any]) -> AsyncIterator[str]:
@@ -375,9 +388,10 @@ def _event(name: str, data: dict[str, Any]) -> str:
 def _check_count(options: ServeOptions, count: int, what: str, fix: str) -> None:
     if count > options.max_inputs:
         raise ApiError(
-            422, f"{count} {what} in one request, over the server's limit of {options.max_inputs}: split it into "
+            422,
+            f"{count} {what} in one request, over the server's limit of {options.max_inputs}: split it into "
             f"requests of at most {options.max_inputs} (the limit is the server's --max-inputs; it bounds {fix})",
-        )  # fmt: skip
+        )
 
 
 def _token_ids(given: Any, vocabulary: int | None, max_length: int, options: ServeOptions) -> list[list[int]] | None:
@@ -394,13 +408,15 @@ def _token_ids(given: Any, vocabulary: int | None, max_length: int, options: Ser
             raise ApiError(422, f"input {n} is an empty list of token ids; send at least one id")
         if len(ids) > max_length:
             raise ApiError(
-                422, f"This model's maximum context length is {max_length} tokens; input {n} has {len(ids)}: "
-                "shorten it",
-            )  # fmt: skip
+                422,
+                f"This model's maximum context length is {max_length} tokens; input {n} has {len(ids)}: shorten it",
+            )
         bad = next((i for i in ids if not 0 <= i < (vocabulary or 1 << 31)), None)
         if bad is not None:
-            raise ApiError(422, f"input {n} holds token id {bad}, outside the model's vocabulary (0 to "
-                           f"{(vocabulary or 1 << 31) - 1})")  # fmt: skip
+            raise ApiError(
+                422,
+                f"input {n} holds token id {bad}, outside the model's vocabulary (0 to {(vocabulary or 1 << 31) - 1})",
+            )
     return [list(ids) for ids in given]
 
 
@@ -435,8 +451,10 @@ async def _embeddings(served: Served, body: Any) -> dict[str, Any]:
             make = lambda: processor.documents(texts)  # noqa: E731
         ids = await asyncio.to_thread(make)
         rows = processor.vectors(await engine.aembed(ids, policy))  # what embed_queries / embed_documents return
-    data = [{"object": "embedding", "index": i, "embedding": _encoded(row, body.encoding_format)}
-            for i, row in enumerate(rows)]  # fmt: skip
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encoded(row, body.encoding_format)}
+        for i, row in enumerate(rows)
+    ]
     tokens = sum(len(row) for row in ids)
     return {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
@@ -458,8 +476,14 @@ async def _classify(served: Served, body: Any) -> dict[str, Any]:
     scores = await engine.ascore(RerankPrompts([], ids), served.reranker.options.policy)
     data = [{"index": i, "label": "yes", "probs": [p], "num_classes": 1} for i, p in enumerate(scores)]
     tokens = sum(map(len, ids))
-    return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": name,
-            "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+    return {
+        "id": f"classify-{uuid.uuid4().hex}",
+        "object": "list",
+        "created": int(time.time()),
+        "model": name,
+        "data": data,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 async def _rerank(served: Served, body: Any) -> dict[str, Any]:
@@ -477,8 +501,7 @@ async def _rerank(served: Served, body: Any) -> dict[str, Any]:
             row["document"] = {"text": texts[index]}
         results.append(row)
     tokens = sum(len(t) for t in texts) // 4  # an estimate: the documents are tokenized in the reranker's prompt
-    return {"id": f"rerank-{uuid.uuid4().hex}", "model": name, "results": results,
-            "usage": {"total_tokens": tokens}}  # fmt: skip
+    return {"id": f"rerank-{uuid.uuid4().hex}", "model": name, "results": results, "usage": {"total_tokens": tokens}}
 
 
 def _indexable(served: Served, given: Sequence[str]) -> list[Path]:
@@ -515,9 +538,12 @@ def add_arguments(parser: argparse.ArgumentParser, seconds: Callable[[str], floa
     )
     parser.add_argument("--allow-index", action="store_true", help="accept POST /v1/index (else read-only)")
     parser.add_argument(
-        "--index-root", action="append", default=[], metavar="FOLDER",
+        "--index-root",
+        action="append",
+        default=[],
+        metavar="FOLDER",
         help="with --allow-index, a folder POST /v1/index may read besides those the collection mirrors",
-    )  # fmt: skip
+    )
     parser.add_argument("--max-request-bytes", type=at_least(1024), default=1 << 20, help="largest request body")
     parser.add_argument("--max-inputs", type=at_least(1), default=256, help="inputs or documents per request")
     parser.add_argument("--request-timeout", type=seconds, default=60.0, help="seconds a request may take")
@@ -553,8 +579,9 @@ def run_serve(config: "RagConfig", options: ServeOptions, host: str, port: int) 
         def ready() -> None:
             locked = "" if options.api_key is None else ", API key required"
             writes = "read-write" if options.allow_index else "read-only"
-            print(f"qwen3-rag: serving {config.collection!r} ({writes}{locked}) at {address}", file=sys.stderr,
-                  flush=True)  # fmt: skip
+            print(
+                f"qwen3-rag: serving {config.collection!r} ({writes}{locked}) at {address}", file=sys.stderr, flush=True
+            )
 
         server = uvicorn.Server(
             uvicorn.Config(
