@@ -315,12 +315,12 @@ def test_a_file_another_process_writes_is_one_clear_line(tmp_path: Path, checkpo
 def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
     command = shutil.which("qwen3-rag", path=str(Path(sys.executable).parent))
     assert command is not None
-    write_corpus(tmp_path / "docs", TOPICS)
+    write_corpus(tmp_path / "docs", [f"{TOPICS[i % len(TOPICS)]} Note {i}." for i in range(300)])  # seconds of work
     model = ["--embedding-model", str(checkpoints["embedding"]), "--device", "cpu"]
     run = subprocess.Popen([command, "index", str(tmp_path / "docs"), "--uri", str(tmp_path / "rag.db"), *model],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
-    time.sleep(1.0)  # the libraries are importing (torch alone takes about that long)
+    time.sleep(0.5)  # Python is up and the libraries are importing (torch alone takes longer than that)
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=60)
     # Before: a 24-line KeyboardInterrupt traceback.
