@@ -215,6 +215,12 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "qwen3_retrieval.cli", *args]
 
 
+def _as_from_a_terminal() -> None:
+    # A shell that runs a job in the background (as CI may run this suite) starts it with SIGINT ignored, and a
+    # Python started so never sees Ctrl-C: the command is run here as a user at a terminal runs it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_run_killed_anywhere_leaves_exactly_a_clean_index_after_the_next_run(
     sig: signal.Signals, tmp_path: Path, checkpoints: dict[str, Path]
@@ -226,7 +232,8 @@ def test_a_run_killed_anywhere_leaves_exactly_a_clean_index_after_the_next_run(
     model = ["--embedding-model", str(checkpoints["embedding"]), "--device", "cpu"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.Popen(_command("index", str(folder), "--uri", str(uri), *model), env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=_as_from_a_terminal)  # fmt: skip
     # Killed while it writes: once the store exists, at a random moment of the run (seeded by the signal).
     deadline = time.monotonic() + 120
     while not (uri / "collections" / "qwen3_rag").exists() and run.poll() is None:
@@ -319,7 +326,7 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path: Path, checkpoints
     model = ["--embedding-model", str(checkpoints["embedding"]), "--device", "cpu"]
     run = subprocess.Popen([command, "index", str(tmp_path / "docs"), "--uri", str(tmp_path / "rag.db"), *model],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=_as_from_a_terminal)  # fmt: skip
     time.sleep(0.5)  # Python is up and the libraries are importing (torch alone takes longer than that)
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=60)
