@@ -23,7 +23,7 @@ from qwen3_retrieval.errors import ServerError
 from qwen3_retrieval.prompts import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL, MIN_DIMENSIONS
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.terminal import path_name, printable
-from qwen3_retrieval.rag.types import MODES
+from qwen3_retrieval.rag.types import MODES, question_problem
 from qwen3_retrieval.redaction import mask, redact_url, url_secrets
 
 NO_LLM_HINT = (
@@ -67,33 +67,34 @@ def _at_least(minimum: int) -> Any:
     return parse
 
 
-def _gpus(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of GPUs, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more GPUs, got {text}")
-    return value
+def _number(what: str, zero: bool) -> Any:
+    """A parser of a finite number of ``what``: positive, or also 0 with ``zero``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of {what}, got {text!r}") from None
+        if not (value >= 0 if zero else value > 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"must be {'0 or more' if zero else 'a positive number of'} {what}, got {text}"
+            )
+        return value
+
+    return parse
+
+
+_gpus = _number("GPUs", zero=True)
+_seconds = _number("seconds", zero=False)
 
 
 def _question(text: str) -> str:
     if text == "-":
         text = sys.stdin.read()
-    if not any(c.isprintable() and not c.isspace() for c in text):
-        what = "empty" if not text.strip() else "only spaces and control characters"
-        raise argparse.ArgumentTypeError(f"the question is {what}; ask it in words (or - to read it from stdin)")
+    problem = question_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}; ask it in words (or - to read it from stdin)")
     return text
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

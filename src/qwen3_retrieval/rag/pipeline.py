@@ -41,7 +41,7 @@ from qwen3_retrieval.rag.indexing import (
 from qwen3_retrieval.rag.pages import model_input, require_pages
 from qwen3_retrieval.rag.progress import progress_mode
 from qwen3_retrieval.rag.store import PassageStore, is_server_uri
-from qwen3_retrieval.rag.types import MODES, Hit, Source
+from qwen3_retrieval.rag.types import MODES, Hit, Source, question_problem
 from qwen3_retrieval.redaction import redact_url
 
 if TYPE_CHECKING:
@@ -430,8 +430,9 @@ def stream_answer(
 def _check_question(question: str, candidates: int, top_n: int, mode: str) -> None:
     if not isinstance(question, str):
         raise TypeError(f"the question must be a str, got {type(question).__name__}")
-    if not any(c.isprintable() and not c.isspace() for c in question):  # nothing to search for: refused
-        raise RagError(f"the question is {'empty' if not question.strip() else 'only spaces and control characters'}")
+    problem = question_problem(question)
+    if problem is not None:  # nothing to search for: refused
+        raise RagError(problem)
     for name, value in (("candidates", candidates), ("top_n", top_n)):
         if value < 1:
             raise RagError(f"--{name.replace('_', '-')} must be at least 1")

@@ -57,3 +57,10 @@ class Source:
             "score": self.score,
         }
         return {**shown, "image": self.image} if self.image else shown
+
+
+def question_problem(question: str) -> str | None:
+    """What makes ``question`` unanswerable before anything is searched (nothing to search for), or None."""
+    if any(c.isprintable() and not c.isspace() for c in question):
+        return None
+    return "the question is " + ("empty" if not question.strip() else "only spaces and control characters")
