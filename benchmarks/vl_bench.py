@@ -2,14 +2,14 @@
 
     python benchmarks/vl_bench.py                    # the VL-2B shape, random weights, CPU, 2 threads
     python benchmarks/vl_bench.py --shape tiny       # seconds: a smoke run
-    python benchmarks/vl_bench.py --st-python /work/venvs/st/bin/python   # adds the sentence-transformers row
+    python benchmarks/vl_bench.py --st-python .venv-vl/bin/python   # adds sentence-transformers (docs/contributing.md)
 
 The official ``Qwen3VLEmbedder`` embeds a whole list in one padded forward pass and ``Qwen3VLReranker`` scores
 one pair per forward pass. It needs qwen-vl-utils and torchvision, which this CPU environment lacks, so the
 contender is the tests' transcription of it (``tests/vl_reference.py``: the same messages, transformers' chat
 template rendering, image processor and ``Qwen3VLModel``, run the official way), with transformers' default
 attention. sentence-transformers (>= 5.4 loads Qwen3-VL natively) is the third contender when ``--st-python``
-(or ``QWEN3_VL_PYTHON``) names the python of an environment that has it and torchvision, which transformers'
+names the python of an environment that has it and torchvision, which transformers'
 image processor needs: the stacks of ``integration_tests/st_vl_reference.py`` (the tests' sentence-transformers
 reference), ``encode`` / ``predict`` with their default batch size (32), float32. The inputs are sized so that no
 contender resizes them (640 x 480 is within the pixel bounds, in multiples of 32), so all three see one input.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
@@ -52,7 +51,7 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument(
         "--st-python",
-        default=os.environ.get("QWEN3_VL_PYTHON", ""),
+        default="",
         help="python of an environment with sentence-transformers and torchvision (adds its row)",
     )
     p.add_argument("--child", help=argparse.SUPPRESS)
