@@ -11,7 +11,7 @@ official code resizes with PIL before the processor and sentence-transformers le
 torchvision, so only sizes that both leave alone compare exactly (research file qwen3-vl.md, section 5.1).
 RGBA images are not compared either: the official code lays them on white before the processor sees them, and
 transformers' processor converts them its own way (measured: up to 0.07 apart on a random RGBA image).
-Videos are not compared: transformers 5's ``Qwen3VLProcessor`` replaces only the ``<|video_pad|>`` of a video's
+Videos are not compared: transformers 5.19's ``Qwen3VLProcessor`` replaces only the ``<|video_pad|>`` of a video's
 ``<|vision_start|><|video_pad|><|vision_end|>`` with its timestamped frames, which leaves an extra pair of vision
 markers around them; the official code (transformers 4.57, as its lock pins) replaces all three.
 """
