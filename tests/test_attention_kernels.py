@@ -28,7 +28,7 @@ from qwen3_retrieval.kernels.packed_attention import (
     kernel_for,
     varlen_offsets,
 )
-from qwen3_retrieval.testing import reference_varlen_attention
+from qwen3_retrieval.testing import reference_packed_attention, reference_varlen_attention
 from test_embedder import model_card_embeddings
 from test_reranker import ModelCard, card_body
 from texts import DOCUMENTS
@@ -108,16 +108,6 @@ def test_varlen_offsets_equal_an_independent_count() -> None:
     assert varlen_offsets(_runs(), [0, 0, 0], torch.device("cpu")).gather is None
 
 
-def _naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """One sequence's attention, ``(n, heads, dim)`` queries after ``len(k) - n`` prefix keys, in float64."""
-    heads, kv_heads, n = q.shape[1], k.shape[1], q.shape[0]
-    k, v = (t.double().repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
-    scores = torch.einsum("qhd,khd->hqk", q.double(), k) * scale
-    before = k.shape[0] - n
-    scores = scores.masked_fill(torch.ones(n, k.shape[0], dtype=torch.bool).tril(before).logical_not(), float("-inf"))
-    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
-
-
 @pytest.mark.parametrize("kernel", ["sdpa", "varlen"])
 def test_both_kernels_equal_per_sequence_attention(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(packed_attention, "varlen_call", lambda: reference_varlen_attention)
@@ -142,16 +132,7 @@ def test_both_kernels_equal_per_sequence_attention(kernel: str, monkeypatch: pyt
     varlen = varlen_offsets(runs, PREFIX_LENGTHS, torch.device("cpu")) if kernel == "varlen" else None
     scale = dim**-0.5 * 1.5  # not the default: the scale must reach the kernel
     out = attend(1, q, k, v, Packing(runs, prefixes, varlen), scale)
-    for run in runs:
-        layers_of = prefixes[run.prefix]
-        for s in range(run.sequences):
-            rows = slice(run.first + s * run.length, run.first + (s + 1) * run.length)
-            keys, values = k[rows], v[rows]
-            if layers_of is not None:
-                keys = torch.cat([layers_of[1][0][0].transpose(0, 1), keys])
-                values = torch.cat([layers_of[1][1][0].transpose(0, 1), values])
-            expected = _naive(q[rows], keys, values, scale)
-            assert torch.allclose(out[rows].double(), expected, atol=TOL), (kernel, run, s)
+    assert torch.allclose(out.double(), reference_packed_attention(q, k, v, runs, prefixes, 1, scale), atol=TOL)
 
 
 @pytest.fixture
@@ -231,8 +212,7 @@ def test_each_torch_release_gets_its_own_varlen_keywords(fake: Any, monkeypatch:
         offsets = torch.tensor([0, 3, 7], dtype=torch.int32)
         scale = 0.3  # not 1/sqrt(8): a release without ``scale`` gets it folded into the queries
         out = call(q, k, v, VarlenOffsets(offsets, offsets, 4, 4, None), scale, gqa=True)
-        for start, end in ((0, 3), (3, 7)):
-            expected = _naive(q[start:end], k[start:end], v[start:end], scale)
-            assert torch.allclose(out[start:end].double(), expected, atol=TOL)
+        expected = reference_packed_attention(q, k, v, [Run(0, 3, 1, 0), Run(3, 4, 1, 0)], [None], 0, scale)
+        assert torch.allclose(out.double(), expected, atol=TOL)
     finally:
         packed_attention.varlen_call.cache_clear()

@@ -20,7 +20,7 @@ from qwen3_retrieval.testing.checkpoints import (
     tiny_checkpoint,
 )
 from qwen3_retrieval.testing.tokenizer import SPECIAL_TOKENS, build_tokenizer
-from qwen3_retrieval.testing.varlen import reference_varlen_attention
+from qwen3_retrieval.testing.varlen import reference_packed_attention, reference_varlen_attention
 from qwen3_retrieval.testing.vl_checkpoints import make_vl_checkpoint, tiny_vl_checkpoint
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "make_embedding_checkpoint",
     "make_reranker_checkpoint",
     "make_vl_checkpoint",
+    "reference_packed_attention",
     "reference_varlen_attention",
     "tiny_checkpoint",
     "tiny_vl_checkpoint",

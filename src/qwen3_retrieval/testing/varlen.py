@@ -1,4 +1,4 @@
-"""A plain-torch stand-in for torch's ``varlen_attn``, to run the GPU attention path on a CPU in tests.
+"""Dense references for packed attention: a CPU stand-in for torch's ``varlen_attn``, and what packed rows must give.
 
 FlashAttention has no CPU kernel, so the ``"varlen"`` kernel cannot run here. This stand-in computes what
 FlashAttention's varlen call is documented to compute, written out independently of the code that builds its
@@ -6,14 +6,17 @@ arguments: for each sequence ``i``, the queries ``cu_seq_q[i]:cu_seq_q[i+1]`` at
 ``cu_seq_k[i]:cu_seq_k[i+1]``, the causal mask aligned to the bottom-right corner (query ``j`` of ``n_q`` sees keys
 ``0 .. n_k - n_q + j``), key heads shared by ``heads // kv_heads`` query heads. It computes in float64 and checks
 the arguments FlashAttention would reject or misread (dtype and device of the offsets, wrong maxima), so a test
-that runs the model through it checks the argument building end to end.
+that runs the model through it checks the argument building end to end. :func:`reference_packed_attention` is
+what either kernel must give for a packed row, sequence by sequence.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from qwen3_retrieval.kernels.packed_attention import VarlenOffsets
+from qwen3_retrieval.kernels.packed_attention import LayerStates, Run, VarlenOffsets
 
 
 def reference_varlen_attention(
@@ -55,3 +58,36 @@ def reference_varlen_attention(
         scores = scores.masked_fill(~visible, float("-inf"))
         out[q0 : q0 + n_q] = (scores.softmax(-1) @ v).transpose(0, 1)
     return out.to(queries.dtype)
+
+
+def reference_packed_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    runs: Sequence[Run],
+    prefixes: Sequence[LayerStates | None],
+    layer: int,
+    scale: float,
+) -> torch.Tensor:
+    """What packed attention must give for a packed row laid out as ``runs``, written out densely in float64.
+
+    Each sequence alone: its queries over its prefix's keys (layer ``layer`` of ``prefixes[run.prefix]``, all of
+    them) and then its own, causally; key heads shared by ``heads // kv_heads`` query heads. Shapes as in
+    :func:`qwen3_retrieval.kernels.packed_attention.attend`.
+    """
+    heads, kv_heads = queries.shape[1], keys.shape[1]
+    out = torch.empty(queries.shape, dtype=torch.float64, device=queries.device)
+    for run in runs:
+        states = prefixes[run.prefix]
+        for s in range(run.sequences):
+            rows = slice(run.first + s * run.length, run.first + (s + 1) * run.length)
+            k, v = keys[rows], values[rows]
+            if states is not None:  # (1, kv_heads, prefix, head_dim), as transformers' cache keeps them
+                k = torch.cat([states[layer][0][0].transpose(0, 1), k])
+                v = torch.cat([states[layer][1][0].transpose(0, 1), v])
+            k, v = (t.double().repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
+            scores = torch.einsum("qhd,khd->hqk", queries[rows].double(), k) * scale
+            n, total = run.length, k.shape[0]
+            visible = torch.ones(n, total, dtype=torch.bool, device=queries.device).tril(total - n)
+            out[rows] = torch.einsum("hqk,khd->qhd", scores.masked_fill(~visible, float("-inf")).softmax(-1), v)
+    return out
