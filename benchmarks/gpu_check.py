@@ -10,7 +10,7 @@ What it does, on one CUDA GPU, within 8 minutes (an H100 was the target; nothing
 3. Equality on the GPU: embeddings against sentence-transformers (cosine >= 0.999 in bfloat16, 1e-5 in
    float32); reranker scores against the model card's transformers code (``AutoModelForCausalLM``, P(yes) =
    softmax over the "no"/"yes" logits at the last position): 1e-5 in float32, and in bfloat16 no further from
-   the card's float32 scores than twice the card's own bfloat16 error (+1e-3).
+   the card's float32 scores than 3x the card's own bfloat16 error (or 0.01).
 4. Timing, bfloat16, contenders alternated, fresh words every round, medians: embedding against
    sentence-transformers at its best batch size (searched), reranking against the model card's code at its best
    batch size; tokens/s and the fraction of the GPU's dense bfloat16 peak used (FLOPs = the model's matrix
@@ -47,7 +47,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -238,9 +238,11 @@ def check_reranker(check: Check, path: Path, device: str, dtype: torch.dtype, la
     release(device)
     ours_error = max(abs(a - b) for a, b in zip(ours, truth, strict=True))
     card_error = max(abs(a - b) for a, b in zip(reference, truth, strict=True))
+    # bfloat16 has no exact reference: ours must be about as close to the card's float32 scores as the card's own
+    # code is in bfloat16 (within 3x, or 0.01 where both are tiny).
     check(
         f"reranker {label}",
-        ours_error <= 2 * card_error + 1e-3,
+        ours_error <= max(3 * card_error, 0.01),
         f"max |diff| to the card's float32 scores {ours_error:.2e}, the card's own bf16 error {card_error:.2e}",
     )
 
@@ -255,10 +257,12 @@ def release(device: str) -> None:
 
 
 def timed(call: Callable[[], Any]) -> float:
-    torch.cuda.synchronize()
+    """Seconds ``call`` takes, the GPU's queued work included."""
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    synchronize()
     start = time.perf_counter()
     call()
-    torch.cuda.synchronize()
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -283,47 +287,101 @@ def best_batch_size(call: Callable[[int, int], Any], sizes: list[int]) -> tuple[
             call(size, 0)
             seen[size] = timed(functools.partial(call, size, 100))
         except torch.OutOfMemoryError:
-            release("cuda")
+            release("cuda")  # too large a batch for this GPU: not a contender
     best = min(seen, key=lambda size: seen[size])
     return best, seen
 
 
+class Plan(NamedTuple):
+    """Where the timing runs and on what: the real plan on a GPU, or a tiny CPU rehearsal of the same code."""
+
+    device: str
+    repeats: int
+    peak_tflops: float
+    documents: tuple[int, int, int]
+    """Embedding: (texts, fewest words, most words)."""
+    long_documents: tuple[int, int, int]
+    candidates: int
+    st_sizes: list[int]
+    long_st_sizes: list[int]
+    card_sizes: list[int]
+
+
+def gpu_plan(repeats: int, peak: float) -> Plan:
+    return Plan(
+        "cuda", repeats, peak, (256, 20, 300), (32, 2500, 3500), 100, [16, 32, 64, 128], [4, 8, 16], [8, 16, 32]
+    )
+
+
+def rehearsal_plan() -> Plan:
+    return Plan("cpu", 1, 1.0, (8, 5, 30), (2, 100, 120), 6, [2, 4], [1, 2], [2, 4])
+
+
 def time_embedding(
-    path: Path, name: str, n: int, low: int, high: int, repeats: int, peak: float, st_sizes: list[int]
+    path: Path, name: str, texts_words: tuple[int, int, int], sizes: list[int], plan: Plan
 ) -> dict[str, Any]:
-    ours = Qwen3Embedder(path, device="cuda", dtype="bfloat16")
-    st = st_model(path, "cuda", torch.bfloat16)
+    n, low, high = texts_words
+    ours = Qwen3Embedder(path, device=plan.device, dtype="bfloat16")
+    st = st_model(path, plan.device, torch.bfloat16)
 
     def texts(r: int) -> list[str]:
         return make_texts(n, low, high, seed=21, round_=r)
 
-    size, searched = best_batch_size(lambda s, r: st.encode(texts(r), batch_size=s), st_sizes)
+    size, searched = best_batch_size(lambda s, r: st.encode(texts(r), batch_size=s), sizes)
     times = race(
         {
             "ours": lambda r: ours.embed_documents(texts(r)),
             f"st_batch{size}": lambda r: st.encode(texts(r), batch_size=size),
         },
-        repeats,
+        plan.repeats,
     )
     tokens, flops, _ = workload(str(path), "embedding", {"texts": texts(0)})
-    return summary(name, times, tokens, flops, peak, {"st_batch_sizes_s": searched})
+    return summary(name, times, tokens, flops, plan.peak_tflops, {"st_batch_sizes_s": searched})
 
 
-def time_reranking(path: Path, candidates: int, repeats: int, peak: float, card_sizes: list[int]) -> dict[str, Any]:
-    ours = Qwen3Reranker(path, device="cuda", dtype="bfloat16")
-    card = ModelCardReranker(path, "cuda", torch.bfloat16)
+def time_reranking(path: Path, plan: Plan) -> dict[str, Any]:
+    ours = Qwen3Reranker(path, device=plan.device, dtype="bfloat16")
+    card = ModelCardReranker(path, plan.device, torch.bfloat16)
 
     def work(r: int) -> tuple[str, list[str]]:
-        return make_query(r), make_texts(candidates, 50, 400, seed=31, round_=r)
+        return make_query(r), make_texts(plan.candidates, 50, 400, seed=31, round_=r)
 
-    size, searched = best_batch_size(lambda s, r: card.scores(*work(r), batch_size=s), card_sizes)
+    size, searched = best_batch_size(lambda s, r: card.scores(*work(r), batch_size=s), plan.card_sizes)
     times = race(
         {"ours": lambda r: ours.score(*work(r)), f"model_card_batch{size}": lambda r: card.scores(*work(r), size)},
-        repeats,
+        plan.repeats,
     )
     query, documents = work(0)
     tokens, flops, _ = workload(str(path), "reranking", {"query": query, "documents": documents})
-    return summary(f"reranking {candidates} candidates", times, tokens, flops, peak, {"card_batch_sizes_s": searched})
+    extra = {"card_batch_sizes_s": searched}
+    return summary(f"reranking {plan.candidates} candidates", times, tokens, flops, plan.peak_tflops, extra)
+
+
+def run_timing(embedding: Path, reranker: Path, plan: Plan, deadline: float) -> list[dict[str, Any]]:
+    """The three timed tasks, each on its own models (freed before the next); past ``deadline`` the rest are
+    skipped, so the command ends in time whatever the GPU."""
+    tasks: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        (
+            "embedding documents",
+            lambda: time_embedding(embedding, "embedding documents", plan.documents, plan.st_sizes, plan),
+        ),
+        (
+            "embedding long documents",
+            lambda: time_embedding(
+                embedding, "embedding long documents", plan.long_documents, plan.long_st_sizes, plan
+            ),
+        ),
+        ("reranking", lambda: time_reranking(reranker, plan)),
+    ]
+    results = []
+    for name, task in tasks:
+        if time.perf_counter() > deadline:
+            print(f"  {name}: skipped, past the time budget", flush=True)
+            results.append({"task": name, "skipped": "time budget"})
+            continue
+        results.append(task())
+        release(plan.device)  # the task's models went with its frame
+    return results
 
 
 def summary(
@@ -395,12 +453,18 @@ def main() -> int:
     parser.add_argument("--out", help="results folder (default: benchmarks/results/gpu/<gpu>)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bfloat16 peak, if not in the table")
+    parser.add_argument("--budget-s", type=float, default=420, help="skip timing tasks that would start later")
+    # The GPU form's whole code on a CPU with tiny checkpoints and inputs (its figures mean nothing): shakes out
+    # mistakes before a GPU's minutes are spent on them.
+    parser.add_argument("--rehearse-on-cpu", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     started = time.perf_counter()
     check = Check()
-    report: dict[str, Any] = {"torch": torch.__version__, "smoke": args.smoke}
+    report: dict[str, Any] = {"torch": torch.__version__, "smoke": args.smoke, "command": " ".join(sys.argv)}
     if args.smoke:
         device, gpu, peak = torch.device("cpu"), "cpu (smoke)", 0.0
+    elif args.rehearse_on_cpu:
+        device, gpu, peak = torch.device("cpu"), "cpu (rehearsal)", 1.0
     else:
         if not torch.cuda.is_available():
             print("no CUDA GPU here: run with --smoke on a CPU", file=sys.stderr)
@@ -408,11 +472,12 @@ def main() -> int:
         device, gpu = torch.device("cuda"), torch.cuda.get_device_name()
         peak = peak_tflops(gpu, args.peak_tflops)
         report.update(gpu=gpu, bf16_peak_tflops=peak, capability=list(torch.cuda.get_device_capability()))
+    report["gpu"] = gpu
     print(f"GPU check on {gpu}, torch {torch.__version__}", flush=True)
-    embedding, reranker = checkpoints(Path(args.cache), args.smoke)
+    embedding, reranker = checkpoints(Path(args.cache), args.smoke or args.rehearse_on_cpu)
 
     print("dispatch and kernel:", flush=True)
-    check_dispatch(check, device, args.smoke)
+    check_dispatch(check, device, device.type == "cpu")
     where = device.type
     if args.smoke:
         check_kernel(check, device, torch.float32)  # the SDPA loop, then the varlen stand-in below
@@ -431,19 +496,9 @@ def main() -> int:
         for dtype, label in ((torch.float32, "float32"), (torch.bfloat16, "bfloat16")):
             check_embeddings(check, embedding, where, dtype, label)
             check_reranker(check, reranker, where, dtype, label)
-        print(f"timing (bfloat16, {args.repeats} alternated rounds, medians):", flush=True)
-        report["results"] = []
-        for task in (
-            lambda: time_embedding(
-                embedding, "embedding 256 documents", 256, 20, 300, args.repeats, peak, [16, 32, 64, 128]
-            ),
-            lambda: time_embedding(
-                embedding, "embedding 32 long documents", 32, 2500, 3500, args.repeats, peak, [4, 8, 16]
-            ),
-            lambda: time_reranking(reranker, 100, args.repeats, peak, [8, 16, 32]),
-        ):
-            report["results"].append(task())
-            release("cuda")  # the task's models are gone with its frame
+        plan = rehearsal_plan() if args.rehearse_on_cpu else gpu_plan(args.repeats, peak)
+        print(f"timing (bfloat16, {plan.repeats} alternated rounds, medians):", flush=True)
+        report["results"] = run_timing(embedding, reranker, plan, started + args.budget_s)
         report["targets"] = targets(report["results"])
     report["checks"] = check.results
     report["seconds"] = time.perf_counter() - started
@@ -459,24 +514,31 @@ def main() -> int:
 
 
 def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    short, long, rerank = results
+    short, long, rerank = (block.get("rows") for block in results)
     measured = {
-        "embedding_vs_st": short["rows"][1]["our_speedup"],
-        "reranking_vs_model_card": rerank["rows"][1]["our_speedup"],
-        "long_documents_peak_fraction": long["rows"][0]["peak_fraction"],
+        "embedding_vs_st": short[1]["our_speedup"] if short else None,
+        "reranking_vs_model_card": rerank[1]["our_speedup"] if rerank else None,
+        "long_documents_peak_fraction": long[0]["peak_fraction"] if long else None,
     }
-    rows = [{"target": k, "want": TARGETS[k], "measured": v, "met": v >= TARGETS[k]} for k, v in measured.items()]
+    rows = [
+        {"target": k, "want": TARGETS[k], "measured": v, "met": v is not None and v >= TARGETS[k]}
+        for k, v in measured.items()
+    ]
     print("targets:", flush=True)
     for row in rows:
-        print(f"  {row['target']}: {row['measured']:.2f} (want >= {row['want']}) {'met' if row['met'] else 'MISSED'}")
+        shown = "not measured" if row["measured"] is None else f"{row['measured']:.2f}"
+        print(f"  {row['target']}: {shown} (want >= {row['want']}) {'met' if row['met'] else 'MISSED'}")
     return rows
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# GPU check: {report.get('gpu', 'CPU smoke form')}", "", f"torch {report['torch']}", ""]
+    lines = [f"# GPU check: {report['gpu']}", "", f"torch {report['torch']}; `{report['command']}`", ""]
     lines += ["| check | result | detail |", "| --- | --- | --- |"]
     lines += [f"| {c['check']} | {'ok' if c['ok'] else 'FAIL'} | {c['detail']} |" for c in report["checks"]]
     for block in report.get("results", []):
+        if "skipped" in block:
+            lines += ["", f"## {block['task']}: skipped ({block['skipped']})"]
+            continue
         lines += ["", f"## {block['task']} ({block['tokens']} tokens)", ""]
         lines += [
             "| contender | median s | tokens/s | bf16 peak used | ours vs it |",
@@ -489,7 +551,9 @@ def markdown(report: dict[str, Any]) -> str:
             )
     if report.get("targets"):
         lines += ["", "| target | want | measured | met |", "| --- | --- | --- | --- |"]
-        lines += [f"| {t['target']} | {t['want']} | {t['measured']:.2f} | {t['met']} |" for t in report["targets"]]
+        for t in report["targets"]:
+            shown = "not measured" if t["measured"] is None else f"{t['measured']:.2f}"
+            lines.append(f"| {t['target']} | {t['want']} | {shown} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
