@@ -6,7 +6,8 @@ What it does, on one CUDA GPU, within 8 minutes (an H100 was the target; nothing
    on weight values), kept in ``--cache`` for the next run.
 2. Dispatch: bfloat16 is the default dtype on this GPU, and packed attention takes the ``"varlen"`` kernel
    (torch's FlashAttention ``varlen_attn``, one call per layer) in bfloat16 and the per-length SDPA loop in
-   float32; the varlen kernel equals per-sequence attention written out densely, shared prefixes included.
+   float32; the varlen kernel equals per-sequence attention written out densely, shared prefixes included; a
+   one-batch call synchronises with the host fewer times than the model has layers (none per layer).
 3. Equality on the GPU: embeddings against sentence-transformers (cosine >= 0.999 in bfloat16, 1e-5 in
    float32); reranker scores against the model card's transformers code (``AutoModelForCausalLM``, P(yes) =
    softmax over the "no"/"yes" logits at the last position): 1e-5 in float32, and in bfloat16 no further from
@@ -204,6 +205,27 @@ def check_kernel(check: Check, device: torch.device, dtype: torch.dtype) -> None
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     name = f"{kernel} kernel ({str(dtype).removeprefix('torch.')})"
     check(name, worst <= tolerance, f"max |diff| to dense per-sequence attention {worst:.2e} <= {tolerance:g}")
+
+
+def check_host_syncs(check: Check, path: Path) -> None:
+    """A one-batch bfloat16 call synchronises with the host a few times per forward pass, never once per layer."""
+    import warnings
+
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(path).num_hidden_layers
+    embedder = Qwen3Embedder(path, device="cuda", dtype="bfloat16")
+    texts = make_texts(8, 20, 60, seed=5)  # one batch, one forward pass
+    embedder.embed_documents(texts)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            embedder.embed_documents(texts)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    check("host synchronisations", syncs < layers, f"{syncs} in a one-batch call of a {layers}-layer model")
 
 
 def check_embeddings(check: Check, path: Path, device: str, dtype: torch.dtype, label: str) -> None:
@@ -492,6 +514,8 @@ def main() -> int:
     else:
         check_kernel(check, device, torch.bfloat16)
         check_kernel(check, device, torch.float32)
+        if device.type == "cuda":
+            check_host_syncs(check, embedding)
         print("equality on the GPU:", flush=True)
         for dtype, label in ((torch.float32, "float32"), (torch.bfloat16, "bfloat16")):
             check_embeddings(check, embedding, where, dtype, label)

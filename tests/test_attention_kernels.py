@@ -216,3 +216,30 @@ def test_each_torch_release_gets_its_own_varlen_keywords(fake: Any, monkeypatch:
         assert torch.allclose(out.double(), expected, atol=TOL)
     finally:
         packed_attention.varlen_call.cache_clear()
+
+
+def test_offsets_are_built_once_per_forward_pass_for_every_layer(
+    embedding_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bfloat16 runs transformers' own layers (as on a GPU), each attending through the varlen kernel.
+    builds, calls = [], []
+    build = packed_attention.varlen_offsets
+
+    def counted_build(*args: Any, **kwargs: Any) -> VarlenOffsets:
+        builds.append(1)
+        return build(*args, **kwargs)
+
+    def counted_call(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return reference_varlen_attention(*args, **kwargs)
+
+    monkeypatch.setattr(packed_attention, "varlen_offsets", counted_build)
+    monkeypatch.setattr(packed_attention, "varlen_call", lambda: counted_call)
+    monkeypatch.setattr(packed_attention, "kernel_for", lambda device, dtype: "varlen")
+    embedder = Qwen3Embedder(embedding_path, device="cpu", dtype="bfloat16", batch_tokens=64)
+    texts = DOCUMENTS[:6]
+    ours = torch.tensor(embedder.embed_documents(texts))
+    reference = torch.from_numpy(model_card_embeddings(embedding_path, texts, dtype=torch.bfloat16))
+    assert float(torch.nn.functional.cosine_similarity(ours, reference).min()) > 0.999
+    layers = 2  # the tiny checkpoint's
+    assert len(builds) >= 2 and len(calls) == layers * len(builds), (len(builds), len(calls))
