@@ -201,10 +201,14 @@ def check_kernel(check: Check, device: torch.device, dtype: torch.dtype) -> None
     offsets = packed_attention.varlen_offsets(runs, prefix_lengths, device) if kernel == "varlen" else None
     out = attend(0, q, k, v, Packing(runs, prefixes, offsets), dim**-0.5)
     expected = reference_packed_attention(q, k, v, runs, prefixes, 0, dim**-0.5)
-    worst = float((out.double() - expected).abs().max())
-    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    difference = (out.double() - expected).abs()
+    worst, mean = float(difference.max()), float(difference.mean())
+    # bfloat16 rounds the kernel's probabilities and its outputs (values up to ~4 here: a few 1e-2 at most); a
+    # wrong mask, offset or prefix row is off by tenths.
+    tolerance = 1e-5 if dtype == torch.float32 else 5e-2
     name = f"{kernel} kernel ({str(dtype).removeprefix('torch.')})"
-    check(name, worst <= tolerance, f"max |diff| to dense per-sequence attention {worst:.2e} <= {tolerance:g}")
+    detail = f"max |diff| to dense per-sequence attention {worst:.2e} <= {tolerance:g} (mean {mean:.1e})"
+    check(name, worst <= tolerance, detail)
 
 
 def check_host_syncs(check: Check, path: Path) -> None:
@@ -214,7 +218,8 @@ def check_host_syncs(check: Check, path: Path) -> None:
     from transformers import AutoConfig
 
     layers = AutoConfig.from_pretrained(path).num_hidden_layers
-    embedder = Qwen3Embedder(path, device="cuda", dtype="bfloat16")
+    # batch_wait_ms=None: the call runs in this thread, where the warnings are recorded.
+    embedder = Qwen3Embedder(path, device="cuda", dtype="bfloat16", batch_wait_ms=None)
     texts = make_texts(8, 20, 60, seed=5)  # one batch, one forward pass
     embedder.embed_documents(texts)
     with warnings.catch_warnings(record=True) as caught:
