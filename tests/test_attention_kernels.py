@@ -105,6 +105,7 @@ def test_varlen_offsets_equal_an_independent_count() -> None:
         expected += list(range(own, own + length))
         own += length
     assert offsets.gather.tolist() == expected
+    assert offsets.cu_seq_last.dtype == torch.int32 and offsets.cu_seq_last.tolist() == list(range(len(sequences) + 1))
     assert varlen_offsets(_runs(), [0, 0, 0], torch.device("cpu")).gather is None
 
 
@@ -131,8 +132,13 @@ def test_both_kernels_equal_per_sequence_attention(kernel: str, monkeypatch: pyt
     ]
     varlen = varlen_offsets(runs, PREFIX_LENGTHS, torch.device("cpu")) if kernel == "varlen" else None
     scale = dim**-0.5 * 1.5  # not the default: the scale must reach the kernel
-    out = attend(1, q, k, v, Packing(runs, prefixes, varlen), scale)
-    assert torch.allclose(out.double(), reference_packed_attention(q, k, v, runs, prefixes, 1, scale), atol=TOL)
+    packing = Packing(runs, prefixes, varlen)
+    expected = reference_packed_attention(q, k, v, runs, prefixes, 1, scale)
+    assert torch.allclose(attend(1, q, k, v, packing, scale).double(), expected, atol=TOL)
+    # Only each sequence's last token querying (the written-out decoder's last layer): its rows of the above.
+    last = [run.first + (s + 1) * run.length - 1 for run in runs for s in range(run.sequences)]
+    out = attend(1, q[last], k, v, packing, scale, last_only=True)
+    assert torch.allclose(out.double(), expected[last], atol=TOL)
 
 
 @pytest.fixture
@@ -177,14 +183,14 @@ def test_shared_prefix_scores_equal_model_card(
 def _fake_varlen_210(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):  # type: ignore[no-untyped-def]
     assert is_causal is True and return_aux is None
     return reference_varlen_attention(
-        q, k, v, VarlenOffsets(cu_q, cu_k, max_q, max_k, None), None, gqa=k.shape[1] != q.shape[1]
+        q, k, v, VarlenOffsets(cu_q, cu_k, max_q, max_k, None, cu_q), None, gqa=k.shape[1] != q.shape[1]
     )
 
 
 def _fake_varlen_211(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)):  # type: ignore[no-untyped-def]
     assert window_size == (-1, 0)
     return reference_varlen_attention(
-        q, k, v, VarlenOffsets(cu_q, cu_k, max_q, max_k, None), scale, gqa=k.shape[1] != q.shape[1]
+        q, k, v, VarlenOffsets(cu_q, cu_k, max_q, max_k, None, cu_q), scale, gqa=k.shape[1] != q.shape[1]
     )
 
 
@@ -194,7 +200,9 @@ def _fake_varlen_212(  # type: ignore[no-untyped-def]
     assert window_size == (-1, 0)
     if k.shape[1] != q.shape[1] and not enable_gqa:
         raise ValueError("Try setting enable_gqa=True for GQA.")  # what torch 2.12 on raise
-    return reference_varlen_attention(q, k, v, VarlenOffsets(cu_q, cu_k, max_q, max_k, None), scale, gqa=enable_gqa)
+    return reference_varlen_attention(
+        q, k, v, VarlenOffsets(cu_q, cu_k, max_q, max_k, None, cu_q), scale, gqa=enable_gqa
+    )
 
 
 @pytest.mark.parametrize("fake", [_fake_varlen_210, _fake_varlen_211, _fake_varlen_212])
@@ -211,7 +219,7 @@ def test_each_torch_release_gets_its_own_varlen_keywords(fake: Any, monkeypatch:
         k, v = (torch.randn(7, 2, 8, generator=generator) for _ in range(2))
         offsets = torch.tensor([0, 3, 7], dtype=torch.int32)
         scale = 0.3  # not 1/sqrt(8): a release without ``scale`` gets it folded into the queries
-        out = call(q, k, v, VarlenOffsets(offsets, offsets, 4, 4, None), scale, gqa=True)
+        out = call(q, k, v, VarlenOffsets(offsets, offsets, 4, 4, None, offsets), scale, gqa=True)
         expected = reference_packed_attention(q, k, v, [Run(0, 3, 1, 0), Run(3, 4, 1, 0)], [None], 0, scale)
         assert torch.allclose(out.double(), expected, atol=TOL)
     finally:

@@ -63,6 +63,9 @@ class VarlenOffsets(NamedTuple):
     """Row ``j`` of the joined keys is row ``gather[j]`` of ``cat(prefix 0 keys, prefix 1 keys, ..., the packed
     row's keys)`` (prefixes in :attr:`Packing.prefixes` order, absent ones taking no rows); None when no sequence
     has a prefix, so the packed row's keys are the joined keys as they are."""
+    cu_seq_last: torch.Tensor
+    """``(sequences + 1,)`` int32 on the device, ``0, 1, ..., sequences``: the queries' offsets when only each
+    sequence's last token queries (``attend(..., last_only=True)``); the bottom-right mask lets it see every key."""
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,11 @@ def attend(
     ``last_only`` ``(sequences, heads, head_dim)``: only each sequence's last token, which attends to all of its
     sequence and prefix. The result has the queries' shape.
     """
-    if packing.varlen is not None and not last_only:
-        return _attend_varlen(layer, queries, keys, values, packing, packing.varlen, scaling)
+    if packing.varlen is not None:
+        offsets = packing.varlen
+        if last_only:  # one query per sequence, its last token
+            offsets = offsets._replace(cu_seq_q=offsets.cu_seq_last, max_q=1)
+        return _attend_varlen(layer, queries, keys, values, packing, offsets, scaling)
     heads, kv_heads, head_dim = queries.shape[1], keys.shape[1], queries.shape[-1]
     out = queries.new_empty(queries.shape)
     done = 0  # sequences in the runs before this one
@@ -212,6 +218,7 @@ def varlen_offsets(runs: Sequence[Run], prefix_lengths: Sequence[int], device: t
         max(query_lengths, default=0),
         max(key_lengths, default=0),
         gather,
+        cumulative([1] * len(query_lengths)),
     )
 
 
