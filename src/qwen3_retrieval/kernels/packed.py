@@ -1,8 +1,9 @@
 """Packed (varlen) forward passes: a batch's sequences laid end to end in one row, no padding at all.
 
 This is how vLLM and TEI run a batch, and the default here on every device. Each sequence keeps its own
-positions (from 0, or from the end of a shared prefix), and attention stays inside each sequence: consecutive
-sequences of one length are stacked and go through PyTorch's fused causal attention together. So the matrix
+positions (from 0, or from the end of a shared prefix), and attention stays inside each sequence: on CUDA GPUs in
+bfloat16 one FlashAttention call per layer over sequence offsets, elsewhere consecutive sequences of one length
+stacked through PyTorch's fused causal attention together (``packed_attention`` chooses). So the matrix
 multiplies see every real token and nothing else, however different the lengths are, and the batch budget only
 bounds memory. Results equal a one-at-a-time run to float rounding (the reference tests run on this path).
 
@@ -21,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import run_in_batches, token_budget_batches
-from qwen3_retrieval.kernels import packed_decoder
+from qwen3_retrieval.kernels import packed_attention, packed_decoder
 from qwen3_retrieval.kernels.kv_cache import prefix_states
 from qwen3_retrieval.kernels.packed_attention import LayerStates, Packing, Run
 
@@ -111,7 +112,13 @@ def _forward(
         count = len(list(same))
         runs.append(Run(first, length, count, order.index(g)))
         first += length * count
-    packing = Packing(runs, [prefixes[g][1] for g in order])
+    states = [prefixes[g][1] for g in order]
+    varlen = None
+    if packed_attention.kernel_for(device, getattr(backbone, "dtype", torch.float32)) == "varlen":
+        # Once per forward pass, for every layer: the offsets are on the device before the first layer runs.
+        lengths_of = [prefixes[g][0] if prefixes[g][1] is not None else 0 for g in order]
+        varlen = packed_attention.varlen_offsets(runs, lengths_of, device)
+    packing = Packing(runs, states, varlen)
     input_ids = torch.tensor([[token for s in sequences for token in s]], device=device)
     positions = torch.cat(
         [torch.arange(prefixes[g][0], prefixes[g][0] + n) for g, n in zip(groups, lengths, strict=True)]

@@ -21,6 +21,7 @@ from qwen3_retrieval.testing.checkpoints import (
 )
 from qwen3_retrieval.testing.images import random_image
 from qwen3_retrieval.testing.tokenizer import SPECIAL_TOKENS, build_tokenizer
+from qwen3_retrieval.testing.varlen import reference_packed_attention, reference_varlen_attention
 from qwen3_retrieval.testing.vl_checkpoints import make_vl_checkpoint, tiny_vl_checkpoint
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "make_reranker_checkpoint",
     "make_vl_checkpoint",
     "random_image",
+    "reference_packed_attention",
+    "reference_varlen_attention",
     "tiny_checkpoint",
     "tiny_vl_checkpoint",
 ]
