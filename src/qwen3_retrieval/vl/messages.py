@@ -10,8 +10,9 @@ back into the messages that render to them, and the read-back is checked rather 
   the server, and a cut that ends inside a character would come back as other characters. Both are refused
   with a ``ValueError``, never sent as a prompt other than the one computed here.
 * Each image is sent resized the official way, as lossless PNG (:meth:`~qwen3_retrieval.vl.media.SizedImage.png`),
-  with the pixel bounds as ``mm_processor_kwargs``: a resized image is the fixed point of the server's own
-  resize, so it is cut into the same patches, and its ``<|image_pad|>`` run has the same length.
+  and no per-request kwargs: a resized image is the fixed point of the server's own resize when its pixel
+  count lies within the server's bounds, so it is cut into the same patches, and its ``<|image_pad|>`` run has
+  the same length (which the engine checks against the server's token count).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class ChatPrompt:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": parts}]
 
     def pixel_bounds(self) -> dict[str, int]:
-        """The ``mm_processor_kwargs`` that make the server keep the sent images' sizes (empty if none)."""
+        """The pixel bounds the images were resized within, as ``--mm-processor-kwargs`` names them (empty if none)."""
         images = [part for part in self.content if isinstance(part, SizedImage)]
         if not images:
             return {}
