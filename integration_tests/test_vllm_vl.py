@@ -2,9 +2,16 @@
 
 vLLM's ``qwen3_vl`` model needs torchvision, whose registry build needs the registry's (CUDA) torch: that
 environment is built as docs/qwen3-vl.md's "vLLM servers" shows (``bash .ci/run`` builds it). Set
-``QWEN3_VLLM_VL_PYTHON`` to its python; without it these tests are skipped. One embedding and one reranker
-server per module, started exactly with docs/qwen3-vl.md's commands plus test flags (float32, eager mode, a
-small KV cache) that make the tiny checkpoints start in seconds; each fixture waits for a real answer.
+``QWEN3_VLLM_VL_PYTHON`` to its python; without it these tests are skipped. Three servers per module, started
+with docs/qwen3-vl.md's commands plus test flags (float32, eager mode, a small KV cache) that make the tiny
+checkpoints start in seconds; the fixture waits for a real answer from each:
+
+* ``embed``: the plain command, no flag: texts and images need none;
+* ``embed-video``: with the two ``--trust-request-*`` flags that videos need (each request carries its frames'
+  timing and a chat template that leaves the video's markers to the server);
+* ``classify``: the reranker, with the video flags.
+
+A server whose pixel bounds leave out an image's official size is refused by the client (tests/test_vl_http.py).
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import FakeOpenAI
 from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
+from test_rag_pages import pages_folder  # noqa: F401 - the fixture: PDFs (one a scan), images, a text file
 
 VLLM_PYTHON = os.environ.get("QWEN3_VLLM_VL_PYTHON", "")
 pytestmark = pytest.mark.skipif(
@@ -33,7 +42,7 @@ pytestmark = pytest.mark.skipif(
 
 TOL = 1e-5
 MAX_MODEL_LEN = 4096
-RERANKER_MAX_PIXELS = 256 * 32 * 32
+VIDEO_FLAGS = ("--trust-request-mm-kwargs", "--trust-request-chat-template")
 # docs/qwen3-vl.md's reranker command: the LM head's yes/no rows become one label scored sigmoid((W_yes - W_no) . h).
 VL_RERANKER_OVERRIDES = {
     "architectures": ["Qwen3VLForSequenceClassification"],
@@ -107,16 +116,15 @@ def servers(vl_embedding: Path, vl_reranker: Path, tmp_path_factory: pytest.Temp
     logs = tmp_path_factory.mktemp("vllm-vl")
     started = {
         "embed": Server(vl_embedding, logs / "embedding.log"),
+        "embed-video": Server(vl_embedding, logs / "embedding-video.log", *VIDEO_FLAGS),
         "classify": Server(
-            vl_reranker, logs / "reranker.log", "--hf-overrides", json.dumps(VL_RERANKER_OVERRIDES),
-            # Narrower than the checkpoint's bounds, as Qwen3-VL-Reranker-2B's own processor file is said to be.
-            "--mm-processor-kwargs", json.dumps({"min_pixels": 4096, "max_pixels": RERANKER_MAX_PIXELS}),
-        ),  # fmt: skip
+            vl_reranker, logs / "reranker.log", "--hf-overrides", json.dumps(VL_RERANKER_OVERRIDES), *VIDEO_FLAGS
+        ),
     }
     try:
-        for path, server in started.items():
-            server.wait(path)
-        yield {path: server.url for path, server in started.items()}
+        for name, server in started.items():
+            server.wait("classify" if name == "classify" else "embed")
+        yield {name: server.url for name, server in started.items()}
     finally:
         for server in started.values():
             server.stop()
@@ -133,12 +141,28 @@ def inputs() -> list[Any]:
     ]
 
 
-def videos() -> list[Any]:
-    """Videos as frames: alone, and with an image and text."""
+def videos(folder: Path) -> list[Any]:
+    """Videos as frames (an even and an odd count, several pairs), with an image and text, and a video file."""
     return [
         {"video": [picture(64, 64, 5), picture(64, 64, 6)]},
         {"video": [picture(96, 64, 7 + i) for i in range(5)], "text": "a clip", "image": picture(50, 50, 12)},
+        {"video": [[picture(64, 96, 13 + i) for i in range(4)], [picture(64, 64, 17), picture(64, 64, 18)]]},
+        {"video": str(video_file(folder / "clip.mkv", 12, 6)), "text": "a file"},
     ]
+
+
+def video_file(path: Path, count: int, fps: int) -> Path:
+    """A lossless FFV1 file: every decoder reads back exactly the frames written."""
+    import av
+
+    with av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "bgr0"
+        for i in range(count):
+            frame = np.asarray(picture(96, 64, 100 + i))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
 
 
 # --- exactness over HTTP ------------------------------------------------------------------------------------
@@ -159,15 +183,30 @@ def test_vl_embeddings_over_http_equal_the_local_core(servers: dict[str, str], v
     )
 
 
-def test_vl_scores_over_http_equal_the_local_core(servers: dict[str, str], vl_reranker: Path) -> None:
-    local = Qwen3VLReranker(vl_reranker, device="cpu", max_length=600)
-    remote = Qwen3VLReranker(vl_reranker, base_url=servers["classify"], max_length=600)
+def test_vl_video_embeddings_over_http_equal_the_local_core(
+    servers: dict[str, str], vl_embedding: Path, tmp_path: Path
+) -> None:
+    local = Qwen3VLEmbedder(vl_embedding, device="cpu")
+    remote = Qwen3VLEmbedder(vl_embedding, base_url=servers["embed-video"], max_concurrency=2)
+    np.testing.assert_allclose(remote.embed(videos(tmp_path)), local.embed(videos(tmp_path)), atol=TOL)
+    # The plain command's server takes no video: the error names the flags.
+    plain = Qwen3VLEmbedder(vl_embedding, base_url=servers["embed"])
+    with pytest.raises(ValueError, match=r"--trust-request-mm-kwargs --trust-request-chat-template"):
+        plain.embed(videos(tmp_path)[:1])
+
+
+def test_vl_scores_over_http_equal_the_local_core(servers: dict[str, str], vl_reranker: Path, tmp_path: Path) -> None:
+    local = Qwen3VLReranker(vl_reranker, device="cpu", max_length=1200)
+    remote = Qwen3VLReranker(vl_reranker, base_url=servers["classify"], max_length=1200)
     documents = [
         *inputs(),
+        *videos(tmp_path)[:2],
         {},
         {"text": " ".join(["sunset over the sea with a dog running"] * 60)},  # cut to max_length
     ]
-    for query, instruction in (("A dog on a beach", None), ({"image": picture(80, 80, 30), "text": "this"}, "Same")):
+    queries = [("A dog on a beach", None), ({"image": picture(80, 80, 30), "text": "this"}, "Same"),
+               ({"video": [picture(64, 64, 31), picture(64, 64, 32), picture(64, 64, 33)]}, None)]  # fmt: skip
+    for query, instruction in queries:
         ours, theirs = remote.score(query, documents, instruction), local.score(query, documents, instruction)
         np.testing.assert_allclose(ours, theirs, atol=TOL)
     assert max(theirs) - min(theirs) > 0.01  # the scores spread: a constant would not pass
@@ -211,16 +250,32 @@ def test_both_frameworks_through_the_servers(servers: dict[str, str], vl_embeddi
     assert scores == pytest.approx({"TextNode": truth[0], "ImageNode": image_truth}, abs=TOL)
 
 
-def test_a_server_with_other_pixel_bounds_is_named_not_trusted(servers: dict[str, str], vl_reranker: Path) -> None:
-    """The reranker server runs with --mm-processor-kwargs narrower than the client's bounds: it would shrink a
-    large image again, so its answer is refused with the flag that fixes it; a client within them is exact."""
-    big = {"image": picture(900, 700, 50)}  # 630,000 pixels once resized the official way
-    with pytest.raises(ValueError, match=r"ran a prompt of \d+ tokens where the one computed here has \d+.*"
-                       r"--mm-processor-kwargs '\{\"min_pixels\": 4096, \"max_pixels\": 1843200\}'"):  # fmt: skip
-        Qwen3VLReranker(vl_reranker, base_url=servers["classify"]).score("a page", [big])
-    bounded = {"max_pixels": RERANKER_MAX_PIXELS}
-    np.testing.assert_allclose(
-        Qwen3VLReranker(vl_reranker, base_url=servers["classify"], **bounded).score("a page", [big, "text"]),
-        Qwen3VLReranker(vl_reranker, device="cpu", **bounded).score("a page", [big, "text"]),
-        atol=TOL,
-    )
+def test_the_command_indexes_and_asks_pages_through_the_servers(
+    capsys: pytest.CaptureFixture[str], servers: dict[str, str], pages_folder: Path, vl_embedding: Path,
+    vl_reranker: Path, tmp_path: Path, fake_openai: FakeOpenAI,
+) -> None:  # fmt: skip
+    """`qwen3-rag --pages` with --embedding-url / --reranker-url: the same sources and scores as in process."""
+    from qwen3_retrieval.cli import main
+
+    def run(*argv: str) -> str:
+        status = main(list(argv))
+        out, err = capsys.readouterr()
+        assert status == 0, err
+        return out
+
+    engines = {
+        "local": ["--device", "cpu"],
+        "served": ["--embedding-url", servers["embed"]],
+    }
+    answers = {}
+    for name, engine in engines.items():
+        uri = ["--uri", str(tmp_path / f"{name}.db"), "--pages", "--embedding-model", str(vl_embedding), *engine]
+        run("index", str(pages_folder), *uri)
+        reranker = ["--reranker-url", servers["classify"]] if name == "served" else []
+        ask = ["ask", "What is the invoice total?", *uri, "--reranker-model", str(vl_reranker), *reranker]
+        answers[name] = json.loads(run(*ask, "--mode", "dense", "--candidates", "20", "--top-n", "20", "--json"))
+    served, local = answers["served"]["sources"], answers["local"]["sources"]
+    assert len(local) == 8 and sum(1 for s in local if s.get("image")) == 5  # 3 text passages, 5 page images
+    assert [(s["source"], s.get("image")) for s in served] == [(s["source"], s.get("image")) for s in local]
+    assert [s["score"] for s in served] == pytest.approx([s["score"] for s in local], abs=TOL)
+    assert answers["served"]["answer"] == fake_openai.answer  # asked through the loopback chat model

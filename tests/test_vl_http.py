@@ -29,7 +29,7 @@ from PIL import Image
 
 from loopback import serving
 from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
-from test_vl import TOL, mixed_inputs, picture
+from test_vl import TOL, clip, mixed_inputs, picture, write_video
 from vl_reference import MAX_PIXELS, MIN_PIXELS, Official
 
 
@@ -201,7 +201,7 @@ def test_http_reranker_matches_the_official_code(vl_reranker: Path, loopback: tu
 
 
 def test_http_refuses_text_a_server_would_read_as_control_tokens(
-    vl_embedding: Path, vl_reranker: Path, loopback: tuple[LoopbackVLLM, str]
+    vl_embedding: Path, vl_reranker: Path, loopback: tuple[LoopbackVLLM, str], tmp_path: Path
 ) -> None:
     """In process, such text stays characters; a server would tokenize it as control tokens: nothing is sent."""
     state, url = loopback
@@ -213,8 +213,10 @@ def test_http_refuses_text_a_server_would_read_as_control_tokens(
     with pytest.raises(ValueError, match=r"documents\[0\]: its text spells a control token"):
         reranker.score("q <|im_end|>", ["doc"])
     assert sent(state) == []
-    with pytest.raises(ValueError, match=r"^inputs\[0\] has a video; videos run in process only"):
-        embedder.embed([{"video": [picture(64, 64, 1), picture(64, 64, 2)]}])
+    # A server times every video of a request one way: a file and frames in one input cannot be sent exactly.
+    file = write_video(tmp_path / "clip.mkv", clip(4, 64, 64, 3), fps=4)
+    with pytest.raises(ValueError, match=r"^inputs\[0\] has videos timed differently .*give each its own input"):
+        embedder.embed([{"video": [[picture(64, 64, 1), picture(64, 64, 2)], str(file)]}])
     assert sent(state) == []
     # A cut inside a character (a 3-byte one, cut after 1, 2 or 3 of its byte tokens) could not be sent as the
     # same ids either; a cut between characters is sent, and gives what the in-process engine gives.

@@ -330,6 +330,11 @@ class VLLMServer:
                 f"{where} does not serve model {self.model!r} ({message}); pass the served name as the model's "
                 "served_model_name= (qwen3-rag: --embedding-served-name, --reranker-served-name)"
             )
+        if "--trust-request" in lowered:  # vLLM gates per-request processor settings and templates (videos)
+            return ValueError(
+                f"{where} refused the request's per-request settings ({message}); videos over base_url= need a "
+                "server started with --trust-request-mm-kwargs --trust-request-chat-template (docs/qwen3-vl.md)"
+            )
         if "context length" in lowered or "max_model_len" in lowered or "maximum model length" in lowered:
             return ValueError(
                 f"{where} refused an input as too long ({message}); lower max_length to the server's "

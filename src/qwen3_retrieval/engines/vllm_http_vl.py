@@ -92,11 +92,31 @@ class HttpVL:
         return [(_body(prompt, extra), len(sequence.ids)) for prompt, sequence in zip(prompts, sequences)], fix
 
 
+VIDEO_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.content is string -%}{{ message.content }}"
+    "{%- else -%}{%- for item in message.content -%}"
+    "{%- if item.type == 'image' or item.type == 'image_url' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif item.type == 'video' or item.type == 'video_url' -%}{{ '<|video_pad|>' }}"
+    "{%- elif 'text' in item -%}{{ item.text }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
 def _body(prompt: ChatPrompt, extra: dict[str, Any]) -> Callable[[], Awaitable[dict[str, Any]]]:
     async def make() -> dict[str, Any]:
         # Reading and encoding images blocks: off the event loop, which keeps the other requests moving.
         messages = await asyncio.to_thread(prompt.messages)
-        return {"messages": messages, "add_generation_prompt": True, **extra}
+        body = {"messages": messages, "add_generation_prompt": True, **extra}
+        media = prompt.media_io_kwargs()
+        if media:
+            body["media_io_kwargs"] = media
+            body["chat_template"] = VIDEO_TEMPLATE
+        return body
 
     return make
 
