@@ -31,10 +31,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import test_rag_pages
 from conftest import FakeOpenAI
 from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
-from test_rag_pages import pages_folder  # noqa: F401 - the fixture: PDFs (one a scan), images, a text file
 
+pages_folder = test_rag_pages.pages_folder  # the fixture: PDFs (one a scanned page), images and a text file
 VLLM_PYTHON = os.environ.get("QWEN3_VLLM_VL_PYTHON", "")
 pytestmark = pytest.mark.skipif(
     not VLLM_PYTHON, reason="QWEN3_VLLM_VL_PYTHON is not set: no vLLM environment with torchvision (.ci/run builds one)"
@@ -112,7 +113,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def servers(vl_embedding: Path, vl_reranker: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def servers(
+    vl_embedding: Path, vl_reranker: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     logs = tmp_path_factory.mktemp("vllm-vl")
     started = {
         "embed": Server(vl_embedding, logs / "embedding.log"),

@@ -72,7 +72,8 @@ class LoopbackVLLM:
         hidden, _ = official.forward([row])
         last = hidden[0, -1]
         if path == "/classify":
-            return {"data": [{"index": 0, "probs": [torch.sigmoid(last @ official.score_weight).item()]}], "usage": usage}
+            probability = torch.sigmoid(last @ official.score_weight).item()
+            return {"data": [{"index": 0, "probs": [probability]}], "usage": usage}
         if body.get("use_activation", True):
             last = last / last.norm()
         return {"data": [{"index": 0, "embedding": last.tolist()}], "usage": usage}
@@ -167,8 +168,11 @@ def test_http_refuses_an_answer_for_images_the_server_resized_otherwise(
     big = {"image": picture(400, 300, 7)}  # 120,000 pixels once resized
     state.max_pixels = 64 * 32 * 32
     try:
-        with pytest.raises(ValueError, match=r"ran a prompt of \d+ tokens where the one computed here has \d+.*"
-                           r"--mm-processor-kwargs '\{\"min_pixels\": 4096, \"max_pixels\": 1843200\}'"):
+        with pytest.raises(
+            ValueError,
+            match=r"ran a prompt of \d+ tokens where the one computed here has \d+.*"
+            r"--mm-processor-kwargs '\{\"min_pixels\": 4096, \"max_pixels\": 1843200\}'",
+        ):
             Qwen3VLEmbedder(vl_embedding, base_url=url).embed([big])
         expected = state.embedder.embed([big], max_pixels=state.max_pixels).numpy()
         fitted = Qwen3VLEmbedder(vl_embedding, base_url=url, max_pixels=state.max_pixels)  # the message's other fix

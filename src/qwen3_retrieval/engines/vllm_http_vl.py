@@ -77,18 +77,18 @@ class HttpVL:
         bodies, fix = self._bodies(sequences, "the pair of the query and documents", {})
         return await self.server.aclassify_chats(bodies, fix)
 
-    def _bodies(
-        self, sequences: Sequence[VLSequence], what: str, extra: dict[str, Any]
-    ) -> tuple[list[ChatBody], str]:
+    def _bodies(self, sequences: Sequence[VLSequence], what: str, extra: dict[str, Any]) -> tuple[list[ChatBody], str]:
         """Each prompt's request body with its length, and the fix for a server that resized its images."""
         # Every prompt is checked before the first request goes out: a refused one sends nothing.
         prompts = [self.reader.read(sequence, f"{what}[{i}]") for i, sequence in enumerate(sequences)]
         bounds = next((prompt.pixel_bounds() for prompt in prompts if prompt.pixel_bounds()), None)
-        fix = "" if bounds is None else (
-            "; the server resized an image within other pixel bounds than this model's min_pixels="
-            f"{bounds['min_pixels']} and max_pixels={bounds['max_pixels']}: start it with --mm-processor-kwargs "
-            f"'{json.dumps(bounds)}', or set min_pixels= and max_pixels= to the server's bounds"
-        )
+        fix = ""
+        if bounds is not None:
+            fix = (
+                "; the server resized an image within other pixel bounds than this model's min_pixels="
+                f"{bounds['min_pixels']} and max_pixels={bounds['max_pixels']}: start it with --mm-processor-kwargs "
+                f"'{json.dumps(bounds)}', or set min_pixels= and max_pixels= to the server's bounds"
+            )
         return [(_body(prompt, extra), len(sequence.ids)) for prompt, sequence in zip(prompts, sequences)], fix
 
 

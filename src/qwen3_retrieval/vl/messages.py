@@ -48,7 +48,8 @@ class ChatPrompt:
 
     def messages(self) -> list[dict[str, Any]]:
         """Return the OpenAI-style messages; reads each image again (call it when the request is sent)."""
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": [_part(p) for p in self.content]}]
+        content = [_part(part) for part in self.content]
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": content}]
 
     def media_io_kwargs(self) -> dict[str, Any]:
         """The request's ``media_io_kwargs``: how the server times its videos' frames (empty if none).
@@ -215,8 +216,10 @@ def _png(frame: Any) -> bytes:
 
 
 def _video_kwargs(video: SizedVideo) -> dict[str, Any]:
-    """How vLLM's frame loader times a video: all frames sent, their rate and, for a file, the taken indices
-    (vLLM numbers frames sent without indices 0, 1, 2..., as the official code numbers a list of frames)."""
+    """How vLLM's frame loader times a video: all frames sent, their rate and, for a file, the taken indices.
+
+    vLLM numbers frames sent without indices 0, 1, 2..., as the official code numbers a list of frames.
+    """
     fps, indices, total = video.times()
     timing: dict[str, Any] = {"fps": fps, "num_frames": -1}
     if indices != list(range(total)):

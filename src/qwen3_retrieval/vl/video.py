@@ -126,8 +126,10 @@ class SizedVideo:
         return patchify(torch.stack(list(self.clip())), self.settings)
 
     def clip(self) -> Iterator[torch.Tensor]:
-        """Read the frames the model sees again, each as ``(3, height, width)`` 8-bit pixels resized the official
-        way, the last repeated if their count is odd."""
+        """Read the frames the model sees again, each ``(3, height, width)`` 8-bit pixels resized the official way.
+
+        The last is repeated if their count is odd (a temporal patch is two frames).
+        """
         frame = None
         for frame in map(self._clip_size, self._frames()):
             yield frame
@@ -137,8 +139,11 @@ class SizedVideo:
             yield frame
 
     def times(self) -> tuple[float, list[int], int]:
-        """The frame rate, the indices of the frames :meth:`clip` gives, and the source's frame count: what the
-        timestamps are computed from (the official code numbers a list of frames after the odd one is repeated)."""
+        """The frame rate, the indices of the frames :meth:`clip` gives, and the source's frame count.
+
+        The timestamps are computed from them; the official code numbers a list of frames after the odd one is
+        repeated.
+        """
         if self.is_file:
             return self.fps, list(self.indices), max(self.indices) + 1
         return self.fps, list(range(self.count)), self.count
