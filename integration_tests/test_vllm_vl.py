@@ -251,6 +251,17 @@ def test_both_frameworks_through_the_servers(servers: dict[str, str], vl_embeddi
     image_truth = reranker.score(query, [{"image": str(path)}])[0]
     scores = {type(n.node).__name__: n.score for n in ranked}
     assert scores == pytest.approx({"TextNode": truth[0], "ImageNode": image_truth}, abs=TOL)
+    # They ask the server, not a model of their own: a name it does not serve is its 404.
+    wrong = {"base_url": servers["embed"], "served_model_name": "not-served"}
+    with pytest.raises(ValueError, match="does not serve model"):
+        Qwen3VLEmbeddings(model=str(vl_embedding), **wrong).embed_image([str(path)])
+    with pytest.raises(ValueError, match="does not serve model"):
+        Qwen3VLEmbedding(model_name=str(vl_embedding), **wrong).get_image_embedding(str(path))
+    wrong["base_url"] = servers["classify"]
+    with pytest.raises(ValueError, match="does not serve model"):
+        Qwen3VLRerank(model=str(vl_reranker), **wrong).compress_documents(documents, query)
+    with pytest.raises(ValueError, match="does not serve model"):
+        LlamaVLRerank(model=str(vl_reranker), **wrong).postprocess_nodes(nodes, QueryBundle(query))
 
 
 def test_the_command_indexes_and_asks_pages_through_the_servers(
