@@ -2,12 +2,17 @@
 
     python benchmarks/vl_bench.py                    # the VL-2B shape, random weights, CPU, 2 threads
     python benchmarks/vl_bench.py --shape tiny       # seconds: a smoke run
+    python benchmarks/vl_bench.py --st-python /work/venvs/st/bin/python   # adds the sentence-transformers row
 
 The official ``Qwen3VLEmbedder`` embeds a whole list in one padded forward pass and ``Qwen3VLReranker`` scores
 one pair per forward pass. It needs qwen-vl-utils and torchvision, which this CPU environment lacks, so the
 contender is the tests' transcription of it (``tests/vl_reference.py``: the same messages, transformers' chat
 template rendering, image processor and ``Qwen3VLModel``, run the official way), with transformers' default
-attention. sentence-transformers is not a contender: it loads these models only from unmerged hub revisions.
+attention. sentence-transformers (>= 5.4 loads Qwen3-VL natively) is the third contender when ``--st-python``
+(or ``QWEN3_VL_PYTHON``) names the python of an environment that has it and torchvision, which transformers'
+image processor needs: the stacks of ``integration_tests/st_vl_reference.py`` (the tests' sentence-transformers
+reference), ``encode`` / ``predict`` with their default batch size (32), float32. The inputs are sized so that no
+contender resizes them (640 x 480 is within the pixel bounds, in multiples of 32), so all three see one input.
 
 Each contender runs in its own process per round (rounds alternate the contenders), on the same inputs: a
 warm-up call on one small input, then one timed embedding call and one timed reranking call. The extra peak
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,9 +34,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the official code's transcription
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "integration_tests"))  # the sentence-transformers reference's models
 
-CONTENDERS = ("ours", "official")
-LABELS = {"ours": "qwen3-retrieval (batched)", "official": "official code (list in one pass; one pair a pass)"}
+LABELS = {
+    "ours": "qwen3-retrieval (batched)",
+    "official": "official code (list in one pass; one pair a pass)",
+    "st": "sentence-transformers (batch 32)",
+}
 
 
 def main() -> None:
@@ -40,6 +50,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--cache", default=str(HERE / ".cache"))
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument(
+        "--st-python",
+        default=os.environ.get("QWEN3_VL_PYTHON", ""),
+        help="python of an environment with sentence-transformers and torchvision (adds its row)",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -50,11 +65,13 @@ def main() -> None:
     models = checkpoints(Path(args.cache), args.shape)
     inputs = Path(args.cache) / "vl-inputs"
     write_inputs(inputs)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    contenders = ("ours", "official", "st") if args.st_python else ("ours", "official")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     for round_ in range(args.rounds):
-        for name in CONTENDERS if round_ % 2 == 0 else reversed(CONTENDERS):
+        for name in contenders if round_ % 2 == 0 else reversed(contenders):
             print(f"round {round_ + 1}: {LABELS[name]} ...", flush=True)
-            command = [sys.executable, __file__, "--child", name, "--folder", str(inputs), "--shape", args.shape,
+            python = args.st_python if name == "st" else sys.executable
+            command = [python, __file__, "--child", name, "--folder", str(inputs), "--shape", args.shape,
                        "--threads", str(args.threads), "--cache", str(models["vl-embedding"].parent)]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
@@ -114,7 +131,8 @@ def child(args: argparse.Namespace) -> None:
     images = sorted(str(p) for p in folder.glob("page-*.png"))
     documents = [{"text": t} for t in texts] + [{"image": i} for i in images]
     query = {"text": "Which page shows the invoice total?"}
-    out: dict[str, Any] = {"seconds": {}, "extra_peak_mb": {}, "results": {}}
+    # The sentence-transformers environment has the registry's CUDA build of torch (torchvision needs it).
+    out: dict[str, Any] = {"torch": torch.__version__, "seconds": {}, "extra_peak_mb": {}, "results": {}}
     # One model in memory at a time: two 2B models in float32 take 16 GB before any work.
     for task, model in (("embed 4 texts + 4 images", embedding), ("rerank 4 texts + 4 images", reranker)):
         run, warm = _contender(args.child, model, task.startswith("rerank"), query, documents)
@@ -132,6 +150,8 @@ def child(args: argparse.Namespace) -> None:
 
 def _contender(name: str, model: Path, reranker: bool, query: Any, documents: list[Any]) -> tuple[Any, Any]:
     """The timed call and a warm-up call (one small input) of contender ``name`` on ``model``."""
+    if name == "st":
+        return _st_contender(model, reranker, query, documents)
     if name == "ours":
         from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
 
@@ -147,6 +167,22 @@ def _contender(name: str, model: Path, reranker: bool, query: Any, documents: li
     if reranker:
         return (lambda: official.score(query, pil)), (lambda: official.score(query, pil[-1:]))
     return (lambda: official.embed(pil)), (lambda: official.embed(pil[-1:]))
+
+
+def _st_contender(model: Path, reranker: bool, query: Any, documents: list[Any]) -> tuple[Any, Any]:
+    """sentence-transformers on the official messages (the tests' reference, its default batch size)."""
+    import st_vl_reference as st
+
+    pil = [{"text": d["text"]} if "text" in d else {"image": _open(d["image"])} for d in documents]
+    if reranker:
+        cross = st.reranker_model(str(model))
+        pairs = st.rerank_messages(None, query, pil)
+        return (lambda: cross.predict(pairs, activation_fn=st.SIGMOID)), (
+            lambda: cross.predict(pairs[-1:], activation_fn=st.SIGMOID)
+        )
+    bi = st.embedding_model(str(model))
+    typed = [st.typed(item) for item in pil]
+    return (lambda: bi.encode(typed, prompt=st.EMBED_DEFAULT)), (lambda: bi.encode(typed[-1:], prompt=st.EMBED_DEFAULT))
 
 
 def _open(path: str) -> Any:
@@ -172,27 +208,40 @@ def fidelity(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
     """The largest difference between ours and the official results, per task (same weights, same inputs)."""
     import numpy as np
 
-    ours, theirs = runs["ours"][0]["results"], runs["official"][0]["results"]
-    return {task: float(np.abs(np.asarray(ours[task]) - np.asarray(theirs[task])).max()) for task in ours}
+    ours = runs["ours"][0]["results"]
+    return {
+        f"{name}/{task}": float(np.abs(np.asarray(ours[task]) - np.asarray(runs[name][0]["results"][task])).max())
+        for name in runs
+        if name != "ours"
+        for task in ours
+    }
 
 
 def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
+    others = [name for name in report["runs"] if name != "ours"]
     lines = [
         f"Machine: {report['machine']}. Qwen3-VL-{report['shape']} shape, random weights, float32. "
-        f"{args.rounds} rounds, contenders alternated, each in a fresh process; the table shows the best round.",
+        f"{args.rounds} rounds, contenders alternated, each in a fresh process; the table shows the best round. "
+        "Speed-up: the contender's seconds over ours.",
         "",
-        "| task | qwen3-retrieval | official code | speed-up | extra peak memory, ours / official | largest diff. |",
-        "|---|---|---|---|---|---|",
+        "| task | contender | qwen3-retrieval | contender's time | speed-up | extra peak memory, ours / contender "
+        "| largest diff. |",
+        "|---|---|---|---|---|---|---|",
     ]
     for task in report["runs"]["ours"][0]["seconds"]:
         ours = min(run["seconds"][task] for run in report["runs"]["ours"])
-        theirs = min(run["seconds"][task] for run in report["runs"]["official"])
-        memory = [min(run["extra_peak_mb"][task] for run in report["runs"][n]) for n in CONTENDERS]
-        lines.append(
-            f"| {task} | {ours:.2f} s | {theirs:.2f} s | {theirs / ours:.2f}x | {memory[0]:.0f} / {memory[1]:.0f} MB "
-            f"| {report['fidelity'][task]:.1e} |"
-        )
-    lines += ["", f"Command: `python benchmarks/vl_bench.py --shape {report['shape']} --rounds {args.rounds}`.", ""]
+        ours_mb = min(run["extra_peak_mb"][task] for run in report["runs"]["ours"])
+        for name in others:
+            theirs = min(run["seconds"][task] for run in report["runs"][name])
+            theirs_mb = min(run["extra_peak_mb"][task] for run in report["runs"][name])
+            lines.append(
+                f"| {task} | {LABELS[name]} | {ours:.2f} s | {theirs:.2f} s | {theirs / ours:.2f}x "
+                f"| {ours_mb:.0f} / {theirs_mb:.0f} MB | {report['fidelity'][f'{name}/{task}']:.1e} |"
+            )
+    torches = ", ".join(f"{LABELS[name]}: torch {runs[0]['torch']}" for name, runs in report["runs"].items())
+    lines += ["", f"Each contender's torch: {torches}."]
+    st = " --st-python PYTHON" if "st" in report["runs"] else ""
+    lines += ["", f"Command: `python benchmarks/vl_bench.py --shape {report['shape']} --rounds {args.rounds}{st}`.", ""]
     return "\n".join(lines)
 
 

@@ -129,6 +129,41 @@ def test_the_library_indexes_on_ray_too(tmp_path: Path, ray_cluster: str, checkp
     assert index_rows(config.uri).popitem()[1][2].shape == (64,)
 
 
+def test_pages_index_on_ray_as_in_one_process(
+    tmp_path: Path, ray_cluster: str, vl_embedding: Path, vl_reranker: Path
+) -> None:
+    """``--pages`` on Ray: workers render the pages and embed them; the index and the answers are one process's."""
+    from PIL import Image, ImageDraw
+    from reportlab.lib.pagesizes import A6
+    from reportlab.pdfgen import canvas
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    pdf = canvas.Canvas(str(folder / "report.pdf"), pagesize=A6)  # small pages: few image tokens
+    for line in ("Revenue grew by ten percent.", "Costs fell in every region."):
+        pdf.drawString(20, 300, line)
+        pdf.showPage()
+    pdf.save()
+    slide = Image.new("RGB", (320, 240), "white")
+    ImageDraw.Draw(slide).text((20, 20), "Invoice total: 1,250 EUR", fill="black")
+    slide.save(folder / "slide.png")
+    (folder / "notes.md").write_text("# Notes\n\nMilvus is a vector database.\n")
+
+    def pipeline(name: str) -> RagPipeline:
+        return RagPipeline(RagConfig(uri=str(tmp_path / name), embedding_model=str(vl_embedding),
+                                     reranker_model=str(vl_reranker), device="cpu", pages=True))  # fmt: skip
+
+    on_ray, local = pipeline("ray.db"), pipeline("local.db")
+    report = on_ray.index([str(folder)], ray=RayOptions(address=ray_cluster, files_per_task=1))
+    local.index([str(folder)])
+    assert report.files_indexed == 3
+    assert same_index(on_ray.config.uri, local.config.uri) == 6  # 2 text passages, 2 pages, the slide, the note
+    found, expected = (p.retrieve("the invoice", candidates=10, top_n=6, mode="dense") for p in (on_ray, local))
+    assert [(h.path, h.location, h.image) for h in found] == [(h.path, h.location, h.image) for h in expected]
+    assert sum(bool(h.image) for h in found) == 3
+    assert [h.score for h in found] == pytest.approx([h.score for h in expected], abs=1e-5)
+
+
 def test_an_unreachable_cluster_is_one_line(tmp_path: Path, docs_folder: Path, models: list[str]) -> None:
     env = {**os.environ, **LOOPBACK}
     address = f"127.0.0.1:{free_port()}"  # nothing listens there

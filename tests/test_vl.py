@@ -16,17 +16,10 @@ import pytest
 from PIL import Image
 
 from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
+from qwen3_retrieval.testing import random_image as picture
 from vl_reference import Official
 
 TOL = 1e-5
-
-
-def picture(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
-    """A random image (random pixels make a wrong resize or patch order move the vectors far)."""
-    rng = np.random.default_rng(seed)
-    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
-    data = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
-    return Image.fromarray(data[..., 0] if channels == 1 else data, mode)
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -103,8 +103,6 @@ def index_roots(
     where = models.config
     settings = checked_settings(store, where)
     dimensions = settings["dimensions"] if settings else where.dimensions
-    if where.pages and ray is not None:
-        raise RagError("--pages does not run on Ray yet; index without --ray")
     embedder = models.embedder(dimensions)
     splitting = (where.splitting or Splitting(**settings.get("splitting", {}))).check(embedder.max_length)
     if not settings:
@@ -390,7 +388,8 @@ def model_dimension(model: str, dimensions: int | None) -> int:
     try:
         from transformers import AutoConfig
 
-        hidden = int(AutoConfig.from_pretrained(model_source(model)).hidden_size)
+        # A Qwen3-VL model's size is its text model's (it embeds the text model's last state).
+        hidden = int(AutoConfig.from_pretrained(model_source(model)).get_text_config().hidden_size)
     except (OSError, ValueError) as err:
         raise RagError(str(load_error(model, err))) from err
     if dimensions is not None and dimensions > hidden:

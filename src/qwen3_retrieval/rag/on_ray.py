@@ -33,6 +33,7 @@ import numpy as np
 from qwen3_retrieval.rag.errors import RagError
 from qwen3_retrieval.rag.extras import require
 from qwen3_retrieval.rag.files import FileRead, FileToIndex, split_file
+from qwen3_retrieval.rag.pages import model_input
 from qwen3_retrieval.rag.passages import PassageSplitter, Splitting
 from qwen3_retrieval.rag.types import Passage
 from qwen3_retrieval.redaction import redact_url
@@ -177,7 +178,7 @@ def _run(
     blocks = max(1, math.ceil(len(files) / options.files_per_task))
     split = ray.data.from_items(files, override_num_blocks=blocks).map_batches(
         _split_files,
-        fn_kwargs={"model": config.embedding_model, "splitting": splitting.as_dict()},
+        fn_kwargs={"model": config.embedding_model, "splitting": splitting.as_dict(), "pages": config.pages},
         batch_size=options.files_per_task,
         batch_format="pandas",
         # Half a core: it differs from the actors' request, which keeps Ray from fusing reading into the
@@ -215,7 +216,7 @@ def _file_read(item: FileToIndex, row: dict[str, Any], warn: Callable[[str], Non
     passages = json.loads(row["passages"])
     if passages is None:
         return FileRead(item, [], skipped=True)
-    found = [Passage(*p) for p in passages]
+    found = [Passage(*p) for p in passages]  # text, heading, location, image
     vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(found), -1)
     return FileRead(item, found, vectors)
 
@@ -236,15 +237,26 @@ def _splitter(model: str, chunk_tokens: int, overlap_tokens: int) -> PassageSpli
     return PassageSplitter(passage_tokenizer(model), Splitting(chunk_tokens, overlap_tokens))
 
 
-def _split_files(batch: Any, model: str, splitting: dict[str, int]) -> Any:
-    """A Ray Data task: read and split each file of ``batch`` (a pandas frame of ``n`` and ``path``)."""
+def _split_files(batch: Any, model: str, splitting: dict[str, int], pages: bool = False) -> Any:
+    """A Ray Data task: read and split each file of ``batch`` (a pandas frame of ``n`` and ``path``).
+
+    With ``pages``, a page passage carries only which page it is: the pixels are made again from the file where
+    it is embedded, as in a run without Ray, so no image travels between the tasks and the actors.
+    """
     splitter = _splitter(model, splitting["chunk_tokens"], splitting["overlap_tokens"])
     passages, warnings = [], []
     for path in batch["path"]:
-        found, said = split_file(Path(path), splitter)
-        passages.append(json.dumps(None if found is None else [[p.text, p.heading, p.location] for p in found]))
+        found, said = split_file(Path(path), splitter, pages)
+        passages.append(
+            json.dumps(None if found is None else [[p.text, p.heading, p.location, p.image] for p in found])
+        )
         warnings.append(json.dumps(said))
     return batch.assign(passages=passages, warnings=warnings)
+
+
+EMBED_SLICE = 256
+"""Passages an embedding actor embeds per call: with ``--pages``, the most page images it holds at once (as many
+as a run without Ray embeds per call)."""
 
 
 class _Embed:
@@ -255,8 +267,19 @@ class _Embed:
 
     def __call__(self, batch: Any) -> Any:
         files = [json.loads(p) or [] for p in batch["passages"]]
-        texts = [text for passages in files for text, _, _ in passages]
-        vectors = self.embedder.embed_documents(texts) if texts else np.zeros((0, 0), np.float32)
+        # As indexing does without Ray: a page passage is embedded as its image, made from the file here (the
+        # files are at the same paths on every node); a text passage as its text. In slices of a bounded number
+        # of passages, so that at most that many page images are held at once.
+        inputs = [
+            (Path(path), text, image)
+            for path, passages in zip(batch["path"], files, strict=True)
+            for text, _, _, image in passages
+        ]
+        parts = []
+        for first in range(0, len(inputs), EMBED_SLICE):
+            made = [model_input(*item) if item[2] else item[1] for item in inputs[first : first + EMBED_SLICE]]
+            parts.append(self.embedder.embed_documents(made))
+        vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
         shares, start = [], 0
         for passages in files:
             shares.append(np.ascontiguousarray(vectors[start : start + len(passages)], dtype=np.float32).tobytes())

@@ -19,6 +19,7 @@ from qwen3_retrieval.testing.checkpoints import (
     make_reranker_checkpoint,
     tiny_checkpoint,
 )
+from qwen3_retrieval.testing.images import random_image
 from qwen3_retrieval.testing.tokenizer import SPECIAL_TOKENS, build_tokenizer
 from qwen3_retrieval.testing.vl_checkpoints import make_vl_checkpoint, tiny_vl_checkpoint
 
@@ -30,6 +31,7 @@ __all__ = [
     "make_embedding_checkpoint",
     "make_reranker_checkpoint",
     "make_vl_checkpoint",
+    "random_image",
     "tiny_checkpoint",
     "tiny_vl_checkpoint",
 ]
