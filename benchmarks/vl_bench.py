@@ -147,6 +147,9 @@ def child(args: argparse.Namespace) -> None:
     query = {"text": "Which page shows the invoice total?"}
     # The sentence-transformers environment has the registry's CUDA build of torch (torchvision needs it).
     out: dict[str, Any] = {"torch": torch.__version__, "seconds": {}, "extra_peak_mb": {}, "results": {}}
+    if args.child == "vllm":  # the server's torch, not its client's
+        ask = [args.vllm_python, "-c", "import torch; print(torch.__version__)"]
+        out["torch"] = subprocess.run(ask, capture_output=True, text=True, check=True).stdout.strip()
     # One model in memory at a time: two 2B models in float32 take 16 GB before any work.
     for task, model in (("embed 4 texts + 4 images", embedding), ("rerank 4 texts + 4 images", reranker)):
         with contextlib.ExitStack() as stack:
