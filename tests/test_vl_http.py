@@ -2,12 +2,13 @@
 
 vLLM's Qwen3-VL model needs torchvision, which this test environment does not have, so here a loopback server
 stands in for one (integration_tests/test_vllm_vl.py runs the same client against real vLLM servers, in an
-environment of their own). It is built from transformers and not from our package: it decodes the request's images, renders its messages with the checkpoint's chat template
-(control tokens recognised, as vLLM tokenizes a rendered chat), resizes each image by the official rule with the
-server's own pixel bounds (the checkpoint's; per-request ``mm_processor_kwargs`` are refused with vLLM's HTTP 400)
-and runs transformers' ``Qwen3VLModel`` (:mod:`vl_reference`), reporting the prompt's length as vLLM does. So a
-request whose bytes render to anything but the official prompt, or whose images are not the official pixels,
-gives vectors and scores other than the official code's. It does not take videos (the real servers do).
+environment of their own). It is built from transformers and not from our package: it decodes the request's
+images, renders its messages with the checkpoint's chat template (control tokens recognised, as vLLM tokenizes a
+rendered chat), resizes each image by the official rule within the server's own pixel bounds (the checkpoint's;
+per-request ``mm_processor_kwargs`` are refused with vLLM's HTTP 400) and runs transformers' ``Qwen3VLModel``
+(:mod:`vl_reference`), reporting the prompt's length as vLLM does. So a request whose bytes render to anything
+but the official prompt, or whose images are not the official pixels, gives vectors and scores other than the
+official code's. It does not take videos (the real servers do).
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ def test_http_refuses_an_answer_for_images_the_server_resized_otherwise(
 ) -> None:
     """A server whose pixel bounds exclude an image's official size resizes it again: its answer is refused."""
     state, url = loopback
+    sent(state)
     big = {"image": picture(400, 300, 7)}  # 120,000 pixels once resized
     state.max_pixels = 64 * 32 * 32
     try:
