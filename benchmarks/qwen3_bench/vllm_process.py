@@ -25,9 +25,14 @@ def vllm_speed_env(threads: int) -> dict[str, str]:
 
 
 class VLLMServerProcess:
-    """A vLLM server for one benchmark job, with the flags a user runs it with for speed (compiled, ``dtype``)."""
+    """A vLLM server for one benchmark job, with the flags a user runs it with for speed (compiled, ``dtype``).
 
-    def __init__(self, python: str, model: str, task: str, threads: int, dtype: str = "float32") -> None:
+    ``eager``: no torch.compile (``--enforce-eager``), for shapes whose compilation takes minutes (Qwen3-VL-2B).
+    """
+
+    def __init__(
+        self, python: str, model: str, task: str, threads: int, dtype: str = "float32", eager: bool = False
+    ) -> None:
         import socket
 
         with socket.socket() as sock:
@@ -39,10 +44,16 @@ class VLLMServerProcess:
             "--port", str(self.port), "--runner", "pooling", "--dtype", dtype, "--max-model-len", "8192",
             "--kv-cache-memory-bytes", str(VLLM_KV_BYTES),
         ]  # fmt: skip
-        if task == "reranking" and "ForSequenceClassification" not in (Path(model) / "config.json").read_text():
+        if eager:
+            self.command.append("--enforce-eager")
+        config = json.loads((Path(model) / "config.json").read_text())
+        if task == "reranking" and "ForSequenceClassification" not in " ".join(config.get("architectures", [])):
             from qwen3_retrieval.engines.vllm_local import ORIGINAL_RERANKER_OVERRIDES
 
-            self.command += ["--hf-overrides", json.dumps(ORIGINAL_RERANKER_OVERRIDES)]
+            overrides = dict(ORIGINAL_RERANKER_OVERRIDES)
+            if config.get("model_type") == "qwen3_vl":  # docs/qwen3-vl.md's command
+                overrides["architectures"] = ["Qwen3VLForSequenceClassification"]
+            self.command += ["--hf-overrides", json.dumps(overrides)]
         self.env = {**os.environ, **vllm_speed_env(threads)}
         self.probe = f"{self.url}/embeddings" if task == "embedding" else f"http://127.0.0.1:{self.port}/classify"
 
@@ -62,6 +73,18 @@ class VLLMServerProcess:
                     return self
             time.sleep(2)
         raise RuntimeError(f"vLLM did not start in 600 s; see {self.log.name}")
+
+    def reset_peak(self) -> float:
+        """Reset the server's peak resident memory (one process: no multiprocessing); return it now, in MB."""
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+        return self.status_mb("VmRSS")
+
+    def status_mb(self, field: str) -> float:
+        """A memory field of the server's ``/proc/PID/status``, in MB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(field)
 
     def peak_rss_mb(self) -> float | None:
         """Peak resident memory of the server and its child processes (vLLM runs its engine in a child)."""

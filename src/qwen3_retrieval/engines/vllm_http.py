@@ -54,6 +54,18 @@ class _BadAnswer(Exception):
     """A server's answer that cannot be used; the message says why (no URL: the caller adds it)."""
 
 
+class _OtherPrompt(Exception):
+    """The server counted another number of prompt tokens than the prompt built here has."""
+
+    def __init__(self, counted: int, built: int) -> None:
+        super().__init__(counted, built)
+        self.counted, self.built = counted, built
+
+
+# A chat request body made when its request is sent, with its prompt's length in tokens as built here.
+ChatBody = tuple[Callable[[], Awaitable[dict[str, Any]]], int]
+
+
 class VLLMServer:
     """Client of one vLLM server (or a balancer in front of many) for one served model.
 
@@ -143,19 +155,22 @@ class VLLMServer:
     # --- chat messages: the only form in which a server takes images ----------------------------------------
 
     async def aembed_chats(
-        self, bodies: Sequence[Callable[[], Awaitable[dict[str, Any]]]], width: int | None = None
+        self, bodies: Sequence[ChatBody], width: int | None = None, fix: str = ""
     ) -> list[list[float]]:
         """Return the raw pooled vector of each chat request body (one conversation each), in order.
 
-        Each body is made when its request is sent, so no more than ``max_concurrency`` are held at once.
+        Each body is made when its request is sent, so no more than ``max_concurrency`` are held at once. The
+        server renders and tokenizes the messages itself, so the prompt length it reports (``usage``) must be the
+        one built here: any other is a ``ValueError`` ending with ``fix``.
         """
         url = f"{self.base_url}/embeddings"
         read = lambda row: _vector(row.get("embedding"), width)  # noqa: E731
-        return await self._send_all(url, [(make, 1) for make in bodies], read)
+        return await self._send_all(url, [(make, 1, tokens) for make, tokens in bodies], read, fix)
 
-    async def aclassify_chats(self, bodies: Sequence[Callable[[], Awaitable[dict[str, Any]]]]) -> list[float]:
+    async def aclassify_chats(self, bodies: Sequence[ChatBody], fix: str = "") -> list[float]:
         """Return the single-label probability of each chat request body (one conversation each), in order."""
-        return await self._send_all(f"{self.root}/classify", [(make, 1) for make in bodies], _probability)
+        requests = [(make, 1, tokens) for make, tokens in bodies]
+        return await self._send_all(f"{self.root}/classify", requests, _probability, fix)
 
     # --- batching, concurrency, retries ---------------------------------------------------------------------
 
@@ -167,28 +182,31 @@ class VLLMServer:
         read_row: Callable[[dict[str, Any]], T],
     ) -> list[T]:
         batches = [sequences[i : i + self.max_batch] for i in range(0, len(sequences), self.max_batch)]
-        return await self._send_all(url, [(_ready(body(batch)), len(batch)) for batch in batches], read_row)
+        return await self._send_all(url, [(_ready(body(batch)), len(batch), None) for batch in batches], read_row)
 
     async def _send_all(
         self,
         url: str,
-        requests: Sequence[tuple[Callable[[], Awaitable[dict[str, Any]]], int]],
+        requests: Sequence[tuple[Callable[[], Awaitable[dict[str, Any]]], int, int | None]],
         read_row: Callable[[dict[str, Any]], T],
+        fix: str = "",
     ) -> list[T]:
         """Send requests, at most ``max_concurrency`` at once; return all rows in request order.
 
-        Each request is a body made when its turn comes (so bodies are not all held at once) and its row count.
+        Each request is a body made when its turn comes (so bodies are not all held at once), its row count and,
+        for a chat, its prompt's length in tokens (None: ids sent, nothing to compare).
         """
         gate = asyncio.Semaphore(self.max_concurrency)
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         async with httpx.AsyncClient(timeout=self.timeout, headers=headers, auth=self._credentials) as client:
             served = await self._served_name(client)
 
-            async def one(make: Callable[[], Awaitable[dict[str, Any]]], count: int) -> list[T]:
+            async def one(make: Callable[[], Awaitable[dict[str, Any]]], count: int, tokens: int | None) -> list[T]:
                 async with gate:
-                    return await self._post(client, url, {"model": served, **await make()}, count, read_row)
+                    body = {"model": served, **await make()}
+                    return await self._post(client, url, body, count, read_row, (tokens, fix))
 
-            results = await asyncio.gather(*(one(make, count) for make, count in requests))
+            results = await asyncio.gather(*(one(make, count, tokens) for make, count, tokens in requests))
         return [row for rows in results for row in rows]
 
     async def _served_name(self, client: httpx.AsyncClient) -> str:
@@ -224,6 +242,7 @@ class VLLMServer:
         body: dict[str, Any],
         expected: int,
         read_row: Callable[[dict[str, Any]], T],
+        prompt: tuple[int | None, str] = (None, ""),
     ) -> list[T]:
         for attempt in range(self.retries + 1):
             try:
@@ -252,9 +271,14 @@ class VLLMServer:
             if status != 200:
                 raise self._http_error(url, status, raw)
             try:
-                return _rows(raw, expected, read_row)
+                return _rows(raw, expected, read_row, prompt[0])
             except _BadAnswer as bad:
                 raise self._error(url, f"sent an answer that cannot be used: {bad}") from None
+            except _OtherPrompt as other:
+                raise ValueError(
+                    f"the vLLM server at {url} ran a prompt of {other.counted} tokens where the one computed here "
+                    f"has {other.built}, so its answer would not be this prompt's{prompt[1]}"
+                ) from None
         raise AssertionError("unreachable")
 
     async def _exchange(self, client: httpx.AsyncClient, url: str, body: dict[str, Any], cap: int) -> tuple[int, bytes]:
@@ -306,6 +330,11 @@ class VLLMServer:
                 f"{where} does not serve model {self.model!r} ({message}); pass the served name as the model's "
                 "served_model_name= (qwen3-rag: --embedding-served-name, --reranker-served-name)"
             )
+        if "--trust-request" in lowered:  # vLLM gates per-request processor settings and templates (videos)
+            return ValueError(
+                f"{where} refused the request's per-request settings ({message}); videos over base_url= need a "
+                "server started with --trust-request-mm-kwargs --trust-request-chat-template (docs/qwen3-vl.md)"
+            )
         if "context length" in lowered or "max_model_len" in lowered or "maximum model length" in lowered:
             return ValueError(
                 f"{where} refused an input as too long ({message}); lower max_length to the server's "
@@ -337,12 +366,22 @@ def _backoff(attempt: int) -> float:
     return 0.5 * 2**attempt
 
 
-def _rows(raw: bytes, expected: int, read_row: Callable[[dict[str, Any]], T]) -> list[T]:
-    """The rows of a ``{"data": [{"index": i, ...}]}`` answer in index order, each checked by ``read_row``."""
+def _rows(raw: bytes, expected: int, read_row: Callable[[dict[str, Any]], T], tokens: int | None = None) -> list[T]:
+    """The rows of a ``{"data": [{"index": i, ...}]}`` answer in index order, each checked by ``read_row``.
+
+    With ``tokens``, the answer's ``usage.prompt_tokens`` (which vLLM always sends) must be that length.
+    """
     try:
         payload = json.loads(raw)
     except ValueError:
         raise _BadAnswer("it is not JSON") from None
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    counted = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if tokens is not None:
+        if type(counted) is not int:
+            raise _BadAnswer("it has no 'usage.prompt_tokens' count to check the prompt it ran against")
+        if counted != tokens:
+            raise _OtherPrompt(counted, tokens)
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list):
         raise _BadAnswer("it has no 'data' list")

@@ -71,8 +71,6 @@ class RagConfig:
                 object.__setattr__(self, "embedding_model", DEFAULT_VL_EMBEDDING_MODEL)
             if self.reranker_model == DEFAULT_RERANKER_MODEL:
                 object.__setattr__(self, "reranker_model", DEFAULT_VL_RERANKER_MODEL)
-            if self.embedding_url or self.reranker_url:
-                raise RagError("--pages runs the Qwen3-VL models in this process; drop the vLLM server URLs")
 
     def store(self) -> PassageStore:
         """Open the collection (one-line error if Milvus cannot be reached)."""
@@ -87,9 +85,8 @@ class RagConfig:
         """The embedding model, cut to ``dimensions`` (None: full size)."""
         from qwen3_retrieval import Qwen3Embedder, Qwen3VLEmbedder
 
-        if self.pages:
-            return Qwen3VLEmbedder(self.embedding_model, dimensions=dimensions, device=self.device)
-        return Qwen3Embedder(
+        model = Qwen3VLEmbedder if self.pages else Qwen3Embedder
+        return model(
             self.embedding_model,
             dimensions=dimensions,
             **self._engine(self.embedding_url, self.embedding_api_key, self.embedding_served_name),
@@ -99,9 +96,8 @@ class RagConfig:
         """The reranking model."""
         from qwen3_retrieval import Qwen3Reranker, Qwen3VLReranker
 
-        if self.pages:
-            return Qwen3VLReranker(self.reranker_model, device=self.device)
-        return Qwen3Reranker(
+        model = Qwen3VLReranker if self.pages else Qwen3Reranker
+        return model(
             self.reranker_model, **self._engine(self.reranker_url, self.reranker_api_key, self.reranker_served_name)
         )
 

@@ -124,7 +124,10 @@ def make_vl_checkpoint(
     ids = {token["content"]: token["id"] for token in spec["added_tokens"]}
     vocab = len(spec["model"]["vocab"]) + len(spec["added_tokens"])
     config = Qwen3VLConfig(
-        text_config={"vocab_size": vocab, **text, "pad_token_id": ids["<|endoftext|>"]},
+        # The published configs say it twice, at the top and in text_config (facts file, section 4.2); vLLM
+        # reads the text config's to tie the LM head whose yes/no rows the reranker's score is made from, and
+        # transformers 5 does not copy the top-level one down.
+        text_config={"vocab_size": vocab, **text, "pad_token_id": ids["<|endoftext|>"], "tie_word_embeddings": True},
         vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],

@@ -123,9 +123,30 @@ class SizedVideo:
         Frames are read and resized one at a time (the resize treats each frame alone), so a video in a large
         format never holds more than one of its source frames.
         """
-        frames = [self._clip_size(frame) for frame in self._frames()]
-        frames += frames[-1:] * (self.count - len(frames))
-        return patchify(torch.stack(frames), self.settings)
+        return patchify(torch.stack(list(self.clip())), self.settings)
+
+    def clip(self) -> Iterator[torch.Tensor]:
+        """Read the frames the model sees again, each ``(3, height, width)`` 8-bit pixels resized the official way.
+
+        The last is repeated if their count is odd (a temporal patch is two frames).
+        """
+        frame = None
+        for frame in map(self._clip_size, self._frames()):
+            yield frame
+        taken = len(self.indices) if self.is_file else len(self.frames)
+        for _ in range(self.count - taken):
+            assert frame is not None
+            yield frame
+
+    def times(self) -> tuple[float, list[int], int]:
+        """The frame rate, the indices of the frames :meth:`clip` gives, and the source's frame count.
+
+        The timestamps are computed from them; the official code numbers a list of frames after the odd one is
+        repeated.
+        """
+        if self.is_file:
+            return self.fps, list(self.indices), max(self.indices) + 1
+        return self.fps, list(range(self.count)), self.count
 
     def _frames(self) -> Iterator[torch.Tensor]:
         """Each sampled frame as ``(3, H, W)`` 8-bit pixels of :attr:`frame_size`, in order."""
