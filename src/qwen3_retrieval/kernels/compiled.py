@@ -1,0 +1,269 @@
+"""Compiled element-wise regions: built in the background, cached on disk, switched to when ready.
+
+The regions of :mod:`qwen3_retrieval.kernels.regions` are compiled by inductor ahead of time (AOTInductor: one
+shared library per region, a dynamic token count, the weights passed in, so one library serves every layer).
+A compile takes tens of seconds, so it never runs in a caller's call:
+
+- :class:`RegionSwitch` starts with the eager regions. If the disk cache has this region set, it loads it at
+  once (milliseconds) and every call runs compiled from the first. Otherwise one background thread compiles it,
+  at the lowest CPU priority (the C++ compiler it starts inherits that), so the calls running meanwhile keep
+  the cores; it then stores the libraries in the cache and switches.
+- The switch is one attribute assignment of a whole :class:`~qwen3_retrieval.kernels.regions.Regions` record, and a
+  forward pass reads it once, so a call runs all eager or all compiled, never half of each.
+- The cache is keyed by everything the generated code depends on: torch's version, the CPU instruction set
+  inductor compiles for, the dtype, the sizes that are not dynamic, the norms' epsilon, torch's thread count
+  (the generated loops use a fixed one) and this module's code. Files appear by atomic rename, so a killed
+  compile leaves nothing half-written, and processes racing on one key each write a whole file.
+- A forked child runs eager: GNU OpenMP cannot start a parallel region again in a child of a process that used
+  it (:mod:`qwen3_retrieval.kernels.forking`), and a compile that was under way in the parent has no thread there.
+
+Where it is not used: without a C++ compiler (said once at debug level), on devices other than the CPU, or where
+``compile="auto"`` found no measured gain (:func:`auto_enabled`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qwen3_retrieval.kernels import regions as regions_module
+from qwen3_retrieval.kernels.regions import Regions, eager_regions, pure_regions
+
+logger = logging.getLogger(__name__)
+
+CompileSetting = bool | str
+"""``compile=``: True, False or ``"auto"`` (checked by the options)."""
+
+CACHE_ENV = "QWEN3_RETRIEVAL_CACHE"
+"""Environment variable naming the cache folder (default: ``$XDG_CACHE_HOME/qwen3-retrieval``, else
+``~/.cache/qwen3-retrieval``)."""
+
+_said_no_compiler = False
+
+
+def cache_root() -> Path:
+    """The folder compiled regions are kept in (see :data:`CACHE_ENV`)."""
+    given = os.environ.get(CACHE_ENV)
+    if given:
+        return Path(given).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "qwen3-retrieval"
+
+
+def instruction_set() -> str:
+    """The CPU instruction set the generated code targets: torch's (which ``ATEN_CPU_CAPABILITY`` lowers), and AMX."""
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    amx = getattr(torch._C._cpu, "_is_amx_tile_supported", lambda: False)()
+    return f"{capability}-amx" if amx and capability.startswith("avx512") else capability
+
+
+def compiler_available() -> bool:
+    """Whether inductor finds a C++ compiler (``$CXX``, else ``g++`` or ``clang++`` on the ``PATH``)."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++"]
+    return any(shutil.which(name) for name in names)
+
+
+def auto_enabled(dtype: torch.dtype) -> bool:
+    """What ``compile="auto"`` means for a model of ``dtype`` on this CPU (see docs/benchmarks.md).
+
+    bfloat16: on, where the CPU multiplies bfloat16 natively (AMX or AVX-512 BF16), which leaves the element-wise
+    passes most of a round, and the compiled regions measured faster. float32: on as well; the multiplies take
+    most of a round there, and the regions measured a smaller gain that still holds.
+    """
+    if dtype == torch.bfloat16:
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dtype == torch.float32
+
+
+def resolve(setting: CompileSetting, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a model of ``dtype`` on ``device`` runs compiled regions under ``setting``."""
+    global _said_no_compiler
+    if setting is False or device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if setting == "auto" and not auto_enabled(dtype):
+        return False
+    if not compiler_available():
+        if not _said_no_compiler:
+            _said_no_compiler = True
+            logger.debug("qwen3_retrieval: no C++ compiler found ($CXX, g++, clang++): the model runs eager")
+        return False
+    return True
+
+
+class RegionSwitch:
+    """The regions a model's forward passes run: eager, until the compiled ones are ready.
+
+    Args:
+        dtype: the model's dtype.
+        eps: its RMSNorms' epsilon.
+        sizes: ``{"head_dim": ..., "hidden": ..., "intermediate": ...}``, the sizes the compiled code fixes.
+        compiled: compile at all (the resolved ``compile=`` option).
+    """
+
+    def __init__(self, dtype: torch.dtype, eps: float, sizes: dict[str, int], *, compiled: bool) -> None:
+        self.dtype, self.eps, self.sizes = dtype, eps, dict(sizes)
+        self.current: Regions = eager_regions(dtype, eps)
+        self.compiled = False  # True once ``current`` is the compiled set
+        self.failure: BaseException | None = None  # why a compile failed (the model stays eager)
+        self._thread: threading.Thread | None = None
+        self.folder = cache_root() / "compiled" / self.key()
+        _switches.add(self)
+        if compiled:
+            self._start()
+
+    def key(self) -> str:
+        """The cache folder's name for this region set on this machine (see the module's notes)."""
+        code = "".join(inspect.getsource(f) for f in (regions_module.rms_norm, regions_module.rotary, pure_regions))
+        parts = [
+            torch.__version__,
+            instruction_set(),
+            str(self.dtype).removeprefix("torch."),
+            *(f"{name}={size}" for name, size in sorted(self.sizes.items())),
+            f"eps={self.eps!r}",
+            f"threads={torch.get_num_threads()}",
+            hashlib.sha256(code.encode()).hexdigest()[:12],
+        ]
+        digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        return f"torch-{torch.__version__}-{parts[1]}-{parts[2]}-{digest}"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a background compile is done (for tests and benchmarks); return whether compiled."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.compiled
+
+    def _start(self) -> None:
+        if all((self.folder / f"{name}.pt2").exists() for name in Regions._fields):
+            try:
+                self._switch(self._load())
+                return
+            except Exception as err:  # a damaged or foreign file: compile it again
+                logger.debug("qwen3_retrieval: cached compiled regions unusable (%s); compiling again", err)
+        self._thread = threading.Thread(target=self._compile, name="qwen3-retrieval-compile", daemon=True)
+        self._thread.start()
+
+    def _compile(self) -> None:
+        try:
+            _lowest_priority()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for name, (module, example, dynamic) in self._exports().items():
+                target = self.folder / f"{name}.pt2"
+                if target.exists():
+                    continue
+                logger.debug("qwen3_retrieval: compiling the %s region into %s", name, target)
+                program = torch.export.export(module, example, dynamic_shapes=(dynamic,))  # forward(*args)
+                handle, scratch = tempfile.mkstemp(suffix=".pt2", dir=self.folder)
+                os.close(handle)
+                try:
+                    torch._inductor.aoti_compile_and_package(program, package_path=scratch)
+                    os.replace(scratch, target)  # whole or absent, whatever else runs or dies meanwhile
+                finally:
+                    if os.path.exists(scratch):
+                        os.unlink(scratch)
+            self._switch(self._load())
+        except Exception as err:  # the model keeps running eager; the reason stays readable
+            self.failure = err
+            logger.debug("qwen3_retrieval: compiling the regions failed (%s); the model runs eager", err)
+
+    def _switch(self, regions: Regions) -> None:
+        if _forked:  # see the module's notes
+            return
+        self.current, self.compiled = regions, True
+
+    def _load(self) -> Regions:
+        loaded = {name: torch._inductor.aoti_load_package(str(self.folder / f"{name}.pt2")) for name in Regions._fields}
+        return Regions(
+            norm_rotary=_tensor_call(loaded["norm_rotary"]),
+            add_norm=_pair_call(loaded["add_norm"]),
+            silu_mul=_tensor_call(loaded["silu_mul"]),
+        )
+
+    def _exports(self) -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...], Any]]:
+        """Each region as a module to export, with example inputs and which of their sizes are dynamic."""
+        pure = pure_regions(self.eps)
+        head_dim, hidden, intermediate = self.sizes["head_dim"], self.sizes["hidden"], self.sizes["intermediate"]
+        tokens, heads = torch.export.Dim("tokens", min=1), torch.export.Dim("heads", min=1)
+
+        def empty(*shape: int) -> torch.Tensor:  # export traces shapes, never values
+            return torch.empty(shape, dtype=self.dtype)
+
+        return {
+            "norm_rotary": (
+                _Module(pure.norm_rotary),
+                (empty(8, 4, head_dim), empty(head_dim), empty(8, 1, head_dim), empty(8, 1, head_dim)),
+                ({0: tokens, 1: heads}, None, {0: tokens}, {0: tokens}),
+            ),
+            "add_norm": (
+                _Module(pure.add_norm),
+                (empty(8, hidden), empty(8, hidden), empty(hidden)),
+                ({0: tokens}, {0: tokens}, None),
+            ),
+            "silu_mul": (
+                _Module(pure.silu_mul),
+                (empty(8, intermediate), empty(8, intermediate)),
+                ({0: tokens}, {0: tokens}),
+            ),
+        }
+
+
+class _Module(torch.nn.Module):
+    """A function as a module, for ``torch.export``."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        return self.function(*args)
+
+
+def _tensor_call(package: Any) -> Callable[..., torch.Tensor]:
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = package(*(arg.contiguous() for arg in args))
+        return result
+
+    return call
+
+
+def _pair_call(package: Any) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    def call(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        first, second = package(*(arg.contiguous() for arg in args))
+        return first, second
+
+    return call
+
+
+def _lowest_priority() -> None:
+    """Run this thread, and the compiler processes it starts, only on cores the callers leave idle."""
+    if sys.platform.startswith("linux"):  # Linux's niceness is per thread, and children inherit it
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+_forked = False
+_switches: weakref.WeakSet[RegionSwitch] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
+    for switch in list(_switches):
+        switch.current, switch.compiled = eager_regions(switch.dtype, switch.eps), False
+        switch._thread = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
