@@ -4,10 +4,10 @@ The regions of :mod:`qwen3_retrieval.kernels.regions` are compiled by inductor a
 shared library per region, a dynamic token count, the weights passed in, so one library serves every layer).
 A compile takes tens of seconds, so it never runs in a caller's call:
 
-- :class:`RegionSwitch` starts with the eager regions. If the disk cache has this region set, it loads it at
-  once (milliseconds) and every call runs compiled from the first. Otherwise one background thread compiles it,
-  at the lowest CPU priority (the C++ compiler it starts inherits that), so the calls running meanwhile keep
-  the cores; it then stores the libraries in the cache and switches.
+- :class:`RegionSwitch` starts with the eager regions. If the disk cache has this region set, it loads it with
+  the model (about a second, mostly importing inductor's loader) and every call runs compiled from the first.
+  Otherwise one background thread compiles it at the lowest CPU priority (the C++ compiler it starts inherits
+  that), so the calls running meanwhile keep the cores, stores the libraries in the cache, and switches.
 - The switch is one attribute assignment of a whole :class:`~qwen3_retrieval.kernels.regions.Regions` record, and a
   forward pass reads it once, so a call runs all eager or all compiled, never half of each.
 - The cache is keyed by everything the generated code depends on: torch's version, the CPU instruction set
@@ -147,37 +147,45 @@ class RegionSwitch:
         return self.compiled
 
     def _start(self) -> None:
+        # A cached set loads here, with the model: about a second (inductor's loader is imported), after which
+        # every call, the first included, runs compiled.
         if all((self.folder / f"{name}.pt2").exists() for name in Regions._fields):
             try:
                 self._switch(self._load())
+                logger.debug("qwen3_retrieval: compiled regions loaded from %s", self.folder)
                 return
             except Exception as err:  # a damaged or foreign file: compile it again
                 logger.debug("qwen3_retrieval: cached compiled regions unusable (%s); compiling again", err)
-        self._thread = threading.Thread(target=self._compile, name="qwen3-retrieval-compile", daemon=True)
+                for name in Regions._fields:
+                    (self.folder / f"{name}.pt2").unlink(missing_ok=True)
+        self._thread = threading.Thread(target=self._build, name="qwen3-retrieval-compile", daemon=True)
         self._thread.start()
 
-    def _compile(self) -> None:
+    def _build(self) -> None:
         try:
-            _lowest_priority()
-            self.folder.mkdir(parents=True, exist_ok=True)
-            for name, (module, example, dynamic) in self._exports().items():
-                target = self.folder / f"{name}.pt2"
-                if target.exists():
-                    continue
-                logger.debug("qwen3_retrieval: compiling the %s region into %s", name, target)
-                program = torch.export.export(module, example, dynamic_shapes=(dynamic,))  # forward(*args)
-                handle, scratch = tempfile.mkstemp(suffix=".pt2", dir=self.folder)
-                os.close(handle)
-                try:
-                    torch._inductor.aoti_compile_and_package(program, package_path=scratch)
-                    os.replace(scratch, target)  # whole or absent, whatever else runs or dies meanwhile
-                finally:
-                    if os.path.exists(scratch):
-                        os.unlink(scratch)
+            self._compile()
             self._switch(self._load())
         except Exception as err:  # the model keeps running eager; the reason stays readable
             self.failure = err
             logger.debug("qwen3_retrieval: compiling the regions failed (%s); the model runs eager", err)
+
+    def _compile(self) -> None:
+        _lowest_priority()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, (module, example, dynamic) in self._exports().items():
+            target = self.folder / f"{name}.pt2"
+            if target.exists():
+                continue
+            logger.debug("qwen3_retrieval: compiling the %s region into %s", name, target)
+            program = torch.export.export(module, example, dynamic_shapes=(dynamic,))  # forward(*args)
+            handle, scratch = tempfile.mkstemp(suffix=".pt2", dir=self.folder)
+            os.close(handle)
+            try:
+                torch._inductor.aoti_compile_and_package(program, package_path=scratch)
+                os.replace(scratch, target)  # whole or absent, whatever else runs or dies meanwhile
+            finally:
+                if os.path.exists(scratch):
+                    os.unlink(scratch)
 
     def _switch(self, regions: Regions) -> None:
         if _forked:  # see the module's notes
