@@ -6,8 +6,11 @@ A compile takes tens of seconds, so it never runs in a caller's call:
 
 - :class:`RegionSwitch` starts with the eager regions. If the disk cache has this region set, it loads it with
   the model (about a second, mostly importing inductor's loader) and every call runs compiled from the first.
-  Otherwise one background thread compiles it at the lowest CPU priority (the C++ compiler it starts inherits
-  that), so the calls running meanwhile keep the cores, stores the libraries in the cache, and switches.
+  Otherwise a background thread starts a compile process at the lowest CPU priority (the C++ compiler it starts
+  inherits that), so the calls running meanwhile keep the cores; when the libraries are in the cache, the
+  thread loads them and switches. A process rather than the thread itself: a compile cut short at the program's
+  exit would abort the program, and the compiler's memory stays out of the program's peak. A compile still
+  running when the program exits is stopped; the next process compiles again.
 - The switch is one attribute assignment of a whole :class:`~qwen3_retrieval.kernels.regions.Regions` record, and a
   forward pass reads it once, so a call runs all eager or all compiled, never half of each.
 - The cache is keyed by everything the generated code depends on: torch's version, the CPU instruction set
@@ -23,12 +26,15 @@ Where it is not used: without a C++ compiler (said once at debug level), on devi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import inspect
+import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -170,22 +176,26 @@ class RegionSwitch:
             logger.debug("qwen3_retrieval: compiling the regions failed (%s); the model runs eager", err)
 
     def _compile(self) -> None:
-        _lowest_priority()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for name, (module, example, dynamic) in self._exports().items():
-            target = self.folder / f"{name}.pt2"
-            if target.exists():
-                continue
-            logger.debug("qwen3_retrieval: compiling the %s region into %s", name, target)
-            program = torch.export.export(module, example, dynamic_shapes=(dynamic,))  # forward(*args)
-            handle, scratch = tempfile.mkstemp(suffix=".pt2", dir=self.folder)
-            os.close(handle)
-            try:
-                torch._inductor.aoti_compile_and_package(program, package_path=scratch)
-                os.replace(scratch, target)  # whole or absent, whatever else runs or dies meanwhile
-            finally:
-                if os.path.exists(scratch):
-                    os.unlink(scratch)
+        """Compile the regions into the cache in a child process, at the lowest priority; wait for it here."""
+        # A process, not this thread: a compile cut short when the program exits would abort it from a
+        # daemon thread, and the compiler's memory stays out of this process's peak.
+        _lowest_priority()  # the child inherits this thread's niceness
+        spec = {"folder": str(self.folder), "dtype": str(self.dtype).removeprefix("torch."), "eps": self.eps}
+        spec.update(sizes=self.sizes, threads=torch.get_num_threads())
+        logger.debug("qwen3_retrieval: compiling the regions into %s in the background", self.folder)
+        command = [sys.executable, "-m", "qwen3_retrieval.kernels.compiled", json.dumps(spec)]
+        with _children_lock:
+            if _exiting:
+                raise RuntimeError("the program is exiting")
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            _children.add(process)
+        try:
+            _, errors = process.communicate()
+        finally:
+            with _children_lock:
+                _children.discard(process)
+        if process.returncode != 0:
+            raise RuntimeError(f"the compile process exited with {process.returncode}: {errors[-500:]}")
 
     def _switch(self, regions: Regions) -> None:
         if _forked:  # see the module's notes
@@ -200,32 +210,53 @@ class RegionSwitch:
             silu_mul=_tensor_call(loaded["silu_mul"]),
         )
 
-    def _exports(self) -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...], Any]]:
-        """Each region as a module to export, with example inputs and which of their sizes are dynamic."""
-        pure = pure_regions(self.eps)
-        head_dim, hidden, intermediate = self.sizes["head_dim"], self.sizes["hidden"], self.sizes["intermediate"]
-        tokens, heads = torch.export.Dim("tokens", min=1), torch.export.Dim("heads", min=1)
 
-        def empty(*shape: int) -> torch.Tensor:  # export traces shapes, never values
-            return torch.empty(shape, dtype=self.dtype)
+def _exports(
+    dtype: torch.dtype, eps: float, sizes: dict[str, int]
+) -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...], Any]]:
+    """Each region as a module to export, with example inputs and which of their sizes are dynamic."""
+    pure = pure_regions(eps)
+    head_dim, hidden, intermediate = sizes["head_dim"], sizes["hidden"], sizes["intermediate"]
+    tokens, heads = torch.export.Dim("tokens", min=1), torch.export.Dim("heads", min=1)
 
-        return {
-            "norm_rotary": (
-                _Module(pure.norm_rotary),
-                (empty(8, 4, head_dim), empty(head_dim), empty(8, 1, head_dim), empty(8, 1, head_dim)),
-                ({0: tokens, 1: heads}, None, {0: tokens}, {0: tokens}),
-            ),
-            "add_norm": (
-                _Module(pure.add_norm),
-                (empty(8, hidden), empty(8, hidden), empty(hidden)),
-                ({0: tokens}, {0: tokens}, None),
-            ),
-            "silu_mul": (
-                _Module(pure.silu_mul),
-                (empty(8, intermediate), empty(8, intermediate)),
-                ({0: tokens}, {0: tokens}),
-            ),
-        }
+    def empty(*shape: int) -> torch.Tensor:  # export traces shapes, never values
+        return torch.empty(shape, dtype=dtype)
+
+    return {
+        "norm_rotary": (
+            _Module(pure.norm_rotary),
+            (empty(8, 4, head_dim), empty(head_dim), empty(8, 1, head_dim), empty(8, 1, head_dim)),
+            ({0: tokens, 1: heads}, None, {0: tokens}, {0: tokens}),
+        ),
+        "add_norm": (
+            _Module(pure.add_norm),
+            (empty(8, hidden), empty(8, hidden), empty(hidden)),
+            ({0: tokens}, {0: tokens}, None),
+        ),
+        "silu_mul": (
+            _Module(pure.silu_mul),
+            (empty(8, intermediate), empty(8, intermediate)),
+            ({0: tokens}, {0: tokens}),
+        ),
+    }
+
+
+def compile_into(folder: Path, dtype: torch.dtype, eps: float, sizes: dict[str, int]) -> None:
+    """Compile the regions into ``folder`` (one ``.pt2`` package each), skipping those already there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (module, example, dynamic) in _exports(dtype, eps, sizes).items():
+        target = folder / f"{name}.pt2"
+        if target.exists():
+            continue
+        program = torch.export.export(module, example, dynamic_shapes=(dynamic,))  # forward(*args)
+        handle, scratch = tempfile.mkstemp(suffix=".pt2", dir=folder)
+        os.close(handle)
+        try:
+            torch._inductor.aoti_compile_and_package(program, package_path=scratch)
+            os.replace(scratch, target)  # whole or absent, whatever else runs or dies meanwhile
+        finally:
+            if os.path.exists(scratch):
+                os.unlink(scratch)
 
 
 class _Module(torch.nn.Module):
@@ -264,6 +295,19 @@ def _lowest_priority() -> None:
 
 _forked = False
 _switches: weakref.WeakSet[RegionSwitch] = weakref.WeakSet()
+_children: set[subprocess.Popen[str]] = set()  # compile processes running now
+_children_lock = threading.Lock()
+_exiting = False
+
+
+@atexit.register
+def _stop_compiles() -> None:
+    """Nothing outlives the program: a compile still running is stopped (the next process compiles again)."""
+    global _exiting
+    with _children_lock:
+        _exiting = True
+        for process in _children:
+            process.kill()
 
 
 def _after_fork_in_child() -> None:
@@ -275,3 +319,14 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def main() -> None:
+    """``python -m qwen3_retrieval.kernels.compiled SPEC``: the compile process :class:`RegionSwitch` starts."""
+    spec = json.loads(sys.argv[1])
+    torch.set_num_threads(spec["threads"])  # the generated loops use the parent's thread count
+    compile_into(Path(spec["folder"]), getattr(torch, spec["dtype"]), spec["eps"], spec["sizes"])
+
+
+if __name__ == "__main__":
+    main()
