@@ -44,9 +44,11 @@ def _compile_tiny_regions() -> None:
 
     tiny = SHAPES["tiny"]
     sizes = {"head_dim": tiny["head_dim"], "hidden": tiny["hidden_size"], "intermediate": tiny["intermediate_size"]}
-    for dtype in (torch.float32, torch.bfloat16):
-        if compiled.resolve("auto", dtype, torch.device("cpu")):
-            compiled.RegionSwitch(dtype, 1e-6, sizes, compiled=True).wait()
+    cpu = torch.device("cpu")
+    dtypes = [dtype for dtype in (torch.float32, torch.bfloat16) if compiled.resolve("auto", dtype, cpu)]
+    switches = [compiled.RegionSwitch(dtype, 1e-6, sizes, compiled=True) for dtype in dtypes]  # compile at once
+    for switch in switches:
+        switch.wait()
 
 
 def _configure_folders(config: pytest.Config) -> None:
