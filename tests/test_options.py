@@ -28,6 +28,7 @@ NON_DEFAULTS: dict[str, Any] = {
     "batch_policy": BatchPolicy(batch_tokens=99, max_padding=0.5, layout="right", share_prefix=False),
     "show_progress": True,
     "attn_implementation": "sdpa",
+    "compile": False,
     "engine": "http",
     "base_url": "http://ann:pw-secret@127.0.0.1:9/v1",
     "api_key": None,  # a key and a URL password cannot travel together; the key is tested on its own below

@@ -39,7 +39,14 @@ CONCURRENT_CONTENDERS = ["ours_merged", "ours_thread_per_call", "ours_one_at_a_t
 
 
 # Rows that are our own fast paths in another dtype, reported beside the float32 comparison with their fidelity.
-OWN_VARIANTS = {"ours_bf16": "bfloat16"}
+OWN_VARIANTS = {"ours_bf16": "bfloat16", "ours_bf16_eager": "bfloat16"}
+
+
+# Rows of ours with the compiled regions off (compile=False): what the compile gains. The others run compiled
+# (the default, compile="auto"), timed after the compile is done (its one-time cost is measured apart,
+# bench.py --first-vectors).
+EAGER_CONTENDERS = {"ours_eager": "ours", "ours_bf16_eager": "ours_bf16"}
+"""Each eager row and the row it follows; only where ``--only`` names it (the full run leaves them out)."""
 
 
 # Rows that need a CPU with native bfloat16: skipped elsewhere, where they would time an emulation or crash.
@@ -49,6 +56,8 @@ BF16_CONTENDERS = {*OWN_VARIANTS, "vllm_server_bf16"}
 LABELS = {
     "ours": "qwen3-retrieval",
     "ours_bf16": "qwen3-retrieval, bfloat16 (fast path)",
+    "ours_eager": "qwen3-retrieval, eager (compile=False)",
+    "ours_bf16_eager": "qwen3-retrieval, bfloat16, eager (compile=False)",
     "ours_plain": "qwen3-retrieval without shared-prefix reuse",
     "vllm_server": "vLLM-CPU server, token ids over HTTP",
     "vllm_server_bf16": "vLLM-CPU server, bfloat16 (--dtype bfloat16), token ids over HTTP",
@@ -70,6 +79,9 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.contender in ("ours_first", "ours_compile"):
+        _first_vectors_child(args)
+        return
     warm_up, *rounds = json.loads(Path(args.inputs).read_text())["rounds"]
     run = _prepare(args.contender, args.task, args.model, args.device, args.url)
     times: list[float] = []
@@ -88,6 +100,24 @@ def child(args: argparse.Namespace) -> None:
     except (RuntimeError, MemoryError) as err:  # out of memory is a result
         status = f"failed: {type(err).__name__}: {str(err)[:200]}"
     print(json.dumps({"times": times, "status": status, "peak_rss_mb": _own_peak_rss_mb()}))
+
+
+def _first_vectors_child(args: argparse.Namespace) -> None:
+    """``ours_first``: load and embed the first texts, then exit (the parent times the whole process).
+
+    ``ours_compile``: load, and time the compile of the regions alone (its one-time cost, when the cache is cold).
+    """
+    from qwen3_retrieval import Qwen3Embedder
+
+    texts = json.loads(Path(args.inputs).read_text())["rounds"][0]["texts"]
+    embedder = Qwen3Embedder(args.model, device=args.device)
+    if args.contender == "ours_first":
+        embedder.embed_documents(texts)
+        return
+    embedder.ready()
+    start = time.perf_counter()
+    compiled = embedder.wait_compiled()
+    print(json.dumps({"compile_s": time.perf_counter() - start, "compiled": compiled}))
 
 
 def _own_peak_rss_mb() -> float:
@@ -119,6 +149,8 @@ def _prepare(contender: str, task: str, model: str, device: str, url: str | None
         engine = {"engine": "vllm", "engine_options": {"kv_cache_memory_bytes": VLLM_KV_BYTES}}
     elif contender == "ours_thread_per_call":
         engine["batch_wait_ms"] = None  # each call alone in its own thread: what 0.2 did
+    if contender in EAGER_CONTENDERS:
+        engine["compile"] = False
     if contender in ("vllm_server", "vllm_server_bf16"):
         return _vllm_server_call(task, model, str(url))
     if contender in CONCURRENT_CONTENDERS:
@@ -128,6 +160,7 @@ def _prepare(contender: str, task: str, model: str, device: str, url: str | None
             from qwen3_retrieval import Qwen3Embedder
 
             embedder = Qwen3Embedder(model, **engine)
+            embedder.wait_compiled()  # steady speed: the compile's one-time cost is --first-vectors' measurement
             return lambda work: embedder.embed_documents(work["texts"])
         from sentence_transformers import SentenceTransformer
 
@@ -146,6 +179,7 @@ def _prepare(contender: str, task: str, model: str, device: str, url: str | None
         if contender == "ours_plain":
             policy = replace(reranker.options.batch_policy, share_prefix=False)
             reranker = Qwen3Reranker(model, **engine, batch_policy=policy)
+        reranker.wait_compiled()
         return lambda work: reranker.score(work["query"], work["documents"])
     if contender == "st_cross_encoder":
         from sentence_transformers import CrossEncoder
@@ -199,12 +233,14 @@ def _concurrent_call(contender: str, task: str, model: str, engine: dict[str, An
         from qwen3_retrieval import Qwen3Embedder
 
         embedder = Qwen3Embedder(model, **engine)
+        embedder.wait_compiled()
         one: Callable[[Any], Any] = embedder.embed_query
         requests = "queries"
     else:
         from qwen3_retrieval import Qwen3Reranker
 
         reranker = Qwen3Reranker(model, **engine)
+        reranker.wait_compiled()
         one, requests = (lambda r: reranker.score(r["query"], r["documents"])), "requests"
 
     def run(work: dict[str, Any]) -> list[Any]:

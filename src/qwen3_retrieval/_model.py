@@ -95,6 +95,21 @@ class SharedModel(Generic[OptionsT, Loaded, Parts]):
             self._loaded, self._parts = loaded, parts
         return parts
 
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Load the model if needed, wait up to ``timeout`` seconds for its regions' compile; return :attr:`compiled`.
+
+        Calls never need this: they run eager until the compiled regions are ready (see the ``compile`` option).
+        Benchmarks and tests use it to time or check the compiled path on its own.
+        """
+        switch = _switch_of(self.ready())
+        return switch.wait(timeout) if switch is not None else False
+
+    @property
+    def compiled(self) -> bool:
+        """Whether calls run compiled regions now (False before the model is loaded, and on engines without any)."""
+        switch = _switch_of(self._parts) if self._parts is not None else None
+        return switch is not None and switch.compiled
+
     async def aready(self) -> Parts:
         """Async :meth:`ready`: a first call loads in a thread, so the event loop keeps running meanwhile."""
         return self._parts if self._parts is not None else await asyncio.to_thread(self.ready)
@@ -107,6 +122,11 @@ class SharedModel(Generic[OptionsT, Loaded, Parts]):
 
     def _progress(self, total: int, desc: str) -> tqdm | None:
         return tqdm(total=total, desc=desc, unit="text") if self.options.show_progress else None
+
+
+def _switch_of(parts: Any) -> Any:
+    """The engine's region switch (:class:`qwen3_retrieval.kernels.compiled.RegionSwitch`), if it has one."""
+    return getattr(parts[1], "switch", None)
 
 
 # Tokenizing a few short texts takes microseconds, less than a hop to a worker thread; more is moved off the

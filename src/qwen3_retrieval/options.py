@@ -100,6 +100,13 @@ class ModelOptions:
         "None runs packed batches (sequences end to end, no padding, attention inside each); a transformers "
         "kernel named here (``'sdpa'``, ``'eager'``, ``'flash_attention_2'``) runs padded batches instead.",
     )
+    compile: bool | str = _option(
+        "auto",
+        "Run the element-wise work between the matrix multiplies as compiled code (inductor; CPU, float32 and "
+        "bfloat16, in-process engine): ``'auto'`` where it measured faster and a C++ compiler is present, "
+        "``True``, or ``False``. The compile runs in the background while the first calls run eager, and is "
+        "cached on disk ($QWEN3_RETRIEVAL_CACHE, else ~/.cache/qwen3-retrieval) for the next process.",
+    )
     engine: str | None = _option(
         None,
         "``'transformers'`` (the default) or ``'vllm'`` (``vllm.LLM`` in this process); ``'http'`` (implied by "
@@ -163,6 +170,7 @@ class ModelOptions:
             "max_concurrency": check_positive_int(self.max_concurrency, "max_concurrency"),
             "max_batch": check_positive_int(self.max_batch, "max_batch"),
             "engine_options": dict(self.engine_options) if self.engine_options is not None else None,
+            "compile": _compile_setting(self.compile),
         }
         policy = self.batch_policy or default_policy(device, packed=self.attn_implementation is None)
         if not isinstance(policy, BatchPolicy):
@@ -246,7 +254,7 @@ class ModelOptions:
         secret = hash((self.base_url, self.server_key))  # two keys or passwords never share a client
         server = (self.served_model_name, self.max_concurrency, self.max_batch) if self.base_url else ()
         where = (self.engine, self.shown_url, secret, *server)
-        return (self.kind, self.model, self.device, self.dtype, self.attn_implementation, *where)
+        return (self.kind, self.model, self.device, self.dtype, self.attn_implementation, self.compile, *where)
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -304,6 +312,14 @@ def model_source(model: str | os.PathLike[str]) -> str:
     if isinstance(model, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise ValueError(f"model folder {text!r} does not exist; pass an existing checkpoint folder or a hub id")
     return text
+
+
+def _compile_setting(value: object) -> bool | str:
+    if isinstance(value, bool) or value == "auto":
+        return value
+    if isinstance(value, str):
+        raise ValueError(f"compile must be 'auto', True or False, got {value!r}")
+    raise TypeError(f"compile must be 'auto', True or False, not {type(value).__name__}")
 
 
 def _served_name(name: object) -> str | None:

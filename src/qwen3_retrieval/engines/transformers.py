@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 
 from qwen3_retrieval.batching import BatchPolicy
 from qwen3_retrieval.engines import RerankPrompts, finish_progress
+from qwen3_retrieval.kernels import compiled, packed_decoder
+from qwen3_retrieval.kernels.compiled import RegionSwitch
 from qwen3_retrieval.kernels.forking import compute_section
 from qwen3_retrieval.kernels.fused import fuse_rms_norms, pack_linears
 from qwen3_retrieval.kernels.microbatch import MicroBatcher
@@ -41,8 +43,11 @@ class _Call(NamedTuple):
 class _Runner:
     """Runs calls of one backbone, merging the ones that arrive together."""
 
-    def __init__(self, backbone: torch.nn.Module, pad_id: int, device: torch.device) -> None:
+    def __init__(
+        self, backbone: torch.nn.Module, pad_id: int, device: torch.device, switch: RegionSwitch | None = None
+    ) -> None:
         self.backbone, self.pad_id, self.device = backbone, pad_id, device
+        self.switch = switch  # the element-wise regions packed batches run (None: eager)
         self.batcher: MicroBatcher[_Call, torch.Tensor] = MicroBatcher(
             self._run, key=lambda call: call.policy, wait_s=lambda call: call.policy.batch_wait_s
         )
@@ -67,11 +72,18 @@ class _Runner:
         # A lone call keeps its progress bar; merged calls finish theirs when their rows are done.
         progress = calls[0].progress if len(calls) == 1 else None
         if policy.layout == "packed":
+            # Read once: every batch of this call runs the same regions, even if a compile lands meanwhile.
+            regions = self.switch.current if self.switch is not None else None
             groups = [PromptGroup(call.prefix, call.sequences) for call in calls]
             if not any(call.prefix for call in calls):  # embedding: one group, so lengths sort across calls
                 groups = [PromptGroup([], [s for call in calls for s in call.sequences])]
             hidden = last_hidden_packed(
-                self.backbone, groups, batch_tokens=policy.batch_tokens, device=self.device, progress=progress
+                self.backbone,
+                groups,
+                batch_tokens=policy.batch_tokens,
+                device=self.device,
+                progress=progress,
+                regions=regions,
             )
             results = list(torch.split(hidden, [len(call.sequences) for call in calls]))
         else:
@@ -111,8 +123,15 @@ class TransformersScoring(_Runner):
     With ``policy.share_prefix`` the instruction-and-query prefix runs once per call, each document on top of it.
     """
 
-    def __init__(self, backbone: torch.nn.Module, direction: torch.Tensor, pad_id: int, device: torch.device) -> None:
-        super().__init__(backbone, pad_id, device)
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        direction: torch.Tensor,
+        pad_id: int,
+        device: torch.device,
+        switch: RegionSwitch | None = None,
+    ) -> None:
+        super().__init__(backbone, pad_id, device, switch)
         self.direction = direction
 
     def score(self, prompts: RerankPrompts, policy: BatchPolicy, progress: tqdm | None) -> list[float]:
@@ -141,7 +160,7 @@ def load_embedding(options: EmbedderOptions, tokenizer: TextTokenizer) -> Loaded
     """Load an embedding model's weights into this process, packed for its batches."""
     backbone = pack(load_weights(options, "AutoModel"))
     eos_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
-    engine = TransformersEmbedding(backbone, eos_id, options.torch_device)
+    engine = TransformersEmbedding(backbone, eos_id, options.torch_device, region_switch(options, backbone))
     return LoadedEmbedding(tokenizer, engine, backbone.config.hidden_size)
 
 
@@ -161,7 +180,8 @@ def load_scoring(
             direction = head[yes_no[0]].float() - head[yes_no[1]].float()
     backbone = pack(getattr(model, model.base_model_prefix))  # the head, outside it, is only read above
     pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
-    return TransformersScoring(backbone, direction.detach().to(options.torch_device), pad_id, options.torch_device)
+    direction = direction.detach().to(options.torch_device)
+    return TransformersScoring(backbone, direction, pad_id, options.torch_device, region_switch(options, backbone))
 
 
 def load_weights(options: ModelOptions, auto_class: str) -> Any:
@@ -172,6 +192,21 @@ def load_weights(options: ModelOptions, auto_class: str) -> Any:
     with compute_section():  # torch copies the weights with its parallel kernels (see qwen3_retrieval.kernels.forking)
         model = pretrained(options, auto_class, dtype=options.torch_dtype, attn_implementation=attention)
         return fuse_rms_norms(model.to(options.torch_device).eval())
+
+
+def region_switch(options: ModelOptions, backbone: Any) -> RegionSwitch | None:
+    """The element-wise regions of ``backbone``'s packed passes, compiled in the background where ``compile=`` says.
+
+    None where packed batches do not run the written-out decoder (a named attention kernel, another model).
+    """
+    if options.attn_implementation is not None or not packed_decoder.supports(backbone):
+        return None
+    config = backbone.config
+    dtype = backbone.embed_tokens.weight.dtype
+    sizes = {"head_dim": backbone.layers[0].self_attn.head_dim, "hidden": config.hidden_size}
+    sizes["intermediate"] = config.intermediate_size
+    enabled = compiled.resolve(options.compile, dtype, options.torch_device)
+    return compiled.RegionSwitch(dtype, config.rms_norm_eps, sizes, compiled=enabled)
 
 
 def pack(backbone: Any) -> Any:

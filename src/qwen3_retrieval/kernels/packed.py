@@ -7,8 +7,8 @@ stacked through PyTorch's fused causal attention together (``packed_attention`` 
 multiplies see every real token and nothing else, however different the lengths are, and the batch budget only
 bounds memory. Results equal a one-at-a-time run to float rounding (the reference tests run on this path).
 
-Attention is :mod:`qwen3_retrieval.kernels.packed_attention`'s. A float32 Qwen3 model on a CPU runs its packed
-rows through :mod:`qwen3_retrieval.kernels.packed_decoder` instead of transformers' forward.
+Attention is :mod:`qwen3_retrieval.kernels.packed_attention`'s. A float32 or bfloat16 Qwen3 model on a CPU runs
+its packed rows through :mod:`qwen3_retrieval.kernels.packed_decoder` instead of transformers' forward.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from qwen3_retrieval.batching import run_in_batches, token_budget_batches
 from qwen3_retrieval.kernels import packed_attention, packed_decoder
 from qwen3_retrieval.kernels.kv_cache import prefix_states
 from qwen3_retrieval.kernels.packed_attention import LayerStates, Packing, Run
+from qwen3_retrieval.kernels.regions import Regions
 
 
 class PromptGroup(NamedTuple):
@@ -49,6 +50,7 @@ def last_hidden_packed(
     batch_tokens: int,
     device: torch.device,
     progress: tqdm | None = None,
+    regions: Regions | None = None,
 ) -> torch.Tensor:
     """Return the last-token state of each ``prefix + sequence``, group after group, in input order.
 
@@ -59,6 +61,7 @@ def last_hidden_packed(
     A batch holds at most ``batch_tokens`` tokens counting ``prefix + sequence`` per sequence (at least one
     sequence per batch), so memory follows the budget and the longest single input, whatever the number of
     inputs or groups. A sequence itself longer than the whole budget runs alone, prefix included, as one sequence.
+    ``regions`` is the element-wise work :mod:`~qwen3_retrieval.kernels.packed_decoder` runs (None: eager).
     """
     groups = [PromptGroup(*group) for group in groups]
     rows = [Member(g, i) for g, group in enumerate(groups) for i in range(len(group.sequences))]
@@ -73,14 +76,14 @@ def last_hidden_packed(
             # A sequence longer than the whole budget would need a (sequence x prompt) attention mask against
             # its prefix: run the whole prompt as one plain causal sequence instead, as the embedder would.
             whole = [*groups[lone.group].prefix, *groups[lone.group].sequences[lone.position]]
-            hidden = _forward(backbone, [whole], [lone.group], {lone.group: (0, None)}, device)
+            hidden = _forward(backbone, [whole], [lone.group], {lone.group: (0, None)}, device, regions)
         else:
             for g in {m.group for m in members} - states.keys():
                 prefix = groups[g].prefix
                 states[g] = prefix_states(backbone, prefix, device) if prefix else None
             prefixes = {m.group: (len(groups[m.group].prefix), states[m.group]) for m in members}
             sequences = [groups[m.group].sequences[m.position] for m in members]
-            hidden = _forward(backbone, sequences, [m.group for m in members], prefixes, device)
+            hidden = _forward(backbone, sequences, [m.group for m in members], prefixes, device, regions)
         remaining.subtract(m.group for m in members)
         for g in [g for g in states if remaining[g] == 0]:
             del states[g]  # this group's prefix is done: free its keys and values now
@@ -98,6 +101,7 @@ def _forward(
     groups: list[int],
     prefixes: dict[int, tuple[int, LayerStates | None]],
     device: torch.device,
+    regions: Regions | None,
 ) -> torch.Tensor:
     """Run ``sequences`` as one packed row; return each one's last-token state.
 
@@ -126,7 +130,7 @@ def _forward(
     positions = positions.to(device)
     last = torch.tensor(lengths, device=device).cumsum(0) - 1
     if packed_decoder.supports(backbone):
-        return packed_decoder.last_states(backbone, input_ids[0], positions, packing, last)
+        return packed_decoder.last_states(backbone, input_ids[0], positions, packing, last, regions)
     hidden = backbone(
         input_ids=input_ids,
         position_ids=positions.unsqueeze(0),
