@@ -7,6 +7,7 @@ with SIGKILL in the middle of an index run, restarts it on the same data, and ru
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -49,8 +50,9 @@ def test_a_server_killed_during_index_and_restarted_is_finished_by_the_next_run(
 ) -> None:
     folder = tmp_path / "notes"
     folder.mkdir()
-    for i in range(600):
-        (folder / f"note-{i:03d}.md").write_text(f"# Note {i}\n\nThe river {i} runs past the mountain city.\n")
+    notes = 1500  # several index batches, so that a run stopped after the first stored one has more to store
+    for i in range(notes):
+        (folder / f"note-{i:04d}.md").write_text(f"# Note {i}\n\nThe river {i} runs past the mountain city.\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def index_into(uri: str) -> list[str]:
@@ -58,16 +60,21 @@ def test_a_server_killed_during_index_and_restarted_is_finished_by_the_next_run(
 
     command = index_into(milvus.uri)
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and run.poll() is None:  # kill once some files, not all, are stored
+    stored, deadline = 0, time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None and not stored:
         try:
             with PassageStore(milvus.uri, COLLECTION, timeout=2) as store:
-                if store.exists() and store.count() > 0:
-                    break
+                stored = store.count() if store.exists() else 0
         except Exception:
             pass
         time.sleep(0.05)
+    # The run is paused while the server dies, so that the kill lands mid-run however fast or loaded the machine is.
+    assert run.poll() is None, run.communicate()[1]
+    os.kill(run.pid, signal.SIGSTOP)
+    with PassageStore(milvus.uri, COLLECTION, timeout=10) as store:
+        assert 0 < store.count() < notes  # stopped after some passages were stored and before all of them
     milvus.kill()
+    os.kill(run.pid, signal.SIGCONT)
     _, err = run.communicate(timeout=300)
     assert run.returncode == 1, err  # the run saw its server vanish
     assert err.count("\n") == 1 and err.startswith("qwen3-rag: error: "), err
