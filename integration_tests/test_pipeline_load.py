@@ -171,6 +171,39 @@ def test_questions_during_an_index_run_see_the_index_before_or_after_it(where: R
         assert got in (before[question], after[question])
 
 
+def test_a_question_asked_while_a_batch_is_written_waits_for_it(
+    where: RagConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pymilvus
+
+    write_corpus(tmp_path / "docs", TOPICS[:6])
+    write_corpus(tmp_path / "more", TOPICS[6:], prefix="extra")
+    with RagPipeline(where) as rag:
+        rag.index([tmp_path / "docs"])
+        before = key(rag.retrieve("honey"))
+        upsert = pymilvus.MilvusClient.upsert
+        asked: list[threading.Thread] = []
+        answers: list[Any] = []
+        waited: list[bool] = []
+
+        def upsert_with_a_question(self: Any, *args: Any, **kwargs: Any) -> Any:
+            passages = (args[0] if args else kwargs.get("collection_name")) == where.collection
+            if passages and not asked:  # the run's one batch is being written: a question now waits until it is
+                asked.append(threading.Thread(target=lambda: answers.append(key(rag.retrieve("honey")))))
+                asked[0].start()
+                asked[0].join(timeout=1.0)
+                waited.append(asked[0].is_alive())
+            return upsert(self, *args, **kwargs)
+
+        monkeypatch.setattr(pymilvus.MilvusClient, "upsert", upsert_with_a_question)
+        rag.index([tmp_path / "more"])
+        asked[0].join()
+        monkeypatch.undo()
+        after = key(rag.retrieve("honey"))
+    assert before != after  # the batch changed what the question finds
+    assert waited == [True] and answers == [after]
+
+
 def test_two_pipelines_on_one_file_in_one_process(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
     where = RagConfig(uri=str(tmp_path / "rag.db"), embedding_model=str(checkpoints["embedding"]), device="cpu",
                       reranker_model=str(checkpoints["reranker"]))  # fmt: skip

@@ -60,8 +60,8 @@ def ray_cluster() -> Iterator[str]:
         yield address
     finally:
         head.send_signal(signal.SIGINT)
-        try:
-            head.wait(timeout=60)
+        try:  # Ray's own shutdown; a head that hangs in it is killed, and Ray's reaper then ends the rest
+            head.wait(timeout=20)
         except subprocess.TimeoutExpired:
             head.kill()
             head.wait(timeout=30)

@@ -12,6 +12,11 @@ belongs to a recorded file, so the next run finds it: a pending file still in it
 gone from it is removed, and no passage of a missing file survives. Passage ids are ``<file key>-<position>``;
 a record keeps the highest position ever written (its span), so stale passages are deleted by primary key.
 
+Within a process, a store's searches and its writes of passages take turns (:class:`_Turns`): a search sees the
+collection as it was before or after each batch of files, never with part of a batch written, on Milvus Lite and
+on a server alike (without the turns, a search on a server during an index run was once seen ranking neither as
+before nor as after it).
+
 A local path as URI runs embedded Milvus Lite; ``http(s)://…`` reaches a Milvus server or Zilliz Cloud.
 """
 
@@ -111,6 +116,7 @@ class PassageStore:
         self.pages = False  # a --pages collection (with the image field): known once opened or created
         self.wrote_passages = False  # by this object: a new file that holds none can be removed on an error
         self.is_server = is_server = is_server_uri(uri)
+        self._turns = _Turns()
         secrets = [token, *url_secrets(uri)]
         if not is_server:
             _hold_lite(uri)
@@ -378,12 +384,13 @@ class PassageStore:
                 for i, (p, vector) in enumerate(zip(f.passages, f.vectors, strict=True))
             ]
         self.wrote_passages = True
-        self._set_records(pending)
-        vector_bytes = max((f.vectors.shape[1] * 4 for f in files if len(f.vectors)), default=0)
-        for piece in upsert_pieces(rows, vector_bytes):
-            self.client.upsert(self.collection, piece)
-        self._delete_ids(stale)
-        self._set_records(done)
+        with self._turns.writing():
+            self._set_records(pending)
+            vector_bytes = max((f.vectors.shape[1] * 4 for f in files if len(f.vectors)), default=0)
+            for piece in upsert_pieces(rows, vector_bytes):
+                self.client.upsert(self.collection, piece)
+            self._delete_ids(stale)
+            self._set_records(done)
 
     def stored_vectors(self, source: StoredFile, passages: Sequence[Passage]) -> np.ndarray | None:
         """The vectors stored for the file ``source`` if it holds exactly ``passages`` (same texts, in order).
@@ -415,9 +422,10 @@ class PassageStore:
         entries = list(files.items())
         for start in range(0, len(entries), 512):
             batch = entries[start : start + 512]
-            self._set_records([(root, path, _pending(f)) for path, f in batch if f.done])
-            self._delete_ids([f"{f.key}-{i}" for _, f in batch for i in range(f.span)])
-            self.client.delete(self.meta, ids=[f"file:{root}:{f.key}" for _, f in batch])
+            with self._turns.writing():
+                self._set_records([(root, path, _pending(f)) for path, f in batch if f.done])
+                self._delete_ids([f"{f.key}-{i}" for _, f in batch for i in range(f.span)])
+                self.client.delete(self.meta, ids=[f"file:{root}:{f.key}" for _, f in batch])
 
     def count(self) -> int:
         """How many passages the collection holds."""
@@ -428,10 +436,15 @@ class PassageStore:
 
     def search(self, vector: np.ndarray, question: str, limit: int, *, mode: str) -> list[Hit]:
         """Return the ``limit`` best passages: dense cosine alone, or fused with BM25 by reciprocal rank."""
-        from pymilvus import AnnSearchRequest, RRFRanker
-
         fields = ["text", "root", "path", "heading", "location", *(["image"] if self.pages else [])]
         dense = {"data": [vector.tolist()], "anns_field": "vector", "param": {"metric_type": "COSINE"}, "limit": limit}
+        with self._turns.reading():
+            result = self._search(dense, question, limit, mode=mode, fields=fields)
+        return [Hit(*(h["entity"][f] for f in fields)) for h in result[0]]
+
+    def _search(self, dense: dict[str, Any], question: str, limit: int, *, mode: str, fields: list[str]) -> Any:
+        from pymilvus import AnnSearchRequest, RRFRanker
+
         if mode == "dense":
             result = self.client.search(
                 self.collection,
@@ -449,7 +462,43 @@ class PassageStore:
             result = self.client.hybrid_search(
                 self.collection, reqs=requests, ranker=RRFRanker(60), limit=limit, output_fields=fields
             )
-        return [Hit(*(h["entity"][f] for f in fields)) for h in result[0]]
+        return result
+
+
+class _Turns:
+    """Searches share a store; a write of passages has it alone, and a waiting write goes before new searches."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._searching = 0
+        self._writing = False
+        self._writes_waiting = 0
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._writing and not self._writes_waiting)
+            self._searching += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._searching -= 1
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._changed:
+            self._writes_waiting += 1
+            self._changed.wait_for(lambda: not self._writing and not self._searching)
+            self._writes_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._writing = False
+                self._changed.notify_all()
 
 
 def _pending(f: StoredFile) -> StoredFile:
