@@ -188,6 +188,53 @@ def test_a_child_forked_during_a_call_in_its_callers_thread_works(embedding_path
     _fork_during_calls(embedding_path, reranker_path, "alone")
 
 
+FORK_AS_A_THREAD_ENDS = textwrap.dedent(
+    """
+    import os, sys, threading, time, warnings
+    from qwen3_retrieval import Qwen3Embedder
+
+    embedder = Qwen3Embedder(sys.argv[1], device="cpu")
+    texts = ["some words to embed, again and again " * 60] * 8  # long enough for MKL's buffered products
+    mine = ["child text", *texts[:2]]
+    expected = embedder.embed_documents(mine)  # this thread's calls run here; other threads' run in a worker
+    for attempt in range(int(sys.argv[2])):
+        caller = threading.Thread(target=embedder.embed_documents, args=(texts,))
+        caller.start()
+        caller.join()  # the call is done; the worker that ran it is ending now, its team with it
+        pid = os.fork()
+        if pid == 0:
+            warnings.simplefilter("ignore")  # the one-thread notice
+            os._exit(0 if abs(embedder.embed_documents(mine) - expected).max() < 1e-5 else 3)
+        deadline = time.monotonic() + 30
+        while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not done[0]:
+            os.kill(pid, 9)
+            print(f"child {attempt} hung")
+            break
+        if os.waitstatus_to_exitcode(done[1]) != 0:
+            print(f"child {attempt} exited with", os.waitstatus_to_exitcode(done[1]))
+            break
+    else:
+        print("all children worked")
+    """
+)
+
+
+def test_children_forked_as_a_worker_thread_ends_work(embedding_path: Path) -> None:
+    # Before: about one child in six hung in its first matrix product. The worker that ran the other thread's call
+    # had just ended, and its OpenMP team's threads were freeing their MKL buffers under MKL's memory lock as they
+    # exited; the child got that lock held.
+    run = subprocess.Popen(
+        [sys.executable, "-c", FORK_AS_A_THREAD_ENDS, str(embedding_path), "40"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    [(out, err, code)] = _outcomes([run])
+    assert code == 0 and out.strip() == "all children worked", (out, err[-2000:])
+
+
 FORK_DURING_A_VL_CALL = (
     textwrap.dedent(
         """

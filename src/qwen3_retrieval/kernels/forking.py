@@ -13,11 +13,17 @@ whose state cannot be reset from Python, in two ways:
   used them, even when they sit idle at the fork: the child's first parallel region waits for ever. So a child
   forked after this process loaded or ran a model runs torch on one thread, as torch's own DataLoader workers
   do, and says so once. A child forked before the first load keeps every thread.
+- A thread that ran a section and then ends (a micro-batch worker whose queue is empty, a request thread of a
+  threaded server) takes its OpenMP team down from its thread-exit handlers, and those team threads free their
+  MKL buffers under MKL's process-wide memory lock as they exit. A fork in that moment copies the lock held, and
+  the child's first matrix product waits for ever. So such a thread ends its team itself before it ends, inside
+  a section: OpenMP's ``omp_pause_resource_all`` joins the team's threads, so they are gone when it returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import threading
 import warnings
@@ -34,11 +40,71 @@ def _mine() -> int:
     return getattr(_depth, "n", 0)
 
 
+class _TeamOwner:
+    """Kept in a thread's local storage from its first section on; when the thread ends, so does its team.
+
+    Python drops a thread's local storage in that thread as it ends, before ``Thread.join`` returns and before the
+    thread-exit handlers of OpenMP and MKL run. Only the thread that made it acts: a forked child also drops the
+    storage of its parent's other threads, whose teams it never had.
+    """
+
+    def __init__(self) -> None:
+        self.owner = threading.get_native_id()
+        self.runtimes = _openmp_runtimes()  # found now: not while the thread is being taken apart
+
+    def __del__(self) -> None:
+        try:
+            if threading.get_native_id() == self.owner:
+                _end_team(self.runtimes)
+        except Exception:  # the interpreter may be shutting down: there is nothing left to protect then
+            pass
+
+
+def _end_team(runtimes: list[ctypes.CDLL]) -> None:
+    """End this thread's OpenMP team inside a section (see the module's notes)."""
+    global _running
+    # Not compute_section(): this runs while Python drops the thread's local storage, which that would recreate.
+    with _cond:
+        while _forks:
+            _cond.wait()
+        _running += 1
+    try:
+        for runtime in runtimes:
+            runtime.omp_pause_resource_all(_OMP_PAUSE_HARD)
+    finally:
+        with _cond:
+            _running -= 1
+            _cond.notify_all()
+
+
+_OMP_PAUSE_HARD = 2  # omp_pause_hard: free the thread's team, and join its threads
+_runtimes: list[ctypes.CDLL] | None = None
+
+
+def _openmp_runtimes() -> list[ctypes.CDLL]:
+    """The GNU OpenMP libraries loaded in this process (torch's own copy, and any other), read once."""
+    global _runtimes
+    if _runtimes is None:
+        found = []
+        with contextlib.suppress(OSError):
+            with open("/proc/self/maps") as maps:
+                paths = {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6}
+            for path in sorted(p for p in paths if os.path.basename(p).startswith("libgomp")):
+                with contextlib.suppress(OSError, AttributeError):
+                    runtime = ctypes.CDLL(path)
+                    runtime.omp_pause_resource_all.argtypes = [ctypes.c_int]
+                    found.append(runtime)
+        _runtimes = found
+    return _runtimes
+
+
 @contextlib.contextmanager
 def compute_section() -> Iterator[None]:
     """Mark a block that runs torch kernels (loading weights, a forward pass), so that no fork splits it."""
     global _running, _used
     mine = _mine()
+    if not hasattr(_depth, "team") and threading.current_thread() is not threading.main_thread():
+        _depth.team = _TeamOwner()  # the main thread's end is the process's: nothing forks after it
     with _cond:
         while _forks and not mine:  # a thread already inside a section must finish it, or the fork waits for ever
             _cond.wait()
