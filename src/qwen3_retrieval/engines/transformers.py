@@ -52,6 +52,24 @@ class _Runner:
             self._run, key=lambda call: call.policy, wait_s=lambda call: call.policy.batch_wait_s
         )
 
+    def warm_up(self) -> None:
+        """Run one short packed sequence now, at load, so that a process's first call computes as every later one.
+
+        Why: the first forward pass of a process sometimes rounded differently from every later one (with two
+        threads, in a few processes out of ten), beyond the 1e-5 the references allow on a random-weight model.
+        One pass of a few tokens anywhere in the process, in any thread, was enough for every call to agree: some
+        process-wide state of the CPU kernels is set up lazily by the first pass.
+        """
+        regions = self.switch.current if self.switch is not None else None
+        with compute_section():
+            last_hidden_packed(
+                self.backbone,
+                [PromptGroup([], [[self.pad_id] * 8])],
+                batch_tokens=8,
+                device=self.device,
+                regions=regions,
+            )
+
     def _submit(self, call: _Call) -> torch.Tensor:
         if not call.policy.micro_batch:  # each call alone, in the caller's thread
             return self._run([call])[0]
@@ -161,6 +179,8 @@ def load_embedding(options: EmbedderOptions, tokenizer: TextTokenizer) -> Loaded
     backbone = pack(load_weights(options, "AutoModel"))
     eos_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
     engine = TransformersEmbedding(backbone, eos_id, options.torch_device, region_switch(options, backbone))
+    if options.attn_implementation is None:  # a named kernel runs padded batches, which the warm-up does not
+        engine.warm_up()
     return LoadedEmbedding(tokenizer, engine, backbone.config.hidden_size)
 
 
@@ -181,7 +201,10 @@ def load_scoring(
     backbone = pack(getattr(model, model.base_model_prefix))  # the head, outside it, is only read above
     pad_id = tokenizer.token_id(EOS_TOKEN) or 0  # pads are never attended to; any id does
     direction = direction.detach().to(options.torch_device)
-    return TransformersScoring(backbone, direction, pad_id, options.torch_device, region_switch(options, backbone))
+    engine = TransformersScoring(backbone, direction, pad_id, options.torch_device, region_switch(options, backbone))
+    if options.attn_implementation is None:
+        engine.warm_up()
+    return engine
 
 
 def load_weights(options: ModelOptions, auto_class: str) -> Any:
