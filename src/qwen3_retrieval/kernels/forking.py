@@ -62,19 +62,30 @@ class _TeamOwner:
 
 def _end_team(runtimes: list[ctypes.CDLL]) -> None:
     """End this thread's OpenMP team inside a section (see the module's notes)."""
-    global _running
     # Not compute_section(): this runs while Python drops the thread's local storage, which that would recreate.
-    with _cond:
-        while _forks:
-            _cond.wait()
-        _running += 1
+    _enter(0)
     try:
         for runtime in runtimes:
             runtime.omp_pause_resource_all(_OMP_PAUSE_HARD)
     finally:
-        with _cond:
-            _running -= 1
-            _cond.notify_all()
+        _leave()
+
+
+def _enter(mine: int) -> None:
+    """Count a section opening in a thread with ``mine`` sections open, once no fork is waiting (unless nested)."""
+    global _running, _used
+    with _cond:
+        while _forks and not mine:  # a thread already inside a section must finish it, or the fork waits for ever
+            _cond.wait()
+        _running += 1
+        _used = True
+
+
+def _leave() -> None:
+    global _running
+    with _cond:
+        _running -= 1
+        _cond.notify_all()
 
 
 _OMP_PAUSE_HARD = 2  # omp_pause_hard: free the thread's team, and join its threads
@@ -101,23 +112,16 @@ def _openmp_runtimes() -> list[ctypes.CDLL]:
 @contextlib.contextmanager
 def compute_section() -> Iterator[None]:
     """Mark a block that runs torch kernels (loading weights, a forward pass), so that no fork splits it."""
-    global _running, _used
     mine = _mine()
     if not hasattr(_depth, "team") and threading.current_thread() is not threading.main_thread():
         _depth.team = _TeamOwner()  # the main thread's end is the process's: nothing forks after it
-    with _cond:
-        while _forks and not mine:  # a thread already inside a section must finish it, or the fork waits for ever
-            _cond.wait()
-        _running += 1
-        _used = True
+    _enter(mine)
     _depth.n = mine + 1
     try:
         yield
     finally:
         _depth.n = mine
-        with _cond:
-            _running -= 1
-            _cond.notify_all()
+        _leave()
 
 
 def fork_point() -> None:
