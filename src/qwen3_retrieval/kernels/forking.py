@@ -18,6 +18,8 @@ whose state cannot be reset from Python, in two ways:
   MKL buffers under MKL's process-wide memory lock as they exit. A fork in that moment copies the lock held, and
   the child's first matrix product waits for ever. So such a thread ends its team itself before it ends, inside
   a section: OpenMP's ``omp_pause_resource_all`` joins the team's threads, so they are gone when it returns.
+  The thread's own thread-exit handlers (MKL frees its buffers there too) run after ``Thread.join`` returns, so
+  a fork also waits until every such thread has left the process.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import ctypes
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 
@@ -34,6 +37,8 @@ _running = 0  # sections open now, over all threads (a nested section counts aga
 _forks = 0  # forks waiting for the open sections to finish
 _used = False  # a section ran in this process: OpenMP's threads may exist
 _depth = threading.local()  # sections open in this thread
+_ending: set[tuple[int, str]] = set()  # threads past their last section, maybe still in their thread-exit handlers
+_ENDING_WAIT_S = 10.0  # a thread's exit handlers take microseconds; a fork never waits longer than this for one
 
 
 def _mine() -> int:
@@ -55,20 +60,46 @@ class _TeamOwner:
     def __del__(self) -> None:
         try:
             if threading.get_native_id() == self.owner:
-                _end_team(self.runtimes)
+                _end_team(self.runtimes, self.owner)
         except Exception:  # the interpreter may be shutting down: there is nothing left to protect then
             pass
 
 
-def _end_team(runtimes: list[ctypes.CDLL]) -> None:
-    """End this thread's OpenMP team inside a section (see the module's notes)."""
+def _end_team(runtimes: list[ctypes.CDLL], thread: int) -> None:
+    """End this thread's OpenMP team inside a section, and have forks wait for the rest of its exit."""
     # Not compute_section(): this runs while Python drops the thread's local storage, which that would recreate.
     _enter(0)
     try:
         for runtime in runtimes:
             runtime.omp_pause_resource_all(_OMP_PAUSE_HARD)
+        with _cond:
+            _ending.difference_update([gone for gone in _ending if not _alive(gone)])  # only threads ending now stay
+            _ending.add(_identity(thread))
     finally:
         _leave()
+
+
+def _wait_until_gone(threads: set[tuple[int, str]]) -> None:
+    """Wait until these threads have left the process: the kernel drops a thread's entry once its exit is done."""
+    deadline = time.monotonic() + _ENDING_WAIT_S
+    for thread in threads:
+        while _alive(thread) and time.monotonic() < deadline:
+            time.sleep(0.0002)  # lets go of the GIL, which the ending thread may still need
+    with _cond:
+        _ending.difference_update(thread for thread in threads if not _alive(thread))
+
+
+def _identity(native_id: int) -> tuple[int, str]:
+    """A thread's id and start time: the id alone may name a newer thread once the old one is gone."""
+    try:
+        with open(f"/proc/self/task/{native_id}/stat") as stat:
+            return native_id, stat.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return native_id, ""
+
+
+def _alive(thread: tuple[int, str]) -> bool:
+    return bool(thread[1]) and _identity(thread[0]) == thread
 
 
 def _enter(mine: int) -> None:
@@ -146,6 +177,8 @@ def _before_fork() -> None:
         _forks += 1
         while _running > _mine():  # the forking thread's own sections are its own business
             _cond.wait()
+        ending = set(_ending)  # none joins now: a thread adds itself inside a section, and none starts until the fork
+    _wait_until_gone(ending)
 
 
 def _after_fork_in_parent() -> None:
@@ -156,8 +189,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _cond, _running, _forks
-    _cond, _running, _forks = threading.Condition(), _mine(), 0
+    global _cond, _running, _forks, _ending
+    _cond, _running, _forks, _ending = threading.Condition(), _mine(), 0, set()
     if _used:
         import torch
 
