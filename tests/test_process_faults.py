@@ -223,8 +223,8 @@ FORK_AS_A_THREAD_ENDS = textwrap.dedent(
 
 def test_children_forked_as_a_worker_thread_ends_work(embedding_path: Path) -> None:
     # Before: about one child in six hung in its first matrix product. The worker that ran the other thread's call
-    # had just ended, and its OpenMP team's threads were freeing their MKL buffers under MKL's memory lock as they
-    # exited; the child got that lock held.
+    # had just ended, and its OpenMP team's threads, then its own exit handlers, were freeing MKL buffers under
+    # MKL's memory lock; the child got that lock held.
     run = subprocess.Popen(
         [sys.executable, "-c", FORK_AS_A_THREAD_ENDS, str(embedding_path), "40"],
         stdout=subprocess.PIPE,

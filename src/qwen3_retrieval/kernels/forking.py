@@ -38,7 +38,7 @@ _forks = 0  # forks waiting for the open sections to finish
 _used = False  # a section ran in this process: OpenMP's threads may exist
 _depth = threading.local()  # sections open in this thread
 _ending: set[tuple[int, str]] = set()  # threads past their last section, maybe still in their thread-exit handlers
-_ENDING_WAIT_S = 10.0  # a thread's exit handlers take microseconds; a fork never waits longer than this for one
+_ENDING_WAIT_S = 10.0  # a thread's exit handlers are short; should one stall, a fork goes on after this long
 
 
 def _mine() -> int:
@@ -73,7 +73,7 @@ def _end_team(runtimes: list[ctypes.CDLL], thread: int) -> None:
         for runtime in runtimes:
             runtime.omp_pause_resource_all(_OMP_PAUSE_HARD)
         with _cond:
-            _ending.difference_update([gone for gone in _ending if not _alive(gone)])  # only threads ending now stay
+            _ending.difference_update([gone for gone in _ending if not _alive(gone)])  # the one place it shrinks
             _ending.add(_identity(thread))
     finally:
         _leave()
@@ -85,8 +85,6 @@ def _wait_until_gone(threads: set[tuple[int, str]]) -> None:
     for thread in threads:
         while _alive(thread) and time.monotonic() < deadline:
             time.sleep(0.0002)  # lets go of the GIL, which the ending thread may still need
-    with _cond:
-        _ending.difference_update(thread for thread in threads if not _alive(thread))
 
 
 def _identity(native_id: int) -> tuple[int, str]:
