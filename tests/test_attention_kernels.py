@@ -20,11 +20,13 @@ from qwen3_retrieval import Qwen3Embedder, Qwen3Reranker
 from qwen3_retrieval.devices import resolve_dtype
 from qwen3_retrieval.kernels import packed_attention
 from qwen3_retrieval.kernels.packed_attention import (
+    ATTENTION_ROWS,
     Packing,
     Run,
     VarlenOffsets,
     attend,
     choose_kernel,
+    choose_row_multiple,
     kernel_for,
     varlen_offsets,
 )
@@ -59,6 +61,41 @@ def test_kernel_choice(device: str, dtype: torch.dtype, has_varlen: bool, capabi
 @pytest.mark.parametrize("dtype", [FP32, BF16])
 def test_this_cpu_runs_the_sdpa_loop(dtype: torch.dtype) -> None:
     assert kernel_for(torch.device("cpu"), dtype) == "sdpa"
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "amx", "expected"),
+    [
+        ("cpu", BF16, True, ATTENTION_ROWS),  # AMX: lengths of a multiple of 32 run far faster
+        ("cpu", BF16, False, 1),  # AVX-512 or AVX2 alone: padding measured no faster
+        ("cpu", FP32, True, 1),  # float32 measured slower padded
+        ("cpu", FP16, True, 1),
+        ("cuda", BF16, True, 1),
+    ],
+)
+def test_row_multiple_choice(device: str, dtype: torch.dtype, amx: bool, expected: int) -> None:
+    assert choose_row_multiple(device, dtype, amx=amx) == expected
+
+
+@pytest.fixture
+def padded_rows(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The SDPA loop pads runs as bfloat16 does on a CPU with AMX, here in float32; yields the query row counts
+    SDPA saw (and checks the padding rule was asked)."""
+    asked, seen = [], []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def padding(device: torch.device, dtype: torch.dtype) -> int:
+        asked.append(1)
+        return ATTENTION_ROWS
+
+    def spied(query: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(query.shape[2])
+        return sdpa(query, *args, **kwargs)
+
+    monkeypatch.setattr(packed_attention, "row_multiple_for", padding)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spied)
+    yield seen
+    assert asked, "the SDPA loop never asked for its row multiple"
 
 
 def test_bfloat16_is_the_default_on_gpus_with_it_and_an_explicit_dtype_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,9 +146,12 @@ def test_varlen_offsets_equal_an_independent_count() -> None:
     assert varlen_offsets(_runs(), [0, 0, 0], torch.device("cpu")).gather is None
 
 
-@pytest.mark.parametrize("kernel", ["sdpa", "varlen"])
-def test_both_kernels_equal_per_sequence_attention(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kernel", ["sdpa", "varlen", "sdpa padded"])
+def test_both_kernels_equal_per_sequence_attention(
+    kernel: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     monkeypatch.setattr(packed_attention, "varlen_call", lambda: reference_varlen_attention)
+    seen = request.getfixturevalue("padded_rows") if kernel == "sdpa padded" else []
     generator = torch.Generator().manual_seed(0)
     heads, kv_heads, dim, layers = 4, 2, 8, 2
     runs = _runs()
@@ -135,6 +175,8 @@ def test_both_kernels_equal_per_sequence_attention(kernel: str, monkeypatch: pyt
     packing = Packing(runs, prefixes, varlen)
     expected = reference_packed_attention(q, k, v, runs, prefixes, 1, scale)
     assert torch.allclose(attend(1, q, k, v, packing, scale).double(), expected, atol=TOL)
+    if kernel == "sdpa padded":  # the runs without a prefix (index 1) went padded; those with one as they are
+        assert seen == [length if PREFIX_LENGTHS[prefix] else ATTENTION_ROWS for length, _, prefix in LAYOUT]
     # Only each sequence's last token querying (the written-out decoder's last layer): its rows of the above.
     last = [run.first + (s + 1) * run.length - 1 for run in runs for s in range(run.sequences)]
     out = attend(1, q[last], k, v, packing, scale, last_only=True)
@@ -156,10 +198,10 @@ def varlen_on_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     assert calls, "the varlen kernel never ran"
 
 
-@pytest.mark.parametrize("kernel", ["sdpa", "varlen"])
+@pytest.mark.parametrize("kernel", ["sdpa", "varlen", "sdpa padded"])
 def test_embeddings_equal_transformers_model(kernel: str, embedding_path: Path, request: pytest.FixtureRequest) -> None:
-    if kernel == "varlen":
-        request.getfixturevalue("varlen_on_cpu")
+    if kernel != "sdpa":
+        request.getfixturevalue({"varlen": "varlen_on_cpu", "sdpa padded": "padded_rows"}[kernel])
     texts = DOCUMENTS[:6]
     embedder = Qwen3Embedder(embedding_path, device="cpu", batch_tokens=64)  # several batches, mixed lengths
     ours = np.asarray(embedder.embed_documents(texts))

@@ -7,7 +7,9 @@ Two kernels, one chosen per forward pass by :func:`kernel_for` (see :func:`choos
   pass (:func:`varlen_offsets`), so a layer launches no per-length kernels and never waits on the host.
 - ``"sdpa"``, everywhere else: consecutive sequences of one length are stacked and go through PyTorch's fused
   causal attention together. On a GPU that would be one launch per distinct length per layer (about 1,700 for a
-  16k-token batch of 60 documents), which is why GPUs take the first kernel where they can.
+  16k-token batch of 60 documents), which is why GPUs take the first kernel where they can. In bfloat16 on a
+  CPU with AMX, each sequence without a shared prefix is padded to a multiple of :data:`ATTENTION_ROWS` rows
+  first (:func:`choose_row_multiple`).
 
 Either way each sequence attends after its shared prefix's keys and values, if any. The function is registered
 with transformers under :data:`PACKED_ATTENTION`; a model loaded with it runs ordinary (unpacked) calls through
@@ -128,25 +130,24 @@ def attend(
             offsets = offsets._replace(cu_seq_q=offsets.cu_seq_last, max_q=1)
         return _attend_varlen(layer, queries, keys, values, packing, offsets, scaling)
     heads, kv_heads, head_dim = queries.shape[1], keys.shape[1], queries.shape[-1]
+    multiple = row_multiple_for(queries.device, queries.dtype)
     out = queries.new_empty(queries.shape)
     done = 0  # sequences in the runs before this one
     for first, length, count, prefix_index in packing.runs:
         layers = packing.prefixes[prefix_index]
         prefix = layers[layer] if layers is not None else None
         span = slice(first, first + length * count)
-        # (count, heads, length, head_dim): the run's sequences side by side, a view of the packed row.
-        k, v = (states[span].view(count, length, kv_heads, head_dim).transpose(1, 2) for states in (keys, values))
-        if last_only:
-            q = queries[done : done + count].unsqueeze(2)
-        else:
-            q = queries[span].view(count, length, heads, head_dim).transpose(1, 2)
+        # Only plain causal runs are padded: with a prefix, the explicit mask measured no faster padded.
+        rows = length if last_only or prefix is not None else -(-length // multiple) * multiple
+        k, v = (_side_by_side(states[span], count, rows) for states in (keys, values))
+        q = queries[done : done + count].unsqueeze(2) if last_only else _side_by_side(queries[span], count, rows)
         mask = None
         if prefix is not None:
             prefix_keys, prefix_values = prefix
             k = torch.cat([prefix_keys.expand(count, -1, -1, -1), k], dim=2)
             v = torch.cat([prefix_values.expand(count, -1, -1, -1), v], dim=2)
             if not last_only:  # every prefix token, then causal over the sequence's own (diagonal at the right)
-                mask = torch.ones((length, k.shape[2]), dtype=torch.bool, device=q.device).tril_(k.shape[2] - length)
+                mask = torch.ones((rows, k.shape[2]), dtype=torch.bool, device=q.device).tril_(k.shape[2] - rows)
         # Grouped-query attention: each key/value head serves heads // kv_heads queries. SDPA shares them in
         # place (enable_gqa) instead of copying every key and value head that many times first.
         attended = torch.nn.functional.scaled_dot_product_attention(
@@ -161,9 +162,20 @@ def attend(
         if last_only:
             out[done : done + count] = attended[:, :, 0]
         else:
-            out[span] = attended.transpose(1, 2).reshape(length * count, heads, head_dim)
+            out[span].view(count, length, heads, head_dim).copy_(attended.transpose(1, 2)[:, :length])
         done += count
     return out
+
+
+def _side_by_side(states: torch.Tensor, count: int, rows: int) -> torch.Tensor:
+    """A run's ``count`` equal-length sequences side by side, ``(count, heads, rows, head_dim)``.
+
+    From their ``(tokens, heads, head_dim)`` rows: a view, unless ``rows`` exceeds their length.
+    """
+    stacked = states.view(count, -1, *states.shape[1:])
+    if rows != stacked.shape[1]:  # zero rows after each sequence: causal attention keeps real tokens from them
+        stacked = torch.nn.functional.pad(stacked, (0, 0, 0, 0, 0, rows - stacked.shape[1]))
+    return stacked.transpose(1, 2)
 
 
 def _attend_varlen(
@@ -290,6 +302,34 @@ def choose_kernel(
     ):
         return "varlen"
     return "sdpa"
+
+
+ATTENTION_ROWS = 32
+"""The row multiple the SDPA loop rounds each sequence up to where :func:`choose_row_multiple` says so.
+
+With AMX, torch's CPU flash attention runs bfloat16 sequences of a multiple of 32 tokens far faster than
+lengths just below one (docs/design-notes.md); without AMX, and in float32, padding only adds work. The pad rows
+come after each sequence's own, so causal attention keeps every real token from seeing them.
+"""
+
+
+def choose_row_multiple(device_type: str, dtype: torch.dtype, *, amx: bool) -> int:
+    """The row multiple the SDPA loop pads each plain causal sequence to on ``device_type`` in ``dtype``.
+
+    :data:`ATTENTION_ROWS` for bfloat16 on a CPU with AMX tiles (``amx``); 1 (no padding) everywhere else.
+    """
+    return ATTENTION_ROWS if device_type == "cpu" and dtype == torch.bfloat16 and amx else 1
+
+
+def row_multiple_for(device: torch.device, dtype: torch.dtype) -> int:
+    """:func:`choose_row_multiple` for tensors on ``device`` in ``dtype``, on this CPU."""
+    return choose_row_multiple(device.type, dtype, amx=device.type == "cpu" and _has_amx())
+
+
+@functools.cache
+def _has_amx() -> bool:
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own CPU check; absent in older releases
+    return bool(check is not None and check())
 
 
 def kernel_for(device: torch.device, dtype: torch.dtype) -> Kernel:
