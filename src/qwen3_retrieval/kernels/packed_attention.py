@@ -147,7 +147,7 @@ def attend(
             k = torch.cat([prefix_keys.expand(count, -1, -1, -1), k], dim=2)
             v = torch.cat([prefix_values.expand(count, -1, -1, -1), v], dim=2)
             if not last_only:  # every prefix token, then causal over the sequence's own (diagonal at the right)
-                mask = torch.ones((rows, k.shape[2]), dtype=torch.bool, device=q.device).tril_(k.shape[2] - rows)
+                mask = torch.ones((length, k.shape[2]), dtype=torch.bool, device=q.device).tril_(k.shape[2] - length)
         # Grouped-query attention: each key/value head serves heads // kv_heads queries. SDPA shares them in
         # place (enable_gqa) instead of copying every key and value head that many times first.
         attended = torch.nn.functional.scaled_dot_product_attention(
