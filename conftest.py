@@ -70,8 +70,14 @@ def _configure_folders(config: pytest.Config) -> None:
     temporary.mkdir()
     os.environ["TMPDIR"] = str(temporary)  # subprocesses (benchmark, probes, the command) write here too
     tempfile.tempdir = str(temporary)
-    # Compiled regions: the run's own cache (workers and subprocesses inherit it), not the user's.
-    os.environ[COMPILED_CACHE_ENV] = str(_scratch / "compiled")
+    # Compiled regions: the run's own cache (workers and subprocesses inherit it), not the user's. The tiny
+    # checkpoints' packages are kept in pytest's cache folder, so that the next run starts compiled instead of
+    # compiling for a minute first (their key names torch, this CPU and the regions' code); other tests compile
+    # into folders of their own. Inductor's build files are shared by the run's compiles and go with the run.
+    cache = getattr(config, "cache", None)  # None with ``-p no:cacheprovider``
+    kept = cache.mkdir("qwen3-retrieval-compiled") if cache is not None else _scratch / "compiled"
+    os.environ[COMPILED_CACHE_ENV] = str(kept)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(_scratch / "inductor")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -7,6 +7,7 @@ from eager to compiled under concurrent callers, a second process starting from 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -57,21 +58,30 @@ def fresh_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_switch_under_concurrent_callers(
     embedding_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Callers running while the compile lands all get the eager path's vectors (float32: equal to 1e-5)."""
+    """Callers running while the compile lands each get one path's vectors for a whole call, never a mix.
+
+    Compiled and eager float32 agree to about 1e-7, too close to tell apart, so the compiled MLP region is loaded
+    here with its output scaled by 1.01: its vectors are then far from eager ones, and a call (several batches,
+    ``batch_tokens=64``) that switched paths between its batches, or a pass that did between layers, would match
+    neither.
+    """
     monkeypatch.setenv(CACHE_ENV, str(fresh_cache))  # empty: this model must compile in the background
-    # batch_tokens=64: every call runs several batches, so a switch in the middle of a call would show.
+    load = torch._inductor.aoti_load_package
+
+    def marked(path: str) -> object:
+        package = load(path)
+        return (lambda *args: package(*args) * 1.01) if path.endswith("silu_mul.pt2") else package
+
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", marked)
     model = Qwen3Embedder(embedding_path, device="cpu", compile=True, batch_tokens=64, max_length=64)
-    expected = Qwen3Embedder(embedding_path, device="cpu", compile=False, max_length=64).embed_documents(DOCUMENTS)
-    before, after, failures = [], [], []
+    eager = Qwen3Embedder(embedding_path, device="cpu", compile=False, max_length=64).embed_documents(DOCUMENTS)
+    calls: list[tuple[bool, np.ndarray]] = []
     done = threading.Event()
 
     def caller() -> None:
-        while not done.is_set() or len(after) < 8:
+        while not done.is_set() or sum(was for was, _ in calls) < 8:
             was = model.compiled
-            got = model.embed_documents(DOCUMENTS)
-            (after if was else before).append(got)
-            if not np.allclose(got, expected, atol=1e-5):
-                failures.append(float(np.abs(got - expected).max()))
+            calls.append((was, model.embed_documents(DOCUMENTS)))
             time.sleep(0.02)  # idle moments: the compile runs at the lowest priority, on cores callers leave
 
     threads = [threading.Thread(target=caller) for _ in range(3)]
@@ -81,8 +91,17 @@ def test_switch_under_concurrent_callers(
     done.set()
     for thread in threads:
         thread.join()
-    assert not failures
-    assert before and len(after) >= 8  # both paths ran, while other calls were in flight
+    marked_compiled = model.embed_documents(DOCUMENTS)
+    assert not np.allclose(marked_compiled, eager, atol=1e-3)  # the two paths are told apart
+    paths = []
+    for was, got in calls:
+        rows_eager = np.isclose(got, eager, atol=1e-5).all(axis=1)
+        rows_compiled = np.isclose(got, marked_compiled, atol=1e-5).all(axis=1)
+        assert (rows_eager | rows_compiled).all()  # every vector from one path, through every layer
+        assert rows_eager.all() or rows_compiled.all()  # every call on one path, through every batch
+        assert not (was and rows_eager.all())  # once compiled, never eager again
+        paths.append("compiled" if rows_compiled.all() else "eager")
+    assert "eager" in paths and paths.count("compiled") >= 8  # both ran, while other calls were in flight
     assert sorted(p.name for p in next(fresh_cache.glob("compiled/*")).iterdir()) == [
         "add_norm.pt2",
         "norm_rotary.pt2",
@@ -127,3 +146,83 @@ def test_no_compiler_runs_eager_and_says_so_once(
     assert not (tmp_path / "cache").exists()  # nothing compiled, nothing written
     eager = Qwen3Reranker(reranker_path, device="cpu", compile=False).score("what is a cat?", DOCUMENTS[:3])
     assert np.allclose(scores, eager, atol=1e-6)
+
+
+def test_the_cache_key_names_this_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor builds for this very CPU (-march=native): AMX and the CPU's own flags are in the key."""
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    amx = torch.cpu._is_amx_tile_supported() and capability.startswith("avx512")  # torch's own check
+    assert compiled.instruction_set() == (f"{capability}-amx" if amx else capability)
+    sizes = {"head_dim": 16, "hidden": 64, "intermediate": 128}
+    here = compiled.RegionSwitch(torch.float32, 1e-6, sizes, compiled=False).folder
+    monkeypatch.setattr(compiled, "cpu_fingerprint", lambda: "another-cpu")
+    assert compiled.RegionSwitch(torch.float32, 1e-6, sizes, compiled=False).folder != here
+
+
+ENDS_WHEN_TOLD = """
+import os, sys
+from qwen3_retrieval import Qwen3Embedder
+model = Qwen3Embedder(sys.argv[1], device="cpu", compile=True, max_length=64)
+model.embed_documents(["a first call runs eager while the compile runs"])
+sys.stdin.readline()
+if sys.argv[2] == "kill":
+    os.kill(os.getpid(), 9)
+"""
+
+
+def running_with(text: str) -> list[int]:
+    """The processes with ``text`` on their command line (Linux's /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as command:
+            if text.encode() in command.read():
+                found.append(int(pid))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the compiler's processes in /proc")
+@pytest.mark.parametrize("ending", ["exit", "kill"])
+def test_a_program_that_ends_during_its_compile_leaves_no_files_or_processes(
+    embedding_path: Path, tmp_path: Path, ending: str
+) -> None:
+    """Exiting while inductor's C++ compiler runs, the program stops the compile's whole process group and
+    removes its scratch. Killed with the compile (SIGKILL to both: nothing of theirs runs), the scratch stays
+    until the next compile on this machine starts. The cache holds whole packages or none."""
+    cache = tmp_path / "cache"
+    root = cache / "compiled"
+    env = {**os.environ, CACHE_ENV: str(cache)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # inductor's build files go to the compile's scratch folder
+    script = [sys.executable, "-c", ENDS_WHEN_TOLD, str(embedding_path), ending]
+    program = subprocess.Popen(script, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (scratch := [p.name for p in root.glob(".compiling-*")]) or not running_with(scratch[0]):
+        assert time.monotonic() < deadline and program.poll() is None, "no C++ compiler started"
+        time.sleep(0.02)
+    _, errors = program.communicate("now\n", timeout=60)  # the compiler (its command names the scratch) runs
+    assert program.returncode == (0 if ending == "exit" else -9), errors
+    group = int(scratch[0].rsplit("-", 1)[1])  # .compiling-HOST-PID: the compile's own session
+
+    def group_alive() -> bool:  # a process of the group that is not a zombie waiting for init to reap it
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
+                state, _, group_id = stat.read().rsplit(")", 1)[1].split()[:3]
+                if int(group_id) == group and state != "Z":
+                    return True
+        return False
+
+    if ending == "exit":
+        time.sleep(0.3)  # a moment for SIGKILL; a compiler process that was let run would run on for seconds
+        assert not group_alive() and not running_with(scratch[0])  # nothing outlives the program
+    else:
+        os.killpg(group, 9)
+        deadline = time.monotonic() + 30  # until the orphans, killed, are gone
+        while group_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not group_alive()
+        assert [p.name for p in root.iterdir() if p.name.startswith(".compiling-")]  # left behind, for now
+        compiled.remove_abandoned_scratch(root)  # what the next compile's start does first
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # no scratch left
+    for key in root.iterdir():
+        for package in key.iterdir():  # each whole: it loads
+            assert package.name in {"add_norm.pt2", "norm_rotary.pt2", "silu_mul.pt2"}
+            torch._inductor.aoti_load_package(str(package))

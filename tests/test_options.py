@@ -163,6 +163,9 @@ ALLOWED = {
     "os._exit": "the standard library's exit for a forked child, public despite its name",
     "self._": "a test's own helper class (fake servers) calling its own methods",
     "torch.ops.mkldnn._": "torch's oneDNN operators, named so by torch (the benchmark's GEMM probe)",
+    "torch._inductor": "torch's AOTInductor package loader, named so by torch (the compile "
+    "tests load the cache's packages with it, and mark the compiled path through it)",
+    "torch.cpu._is_amx_tile_supported": "torch's own AMX check, named so by torch (the cache key's reference)",
     "Qwen3VLProcessor._calculate_timestamps": "transformers' own video timing, which the official reference calls "
     "instead of transcribing it (transformers', not ours)",
 }

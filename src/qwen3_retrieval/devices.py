@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import platform
+
 import torch
 
 _DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -54,3 +58,27 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
         return _DTYPE_NAMES[dtype.lower()]
     raise ValueError(f"unknown dtype {dtype!r}; use {_VALID_DTYPES}")
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (torch's own check; False on torch releases without it)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check is not None and check())
+
+
+@functools.cache
+def cpu_fingerprint() -> str:
+    """A short digest of this CPU's model and feature flags: code built for it (``-march=native``) runs here.
+
+    Linux reads them from ``/proc/cpuinfo``; elsewhere the processor's name stands in for them.
+    """
+    described = f"{platform.machine()}|{platform.processor()}"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            wanted = ("model name", "flags", "Features", "CPU part")  # x86 and Arm spell them differently
+            lines = sorted({line.strip() for line in info if line.split(":")[0].strip() in wanted})
+        described += "|" + "|".join(lines)
+    except OSError:
+        pass
+    return hashlib.sha256(described.encode()).hexdigest()[:12]

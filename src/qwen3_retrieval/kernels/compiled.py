@@ -14,9 +14,15 @@ A compile takes tens of seconds, so it never runs in a caller's call:
 - The switch is one attribute assignment of a whole :class:`~qwen3_retrieval.kernels.regions.Regions` record, and a
   forward pass reads it once, so a call runs all eager or all compiled, never half of each.
 - The cache is keyed by everything the generated code depends on: torch's version, the CPU instruction set
-  inductor compiles for, the dtype, the sizes that are not dynamic, the norms' epsilon, torch's thread count
-  (the generated loops use a fixed one) and this module's code. Files appear by atomic rename, so a killed
-  compile leaves nothing half-written, and processes racing on one key each write a whole file.
+  inductor compiles for and the CPU itself (it builds with ``-march=native``, so a cache folder shared between
+  machines never hands one CPU's code to another), the dtype, the sizes that are not dynamic, the norms'
+  epsilon, torch's thread count (the generated loops use a fixed one), and the code of the regions and of
+  their export.
+- A compile works in a scratch folder of its own beside the cache (its half-written packages and inductor's
+  build files, a few hundred MB that would otherwise stay in the temporary folder for good), and each finished
+  package appears in the cache by atomic rename: processes racing on one key each write a whole file. The
+  scratch folder goes when the compile ends, however it ends; one left by a compile killed with its program is
+  removed by the next compile on this machine.
 - A forked child runs eager: GNU OpenMP cannot start a parallel region again in a child of a process that used
   it (:mod:`qwen3_retrieval.kernels.forking`), and a compile that was under way in the parent has no thread there.
 
@@ -34,9 +40,10 @@ import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import weakref
 from collections.abc import Callable
@@ -45,6 +52,7 @@ from typing import Any
 
 import torch
 
+from qwen3_retrieval.devices import cpu_fingerprint, cpu_has_amx
 from qwen3_retrieval.kernels import regions as regions_module
 from qwen3_retrieval.kernels.regions import Regions, eager_regions, pure_regions
 
@@ -72,8 +80,7 @@ def cache_root() -> Path:
 def instruction_set() -> str:
     """The CPU instruction set the generated code targets: torch's (which ``ATEN_CPU_CAPABILITY`` lowers), and AMX."""
     capability = torch.backends.cpu.get_cpu_capability().lower()
-    amx = getattr(torch._C._cpu, "_is_amx_tile_supported", lambda: False)()
-    return f"{capability}-amx" if amx and capability.startswith("avx512") else capability
+    return f"{capability}-amx" if cpu_has_amx() and capability.startswith("avx512") else capability
 
 
 def compiler_available() -> bool:
@@ -134,7 +141,8 @@ class RegionSwitch:
 
     def key(self) -> str:
         """The cache folder's name for this region set on this machine (see the module's notes)."""
-        code = "".join(inspect.getsource(f) for f in (regions_module.rms_norm, regions_module.rotary, pure_regions))
+        functions = (regions_module.rms_norm, regions_module.rotary, pure_regions, _exports)
+        code = "".join(inspect.getsource(f) for f in functions)
         parts = [
             torch.__version__,
             instruction_set(),
@@ -142,6 +150,7 @@ class RegionSwitch:
             *(f"{name}={size}" for name, size in sorted(self.sizes.items())),
             f"eps={self.eps!r}",
             f"threads={torch.get_num_threads()}",
+            f"cpu={cpu_fingerprint()}",
             hashlib.sha256(code.encode()).hexdigest()[:12],
         ]
         digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -166,6 +175,8 @@ class RegionSwitch:
                 logger.debug("qwen3_retrieval: cached compiled regions unusable (%s); compiling again", err)
                 for name in Regions._fields:
                     (self.folder / f"{name}.pt2").unlink(missing_ok=True)
+        if self.folder.parent.is_dir():  # what a compile killed along with its program left
+            remove_abandoned_scratch(self.folder.parent)
         self._thread = threading.Thread(target=self._build, name="qwen3-retrieval-compile", daemon=True)
         self._thread.start()
 
@@ -183,19 +194,23 @@ class RegionSwitch:
         # daemon thread, and the compiler's memory stays out of this process's peak.
         _lowest_priority()  # the child inherits this thread's niceness
         spec = {"folder": str(self.folder), "dtype": str(self.dtype).removeprefix("torch."), "eps": self.eps}
-        spec.update(sizes=self.sizes, threads=torch.get_num_threads())
+        spec.update(sizes=self.sizes, threads=torch.get_num_threads(), build_files_in_scratch=_default_build_files())
         logger.debug("qwen3_retrieval: compiling the regions into %s in the background", self.folder)
         command = [sys.executable, "-m", "qwen3_retrieval.kernels.compiled", json.dumps(spec)]
         with _children_lock:
             if _exiting:
                 raise RuntimeError("the program is exiting")
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            _children.add(process)
+            # A session of its own: at exit the whole group goes, the C++ compiler processes included.
+            process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+            )
+            _children[process] = scratch_folder(self.folder.parent, process.pid)
         try:
             _, errors = process.communicate()
         finally:
             with _children_lock:
-                _children.discard(process)
+                scratch = _children.pop(process)
+            shutil.rmtree(scratch, ignore_errors=True)
         if process.returncode != 0:
             raise RuntimeError(f"the compile process exited with {process.returncode}: {errors[-500:]}")
 
@@ -243,22 +258,73 @@ def _exports(
     }
 
 
-def compile_into(folder: Path, dtype: torch.dtype, eps: float, sizes: dict[str, int]) -> None:
-    """Compile the regions into ``folder`` (one ``.pt2`` package each), skipping those already there."""
+SCRATCH_PREFIX = ".compiling-"
+"""Scratch folders of compiles under way, beside the cache's region sets: ``.compiling-HOST-PID``."""
+
+
+def scratch_folder(compiled_root: Path, pid: int) -> Path:
+    """The scratch folder of the compile process ``pid`` on this machine (see the module's notes)."""
+    return compiled_root / f"{SCRATCH_PREFIX}{socket.gethostname()}-{pid}"
+
+
+def remove_abandoned_scratch(compiled_root: Path) -> None:
+    """Remove this machine's scratch folders whose compile process is gone (killed along with its program)."""
+    mine = f"{SCRATCH_PREFIX}{socket.gethostname()}-"
+    for folder in compiled_root.glob(f"{mine}*"):
+        pid = folder.name.removeprefix(mine)
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    try:  # a zombie has ended; where nothing reaps orphans (a container without an init), it stays one
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _default_build_files() -> bool:
+    """Whether inductor's build files would go to its default folder (none chosen by the user)."""
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None:
+        return True
+    try:  # inductor writes its default into the environment once it has used it
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return False
+    return os.path.abspath(chosen) == os.path.abspath(default_cache_dir())
+
+
+def compile_into(
+    folder: Path, dtype: torch.dtype, eps: float, sizes: dict[str, int], *, build_files_in_scratch: bool = True
+) -> None:
+    """Compile the regions into ``folder`` (one ``.pt2`` package each), skipping those already there.
+
+    The work happens in this process's scratch folder beside ``folder``, and with ``build_files_in_scratch``
+    inductor's build files too (otherwise they go to ``TORCHINDUCTOR_CACHE_DIR``, a folder the user chose);
+    whoever started the process removes the scratch folder.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_scratch(folder.parent)
+    scratch = scratch_folder(folder.parent, os.getpid())
+    scratch.mkdir(exist_ok=True)
+    if build_files_in_scratch:  # inductor reads it whenever it builds
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "inductor")
     for name, (module, example, dynamic) in _exports(dtype, eps, sizes).items():
         target = folder / f"{name}.pt2"
         if target.exists():
             continue
         program = torch.export.export(module, example, dynamic_shapes=(dynamic,))  # forward(*args)
-        handle, scratch = tempfile.mkstemp(suffix=".pt2", dir=folder)
-        os.close(handle)
-        try:
-            torch._inductor.aoti_compile_and_package(program, package_path=scratch)
-            os.replace(scratch, target)  # whole or absent, whatever else runs or dies meanwhile
-        finally:
-            if os.path.exists(scratch):
-                os.unlink(scratch)
+        package = scratch / f"{name}.pt2"
+        torch._inductor.aoti_compile_and_package(program, package_path=str(package))
+        os.replace(package, target)  # whole or absent, whatever else runs or dies meanwhile
 
 
 class _Module(torch.nn.Module):
@@ -297,7 +363,7 @@ def _lowest_priority() -> None:
 
 _forked = False
 _switches: weakref.WeakSet[RegionSwitch] = weakref.WeakSet()
-_children: set[subprocess.Popen[str]] = set()  # compile processes running now
+_children: dict[subprocess.Popen[str], Path] = {}  # compile processes running now, and their scratch folders
 _children_lock = threading.Lock()
 _exiting = False
 
@@ -308,8 +374,17 @@ def _stop_compiles() -> None:
     global _exiting
     with _children_lock:
         _exiting = True
-        for process in _children:
-            process.kill()
+        running = dict(_children)
+    for process in running:
+        with contextlib.suppress(OSError):
+            if hasattr(os, "killpg"):
+                os.killpg(process.pid, signal.SIGKILL)  # its group: the compiler processes it started too
+            else:
+                process.kill()
+    for process, scratch in running.items():
+        with contextlib.suppress(Exception):
+            process.wait(timeout=10)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _after_fork_in_child() -> None:
@@ -327,7 +402,12 @@ def main() -> None:
     """``python -m qwen3_retrieval.kernels.compiled SPEC``: the compile process :class:`RegionSwitch` starts."""
     spec = json.loads(sys.argv[1])
     torch.set_num_threads(spec["threads"])  # the generated loops use the parent's thread count
-    compile_into(Path(spec["folder"]), getattr(torch, spec["dtype"]), spec["eps"], spec["sizes"])
+    folder = Path(spec["folder"])
+    try:
+        dtype, in_scratch = getattr(torch, spec["dtype"]), spec["build_files_in_scratch"]
+        compile_into(folder, dtype, spec["eps"], spec["sizes"], build_files_in_scratch=in_scratch)
+    finally:  # also when the program that started this one was killed and cannot remove it
+        shutil.rmtree(scratch_folder(folder.parent, os.getpid()), ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
+from qwen3_retrieval.devices import cpu_has_amx
+
 Kernel = Literal["varlen", "sdpa"]
 """The packed attention kernels: torch's FlashAttention over sequence offsets, or the per-length SDPA loop."""
 
@@ -323,13 +325,7 @@ def choose_row_multiple(device_type: str, dtype: torch.dtype, *, amx: bool) -> i
 
 def row_multiple_for(device: torch.device, dtype: torch.dtype) -> int:
     """:func:`choose_row_multiple` for tensors on ``device`` in ``dtype``, on this CPU."""
-    return choose_row_multiple(device.type, dtype, amx=device.type == "cpu" and _has_amx())
-
-
-@functools.cache
-def _has_amx() -> bool:
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own CPU check; absent in older releases
-    return bool(check is not None and check())
+    return choose_row_multiple(device.type, dtype, amx=device.type == "cpu" and cpu_has_amx())
 
 
 def kernel_for(device: torch.device, dtype: torch.dtype) -> Kernel:
