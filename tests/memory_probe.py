@@ -17,6 +17,7 @@ once on a tiny input first, so loading and first-call allocations are not counte
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 
 def _status_mb(field: str) -> float:
@@ -43,6 +44,18 @@ def start_measuring() -> float:
     return _status_mb("VmRSS")
 
 
+def settle(model: Any) -> None:
+    """Wait for the model's compile, where ``compile="auto"`` (the default) compiles here: the probes measure the
+    path a user runs, and a compile that failed would measure the eager one instead without a word."""
+    import torch
+
+    from qwen3_retrieval.kernels import compiled
+
+    expected = compiled.resolve("auto", torch.float32, torch.device("cpu"))
+    if model.wait_compiled() != expected:
+        raise SystemExit(f"the model's compiled path: {not expected}, expected {expected}")
+
+
 def main() -> None:
     import torch
 
@@ -56,7 +69,7 @@ def main() -> None:
         query = " ".join(["history"] * size)
         docs = [f"candidate {i} is about music and art" for i in range(count)]
         reranker.score("warm up", ["tiny"])
-        reranker.wait_compiled()  # measure the compiled path (the default) as it runs once compiled
+        settle(reranker)  # measure the compiled path (the default) as it runs once compiled
         before = start_measuring()
         reranker.score(query, docs)
     elif job in ("rerank-long", "embed-long"):
@@ -64,13 +77,13 @@ def main() -> None:
         if job == "rerank-long":
             model = Qwen3Reranker(path, device="cpu", max_length=32768)
             model.score("warm up", ["tiny"])
-            model.wait_compiled()
+            settle(model)
             before = start_measuring()
             model.score("what is this about?", [text])
         else:
             embedder = Qwen3Embedder(path, device="cpu", max_length=32768)
             embedder.embed_documents(["tiny"])
-            embedder.wait_compiled()
+            settle(embedder)
             before = start_measuring()
             embedder.embed_documents([text])
     elif job == "huge":
@@ -79,15 +92,15 @@ def main() -> None:
         reranker = Qwen3Reranker(sys.argv[4], device="cpu")
         embedder.embed_documents(["tiny"])
         reranker.score("warm up", ["tiny"])
-        embedder.wait_compiled()
-        reranker.wait_compiled()
+        settle(embedder)
+        settle(reranker)
         before = start_measuring()
         embedder.embed_documents([text])
         reranker.score("what is this about?", [text])
     elif job == "lengths":
         embedder = Qwen3Embedder(path, device="cpu")
         embedder.embed_documents(["tiny"])
-        embedder.wait_compiled()
+        settle(embedder)
         calls = int(sys.argv[4])
         before = start_measuring()
         for i in range(calls):  # every call a token count of its own, the longest first

@@ -226,3 +226,18 @@ def test_a_program_that_ends_during_its_compile_leaves_no_files_or_processes(
         for package in key.iterdir():  # each whole: it loads
             assert package.name in {"add_norm.pt2", "norm_rotary.pt2", "silu_mul.pt2"}
             torch._inductor.aoti_load_package(str(package))
+
+
+def test_compile_true_equals_sentence_transformers_on_every_cpu(embedding_path: Path) -> None:
+    """``compile=True`` runs compiled wherever a compiler is found, also where ``"auto"`` leaves float32 eager
+    (AVX2 kernels), so the compiled path is checked against an independent reference on every CPU kind."""
+    if not compiled.compiler_available():
+        pytest.skip("no C++ compiler: compile=True runs eager (test_no_compiler_runs_eager_and_says_so_once)")
+    from sentence_transformers import SentenceTransformer
+
+    model = Qwen3Embedder(embedding_path, device="cpu", compile=True)
+    assert model.wait_compiled(timeout=600)
+    reference = SentenceTransformer(str(embedding_path), device="cpu", local_files_only=True)
+    reference.max_seq_length = 8192
+    expected = reference.encode(DOCUMENTS, normalize_embeddings=True, convert_to_numpy=True)
+    assert np.abs(np.asarray(model.embed_documents(DOCUMENTS)) - expected).max() < 1e-5

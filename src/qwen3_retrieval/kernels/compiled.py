@@ -90,13 +90,12 @@ def compiler_available() -> bool:
 
 
 def auto_enabled(dtype: torch.dtype) -> bool:
-    """What ``compile="auto"`` means for a model of ``dtype`` on this CPU (docs/benchmarks.md, "Compiled regions").
+    """What ``compile="auto"`` means for a model of ``dtype`` on this CPU: on where it measured faster.
 
-    bfloat16: on where the CPU multiplies bfloat16 natively (AMX or AVX-512 BF16), which leaves the element-wise
-    passes a large share of a round: the compiled regions measured 16-19% faster on a Xeon with AMX. float32: on
-    with AVX-512 kernels (4% faster embedding there); with AVX2 kernels (emulated on the same Xeon) compiled and
-    eager measured the same (24.33 s against 24.27 s embedding, 6.43 against 6.46 s reranking), so the compile
-    would cost its one-time time for nothing.
+    bfloat16: where the CPU multiplies bfloat16 natively (AMX, or AVX-512 BF16 alone), which leaves the
+    element-wise passes a large share of a round. float32: with AVX-512 kernels; with AVX2 ones compiled and eager
+    measured the same, so the compile would cost its one-time time for nothing. The figures:
+    docs/benchmarks.md, "Compiled regions".
     """
     if dtype == torch.bfloat16:
         return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
