@@ -187,7 +187,7 @@ def test_a_program_that_ends_during_its_compile_leaves_no_files_or_processes(
 ) -> None:
     """Exiting while inductor's C++ compiler runs, the program stops the compile's whole process group and
     removes its scratch. Killed with the compile (SIGKILL to both: nothing of theirs runs), the scratch stays
-    until the next compile on this machine starts. The cache holds whole packages or none."""
+    until the next compile on this machine. The cache holds whole packages or none."""
     cache = tmp_path / "cache"
     root = cache / "compiled"
     env = {**os.environ, CACHE_ENV: str(cache)}
@@ -220,7 +220,7 @@ def test_a_program_that_ends_during_its_compile_leaves_no_files_or_processes(
             time.sleep(0.1)
         assert not group_alive()
         assert [p.name for p in root.iterdir() if p.name.startswith(".compiling-")]  # left behind, for now
-        compiled.remove_abandoned_scratch(root)  # what the next compile's start does first
+        compiled.remove_abandoned_scratch(root)  # what the next compile (compile_into) does first
     assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # no scratch left
     for key in root.iterdir():
         for package in key.iterdir():  # each whole: it loads

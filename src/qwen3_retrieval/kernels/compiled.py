@@ -174,8 +174,6 @@ class RegionSwitch:
                 logger.debug("qwen3_retrieval: cached compiled regions unusable (%s); compiling again", err)
                 for name in Regions._fields:
                     (self.folder / f"{name}.pt2").unlink(missing_ok=True)
-        if self.folder.parent.is_dir():  # what a compile killed along with its program left
-            remove_abandoned_scratch(self.folder.parent)
         self._thread = threading.Thread(target=self._build, name="qwen3-retrieval-compile", daemon=True)
         self._thread.start()
 
